@@ -1,0 +1,55 @@
+"""Image classifiers (Flax Linen) picked by name: ``get_model(name, num_classes=...)``.
+
+Every model is called as ``model.apply(variables, images, train=...)`` on NHWC images and returns
+float32 logits ``[batch, num_classes]``. BatchNorm statistics live in the ``'batch_stats'``
+collection: pass ``mutable=['batch_stats']`` when ``train=True`` and take the updated statistics
+from the second return value.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cfl_jax.models.digits_cnn import DigitsCNN
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "digits_cnn": DigitsCNN,
+}
+
+MODEL_NAMES = tuple(_MODELS)
+
+
+def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+  """Builds the classifier registered under ``name``.
+
+  Args:
+    name: one of ``MODEL_NAMES``.
+    num_classes: number of output logits, at least 2.
+    dtype: compute dtype, a dtype or its name (``'float32'``, ``'bfloat16'``); parameters are
+      always float32 and logits are returned in float32.
+
+  Returns:
+    An unbound ``flax.linen.Module``; call ``init`` / ``apply`` with ``train=`` as described in
+    the module docstring.
+
+  Raises:
+    ValueError: for an unknown name or ``num_classes < 2``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> model = get_model('digits_cnn', num_classes=10, dtype='bfloat16')
+    >>> x = jnp.zeros((4, 8, 8, 1))
+    >>> variables = model.init(jax.random.key(0), x, train=False)
+    >>> model.apply(variables, x, train=False).dtype
+    dtype('float32')
+  """
+  if name not in _MODELS:
+    raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+  return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
+
+
+__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model"]
