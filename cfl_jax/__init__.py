@@ -1,0 +1,30 @@
+"""cfl-jax: Cyclical Focal Loss (Smith 2022) for JAX, Flax and optax.
+
+The loss functions and xi schedules live at the top level; training, data,
+models and metrics are sub-packages imported on demand (``cfl_jax.training`` ...),
+so ``import cfl_jax`` pulls in neither TensorFlow nor TFDS.
+"""
+
+from cfl_jax.losses import (
+    cyclical_focal_loss,
+    cyclical_focal_loss_with_integer_labels,
+    focal_loss,
+    focal_loss_with_integer_labels,
+    high_confidence_loss,
+    high_confidence_loss_with_integer_labels,
+)
+from cfl_jax.schedules import cyclical_schedule, reference_xi_schedule, xi_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cyclical_focal_loss",
+    "cyclical_focal_loss_with_integer_labels",
+    "cyclical_schedule",
+    "focal_loss",
+    "focal_loss_with_integer_labels",
+    "high_confidence_loss",
+    "high_confidence_loss_with_integer_labels",
+    "reference_xi_schedule",
+    "xi_schedule",
+]

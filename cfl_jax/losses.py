@@ -1,0 +1,645 @@
+r"""Cyclical focal loss and its two components, in the manner of ``optax.losses``.
+
+Every function is pure, returns one loss per example (no reduction over the batch),
+takes its hyper-parameters as keyword-only static numbers, computes in float32 (or
+wider) whatever the logits' dtype, and accepts ``axis=`` and ``where=`` like
+:func:`optax.softmax_cross_entropy`.
+
+With :math:`p = \operatorname{softmax}(z)`, target class :math:`t` and mixing
+weight :math:`\xi \in [0, 1]` (see :mod:`cfl_jax.schedules`):
+
+.. math::
+  \mathrm{FL}  &= -(1 - p_t)^{\gamma_{lc}} \log p_t \\
+  \mathrm{HC}  &= -(1 + p_t)^{\gamma_{hc}} \log p_t \\
+  \mathrm{CFL} &= \xi\, \mathrm{HC} + (1 - \xi)\, \mathrm{FL}
+
+Two forms are offered (``gamma_neg``):
+
+* ``gamma_neg=None`` (paper form): every class :math:`j` carrying label mass
+  :math:`q_j` contributes :math:`-q_j\,[\xi(1+p_j)^{\gamma_{hc}} +
+  (1-\xi)(1-p_j)^{\gamma_{lc}}]\log p_j`.
+* ``gamma_neg=g`` (the authors' reference code): the target weight is as above,
+  each non-target class gets :math:`\xi + (1-\xi)\,p_j^{g}`, and label smoothing
+  enters inside the weighted sum. With ``label_smoothing=0.1, gamma_neg=gamma_lc``
+  this equals what the reference PyTorch code computes per example.
+
+Numerics: :math:`\log p_t` and :math:`\log(1 - p_t)` are both computed from a
+log-sum-exp over the non-target logits, so values, gradients and Hessians stay
+finite for every :math:`\gamma \ge 0` (including :math:`0 < \gamma < 1`) at any
+finite logits, also when :math:`p_t` rounds to 1 in float32.
+
+References:
+  Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  Lin et al., `Focal Loss for Dense Object Detection
+  <https://arxiv.org/abs/1708.02002>`_, 2017.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = [
+    "cyclical_focal_loss",
+    "cyclical_focal_loss_with_integer_labels",
+    "focal_loss",
+    "focal_loss_with_integer_labels",
+    "high_confidence_loss",
+    "high_confidence_loss_with_integer_labels",
+]
+
+
+# ----------------------------------------------------------------------------
+# Argument checking
+# ----------------------------------------------------------------------------
+
+
+def _static_number(name: str, value) -> float:
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{name} must be a static Python number, got a traced value; only `xi` "
+        "may be traced (schedule it with cfl_jax.xi_schedule).")
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name} must be a real number, got {value!r}.") from None
+  if not np.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}.")
+  return value
+
+
+def _gamma(name: str, value) -> float:
+  value = _static_number(name, value)
+  if value < 0:
+    raise ValueError(f"{name} must be >= 0, got {value}.")
+  return value
+
+
+def _smoothing(value) -> float:
+  value = _static_number("label_smoothing", value)
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {value}.")
+  return value
+
+
+class _Inputs(NamedTuple):
+  """Canonicalised inputs: classes on the last axis, float32-or-wider logits."""
+  logits: jax.Array          # [..., C]
+  labels: jax.Array          # [...] int32 or [..., C] float
+  example_mask: jax.Array | None   # [...] bool
+  class_mask: jax.Array | None     # [..., C] bool
+  xi: jax.Array              # [] or [...]
+  class_weights: jax.Array | None  # [C]
+
+
+def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
+                  where) -> _Inputs:
+  """Checks shapes and dtypes and moves the class axis last."""
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise ValueError(f"logits must be floating point, got dtype {logits.dtype}.")
+  if logits.ndim < 1:
+    raise ValueError("logits must have a class axis, got a scalar.")
+  if not isinstance(axis, numbers.Integral) or not -logits.ndim <= axis < logits.ndim:
+    raise ValueError(
+        f"axis must be an int in [-{logits.ndim}, {logits.ndim}), got {axis!r}.")
+  logits = jnp.moveaxis(logits, axis, -1)
+  num_classes = logits.shape[-1]
+  if num_classes < 2:
+    raise ValueError(f"logits need at least 2 classes on axis {axis}, got {num_classes}.")
+  batch_shape = logits.shape[:-1]
+  compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  logits = logits.astype(compute_dtype)
+
+  if integer_labels:
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(
+          f"labels must be integer class indices, got dtype {labels.dtype}; use "
+          "the variant without `_with_integer_labels` for probability labels.")
+    if labels.shape != batch_shape:
+      raise ValueError(
+          f"labels shape {labels.shape} does not match logits shape "
+          f"{logits.shape} without its class axis ({batch_shape}).")
+  else:
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
+      raise ValueError(
+          f"labels must be class probabilities (floating point), got dtype "
+          f"{labels.dtype}; use the `_with_integer_labels` variant for indices.")
+    labels = jnp.moveaxis(labels, axis, -1)
+    if labels.shape != logits.shape:
+      raise ValueError(
+          f"labels shape {labels.shape} does not match logits shape {logits.shape}.")
+    labels = labels.astype(compute_dtype)
+
+  xi = jnp.asarray(xi, dtype=compute_dtype)
+  if xi.ndim and xi.shape != batch_shape:
+    raise ValueError(
+        f"xi must be a scalar or have the batch shape {batch_shape}, got {xi.shape}.")
+
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights, dtype=compute_dtype)
+    if class_weights.shape != (num_classes,):
+      raise ValueError(
+          f"class_weights must have shape ({num_classes},), got {class_weights.shape}.")
+
+  example_mask = class_mask = None
+  if where is not None:
+    where = jnp.asarray(where, dtype=bool)
+    if where.shape == batch_shape:
+      example_mask = where
+    elif where.ndim == logits.ndim:
+      class_mask = jnp.moveaxis(where, axis, -1)
+      if class_mask.shape != logits.shape:
+        raise ValueError(
+            f"where shape {where.shape} matches neither the logits' shape nor "
+            f"their batch shape.")
+      example_mask = jnp.any(class_mask, axis=-1)
+    else:
+      raise ValueError(
+          f"where must have shape {batch_shape} (examples) or the logits' shape "
+          f"(entries), got {where.shape}.")
+  return _Inputs(logits, labels, example_mask, class_mask, xi, class_weights)
+
+
+# ----------------------------------------------------------------------------
+# Numerics
+# ----------------------------------------------------------------------------
+
+
+def _pow_exp(log_x: jax.Array, gamma: float) -> jax.Array:
+  """``x ** gamma`` from ``log x``, with ``x ** 0 == 1`` even where ``x == 0``."""
+  if gamma == 0:
+    return jnp.ones_like(log_x)
+  return jnp.exp(gamma * log_x)
+
+
+def _pow(x: jax.Array, gamma: float, log_x: jax.Array) -> jax.Array:
+  """``x ** gamma`` for ``x >= 0``: repeated products for small integer gammas."""
+  if gamma == int(gamma) and gamma <= 8:
+    return jax.lax.integer_pow(x, int(gamma))
+  return _pow_exp(log_x, gamma)
+
+
+class _NonTargetStats(NamedTuple):
+  """Per-row statistics of the non-target logits (target ``t``, valid set ``N``).
+
+  ``shifted`` holds ``z_j - m`` on ``N`` and 0 elsewhere, ``m = max_{j in N} z_j``;
+  ``log_normalizer`` is ``logsumexp(z) - m`` (so ``log p_j = shifted_j -
+  log_normalizer`` on ``N``).
+  """
+  non_target: jax.Array      # [..., C] bool, the set N
+  shifted: jax.Array         # [..., C]
+  exp_shifted: jax.Array     # [..., C], 0 outside N
+  log_normalizer: jax.Array  # [...]
+  log_p_target: jax.Array    # [...]
+  log_1m_p_target: jax.Array  # [...]
+
+
+def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
+  r"""``log p_t`` and ``log(1 - p_t)`` without cancellation, for any logits.
+
+  With :math:`m = \max_{j \ne t} z_j`, :math:`s = \sum_{j \ne t} e^{z_j - m}
+  \in [1, C)` and :math:`u = z_t - m`:
+  :math:`\log p_t = -\operatorname{softplus}(\log s - u)` and
+  :math:`\log(1 - p_t) = -\operatorname{softplus}(u - \log s)`.
+  One max pass and one exp-sum pass over the logits, as for cross-entropy.
+  """
+  classes = jnp.arange(logits.shape[-1])
+  non_target = classes != target[..., None]
+  if class_mask is not None:
+    non_target &= class_mask
+  finite_min = jnp.finfo(logits.dtype).min
+  shift = jax.lax.stop_gradient(
+      jnp.max(logits, axis=-1, where=non_target, initial=finite_min))
+  shifted = jnp.where(non_target, logits - shift[..., None], 0.0)
+  exp_shifted = jnp.where(non_target, jnp.exp(shifted), 0.0)
+  # s >= 1 whenever N is non-empty; the floor only guards an empty N (p_t = 1).
+  log_sum = jnp.log(jnp.maximum(jnp.sum(exp_shifted, axis=-1),
+                                jnp.finfo(logits.dtype).tiny))
+  target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  margin = target_logit - shift
+  return _NonTargetStats(
+      non_target=non_target,
+      shifted=shifted,
+      exp_shifted=exp_shifted,
+      log_normalizer=jnp.logaddexp(margin, log_sum),
+      log_p_target=-jnp.logaddexp(0.0, log_sum - margin),
+      log_1m_p_target=-jnp.logaddexp(0.0, margin - log_sum),
+  )
+
+
+def _mix(xi, hard_term, easy_term):
+  r"""``xi * hard_term() + (1 - xi) * easy_term()``, skipping a term when xi is 0 or 1."""
+  if isinstance(xi, numbers.Real):
+    if xi == 1:
+      return hard_term()
+    if xi == 0:
+      return easy_term()
+  return xi * hard_term() + (1 - xi) * easy_term()
+
+
+def _target_weight(log_p, log_1m_p, xi, gamma_hc, gamma_lc):
+  r""":math:`\xi (1 + p)^{\gamma_{hc}} + (1 - \xi)(1 - p)^{\gamma_{lc}}`, elementwise."""
+  return _mix(xi,
+              lambda: _pow_exp(jnp.log1p(jnp.exp(log_p)), gamma_hc),
+              lambda: _pow_exp(log_1m_p, gamma_lc))
+
+
+def _masked(loss, example_mask):
+  return loss if example_mask is None else jnp.where(example_mask, loss, 0.0)
+
+
+def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
+                  label_smoothing):
+  """Target term plus (reference form) smoothed non-target terms, per example."""
+  logits, labels = inputs.logits, inputs.labels.astype(jnp.int32)
+  example_mask, class_mask = inputs.example_mask, inputs.class_mask
+  if class_mask is not None:
+    target_kept = jnp.take_along_axis(class_mask, labels[..., None], axis=-1)[..., 0]
+    example_mask = example_mask & target_kept
+  if example_mask is not None:
+    # Double-where: padded rows may hold garbage; keep their gradient exactly 0.
+    logits = jnp.where(example_mask[..., None], logits, 0.0)
+  stats = _non_target_stats(logits, labels, class_mask)
+  weight = _target_weight(stats.log_p_target, stats.log_1m_p_target, xi,
+                          gamma_hc, gamma_lc)
+  num_classes = (logits.shape[-1] if class_mask is None
+                 else jnp.sum(class_mask, axis=-1).astype(logits.dtype))
+  target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
+  if inputs.class_weights is not None:
+    target_mass = target_mass * inputs.class_weights[labels]
+  loss = -target_mass * weight * stats.log_p_target
+  if gamma_neg is not None and label_smoothing > 0:
+    loss -= (label_smoothing / num_classes) * _reference_non_target_sum(
+        stats, xi=xi, gamma_neg=gamma_neg, class_weights=inputs.class_weights)
+  return _masked(loss, example_mask)
+
+
+def _reference_non_target_sum(stats: _NonTargetStats, *, xi, gamma_neg,
+                              class_weights):
+  r""":math:`\sum_{j \ne t} c_j [\xi + (1 - \xi) p_j^{g}] \log p_j` in one fused pass.
+
+  With :math:`d_j = z_j - m` (:math:`\le 0`), :math:`L = \operatorname{lse}(z) - m`
+  (:math:`\ge 0`) and :math:`e_j = e^{d_j}`:
+  :math:`\sum c_j \log p_j = \sum c_j d_j - L \sum c_j` and
+  :math:`\sum c_j p_j^g \log p_j = e^{-gL}(\sum c_j e_j^g d_j - L \sum c_j e_j^g)`,
+  where both parts of each difference have the same sign (no cancellation). All
+  sums reduce the same elementwise expressions, so XLA fuses them into a single
+  read of the logits; integer ``g`` uses products instead of a second ``exp``.
+  """
+  shifted, non_target = stats.shifted, stats.non_target
+  weights = non_target.astype(shifted.dtype)
+  if class_weights is not None:
+    weights = weights * class_weights
+  log_normalizer = stats.log_normalizer
+
+  def hard_term():  # xi-part: sum_j c_j log p_j
+    return (jnp.sum(weights * shifted, axis=-1)
+            - log_normalizer * jnp.sum(weights, axis=-1))
+
+  def easy_term():  # (1 - xi)-part: sum_j c_j p_j^g log p_j
+    powered = weights * _pow(stats.exp_shifted, gamma_neg, shifted)
+    return jnp.exp(-gamma_neg * log_normalizer) * (
+        jnp.sum(powered * shifted, axis=-1)
+        - log_normalizer * jnp.sum(powered, axis=-1))
+
+  return _mix(xi, hard_term, easy_term)
+
+
+def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
+  r"""Paper form for class-probability labels: a weighted sum over all classes.
+
+  :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's argmax
+  (where :math:`p_j \le 1/2`), and comes from :func:`_non_target_stats` for the
+  argmax, the one class whose probability can round to 1.
+  """
+  logits, labels, class_mask = inputs.logits, inputs.labels, inputs.class_mask
+  example_mask = inputs.example_mask
+  if example_mask is not None:
+    logits = jnp.where(example_mask[..., None], logits, 0.0)
+  log_p = jax.nn.log_softmax(logits, axis=-1, where=class_mask)
+  if class_mask is not None:
+    log_p = jnp.where(class_mask, log_p, 0.0)
+    labels = jnp.where(class_mask, labels, 0.0)
+
+  def log_1m_p():
+    masked_logits = (logits if class_mask is None
+                     else jnp.where(class_mask, logits, jnp.finfo(logits.dtype).min))
+    top = jnp.argmax(masked_logits, axis=-1)
+    is_top = jnp.arange(logits.shape[-1]) == top[..., None]
+    top_log_1m_p = _non_target_stats(logits, top, class_mask).log_1m_p_target
+    safe_p = jnp.where(is_top, 0.0, jnp.exp(log_p))
+    return jnp.where(is_top, top_log_1m_p[..., None], jnp.log1p(-safe_p))
+
+  xi_b = xi[..., None] if isinstance(xi, jax.Array) and xi.ndim else xi
+  weight = _mix(xi_b,
+                lambda: _pow_exp(jnp.log1p(jnp.exp(log_p)), gamma_hc),
+                lambda: _pow_exp(log_1m_p(), gamma_lc))
+  if inputs.class_weights is not None:
+    labels = labels * inputs.class_weights
+  loss = -jnp.sum(labels * weight * log_p, axis=-1)
+  return _masked(loss, example_mask)
+
+
+def _static_xi(xi):
+  """Keeps Python 0 / 1 static (components skip the unused term); else an array."""
+  return xi if isinstance(xi, numbers.Real) and xi in (0, 1) else None
+
+
+def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
+              gamma_neg, label_smoothing, class_weights, axis, where):
+  gamma_hc = _gamma("gamma_hc", gamma_hc)
+  gamma_lc = _gamma("gamma_lc", gamma_lc)
+  gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
+  label_smoothing = _smoothing(label_smoothing)
+  inputs = _canonicalize(logits, labels, xi, integer_labels=integer_labels,
+                         class_weights=class_weights, axis=axis, where=where)
+  static = _static_xi(xi)
+  xi = inputs.xi if static is None else static
+  if gamma_neg is not None and not integer_labels:
+    # Reference code: soft targets collapse to their argmax, then are re-smoothed.
+    hard = jnp.argmax(inputs.labels, axis=-1)
+    inputs = inputs._replace(labels=hard)
+    integer_labels = True
+  if integer_labels and (gamma_neg is not None or label_smoothing == 0):
+    return _integer_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
+                         gamma_neg=gamma_neg, label_smoothing=label_smoothing)
+  if integer_labels:
+    labels = jax.nn.one_hot(inputs.labels, inputs.logits.shape[-1],
+                            dtype=inputs.logits.dtype)
+    inputs = inputs._replace(labels=labels)
+  if label_smoothing:
+    num_classes = inputs.logits.shape[-1]
+    inputs = inputs._replace(
+        labels=inputs.labels * (1 - label_smoothing) + label_smoothing / num_classes)
+  return _soft_label_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc)
+
+
+# ----------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------
+
+_COMMON_ARGS_DOC = """
+    gamma_hc: high-confidence exponent :math:`\\gamma_{hc} \\ge 0` (2 is the
+      safe default, 3 the paper's CIFAR/ImageNet choice).
+    gamma_lc: focal exponent :math:`\\gamma_{lc} \\ge 0` (the reference code's
+      ``gamma_pos``).
+    gamma_neg: ``None`` for the paper form; a number :math:`\\ge 0` for the
+      reference-code form, whose non-target weight is
+      :math:`\\xi + (1 - \\xi) p_j^{\\gamma_{neg}}`.
+    label_smoothing: :math:`\\epsilon \\in [0, 1)`; labels become
+      :math:`(1 - \\epsilon) q + \\epsilon / C` inside the weighted sum.
+    class_weights: optional ``[num_classes]`` weights multiplying each class
+      term (alpha-balancing for long tails).
+    axis: the class axis of ``logits``.
+    where: optional boolean mask, either of the batch shape (examples to
+      include) or of the logits' shape (entries to include, like optax); a
+      fully masked example has loss 0 and gradient 0."""
+
+
+def _document(marker: str, text: str):
+  """Decorator: replaces ``marker`` in the docstring by ``text`` (shared Args entries)."""
+  def decorate(fn):
+    fn.__doc__ = fn.__doc__.replace(f"    {marker}", text.strip("\n"))
+    return fn
+  return decorate
+
+
+@_document("__COMMON_ARGS__", _COMMON_ARGS_DOC)
+def cyclical_focal_loss_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    xi: ArrayLike,
+    *,
+    gamma_hc: float = 2.0,
+    gamma_lc: float = 2.0,
+    gamma_neg: float | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cyclical focal loss between logits and integer class labels.
+
+  .. math::
+    \ell = -\left[\xi (1 + p_t)^{\gamma_{hc}}
+           + (1 - \xi)(1 - p_t)^{\gamma_{lc}}\right] \log p_t
+
+  ``xi = 1`` gives the high-confidence loss, ``xi = 0`` the focal loss, and
+  ``gamma_lc = 0, xi = 0`` (or ``gamma_hc = 0, xi = 1``) cross-entropy. With
+  ``label_smoothing > 0`` the smoothed labels enter the weighted sum over classes
+  (paper form) or the reference code's asymmetric sum (``gamma_neg`` set).
+
+  Args:
+    logits: unnormalised log-probabilities, ``[batch..., num_classes]``; any
+      float dtype (computed in float32).
+    labels: integer class indices, ``[batch...]``.
+    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced
+      (e.g. ``cfl_jax.xi_schedule(...)(state.step)`` inside ``jit``).
+    __COMMON_ARGS__
+
+  Returns:
+    The loss of each example, ``[batch...]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([0, 1])
+    >>> print(cfl_jax.cyclical_focal_loss_with_integer_labels(
+    ...     logits, labels, xi=0.5, gamma_hc=2.0, gamma_lc=2.0).round(4))
+    [0.4351 2.9599]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _cyclical(logits, labels, xi, integer_labels=True, gamma_hc=gamma_hc,
+                   gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+                   label_smoothing=label_smoothing, class_weights=class_weights,
+                   axis=axis, where=where)
+
+
+@_document("__COMMON_ARGS__", _COMMON_ARGS_DOC)
+def cyclical_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    xi: ArrayLike,
+    *,
+    gamma_hc: float = 2.0,
+    gamma_lc: float = 2.0,
+    gamma_neg: float | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cyclical focal loss between logits and class-probability labels.
+
+  Paper form (``gamma_neg=None``), for labels :math:`q` (one-hot, smoothed or mixup):
+
+  .. math::
+    \ell = -\sum_j q_j \left[\xi (1 + p_j)^{\gamma_{hc}}
+           + (1 - \xi)(1 - p_j)^{\gamma_{lc}}\right] \log p_j
+
+  With ``gamma_neg`` set (reference-code form) the labels are first collapsed to
+  their argmax class and re-smoothed, as the authors' code does with mixup targets.
+
+  Args:
+    logits: unnormalised log-probabilities, ``[batch..., num_classes]``.
+    labels: class probabilities, same shape as ``logits``.
+    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced.
+    __COMMON_ARGS__
+
+  Returns:
+    The loss of each example, ``[batch...]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> print(cfl_jax.cyclical_focal_loss(logits, labels, xi=0.5).round(4))
+    [0.4351 2.9599]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _cyclical(logits, labels, xi, integer_labels=False, gamma_hc=gamma_hc,
+                   gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+                   label_smoothing=label_smoothing, class_weights=class_weights,
+                   axis=axis, where=where)
+
+
+_COMPONENT_ARGS_DOC = """
+    gamma: the exponent :math:`\\gamma \\ge 0`.
+    label_smoothing: :math:`\\epsilon \\in [0, 1)`, applied to the labels inside
+      the weighted sum.
+    class_weights: optional ``[num_classes]`` per-class weights.
+    axis: the class axis of ``logits``.
+    where: optional mask of the batch shape or of the logits' shape."""
+
+
+@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
+def focal_loss_with_integer_labels(logits, labels, *, gamma=2.0,
+                                   label_smoothing=0.0, class_weights=None,
+                                   axis=-1, where=None) -> jax.Array:
+  r"""Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t` (CFL at ``xi = 0``).
+
+  Args:
+    logits: ``[batch..., num_classes]``.
+    labels: integer class indices, ``[batch...]``.
+    __COMPONENT_ARGS__
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.focal_loss_with_integer_labels(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
+    [0.0018]
+
+  References:
+    Lin et al., `Focal Loss for Dense Object Detection
+    <https://arxiv.org/abs/1708.02002>`_, 2017.
+  """
+  return _cyclical(logits, labels, 0, integer_labels=True, gamma_hc=0.0,
+                   gamma_lc=gamma, gamma_neg=None, label_smoothing=label_smoothing,
+                   class_weights=class_weights, axis=axis, where=where)
+
+
+@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
+def focal_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
+               class_weights=None, axis=-1, where=None) -> jax.Array:
+  r"""Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.
+
+  Args:
+    logits: ``[batch..., num_classes]``.
+    labels: class probabilities, same shape as ``logits``.
+    __COMPONENT_ARGS__
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.focal_loss(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
+    [0.0018]
+
+  References:
+    Lin et al., `Focal Loss for Dense Object Detection
+    <https://arxiv.org/abs/1708.02002>`_, 2017.
+  """
+  return _cyclical(logits, labels, 0, integer_labels=False, gamma_hc=0.0,
+                   gamma_lc=gamma, gamma_neg=None, label_smoothing=label_smoothing,
+                   class_weights=class_weights, axis=axis, where=where)
+
+
+@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
+def high_confidence_loss_with_integer_labels(logits, labels, *, gamma=2.0,
+                                             label_smoothing=0.0,
+                                             class_weights=None, axis=-1,
+                                             where=None) -> jax.Array:
+  r"""High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t` (CFL at ``xi = 1``).
+
+  Up-weights confident examples by up to :math:`2^{\gamma}`.
+
+  Args:
+    logits: ``[batch..., num_classes]``.
+    labels: integer class indices, ``[batch...]``.
+    __COMPONENT_ARGS__
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.high_confidence_loss_with_integer_labels(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
+    [0.449]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _cyclical(logits, labels, 1, integer_labels=True, gamma_hc=gamma,
+                   gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
+                   class_weights=class_weights, axis=axis, where=where)
+
+
+@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
+def high_confidence_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
+                         class_weights=None, axis=-1, where=None) -> jax.Array:
+  r"""High-confidence loss for probability labels, :math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.
+
+  Args:
+    logits: ``[batch..., num_classes]``.
+    labels: class probabilities, same shape as ``logits``.
+    __COMPONENT_ARGS__
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.high_confidence_loss(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
+    [0.449]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _cyclical(logits, labels, 1, integer_labels=False, gamma_hc=gamma,
+                   gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
+                   class_weights=class_weights, axis=axis, where=where)
