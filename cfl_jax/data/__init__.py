@@ -1,0 +1,71 @@
+"""Image-classification datasets picked by name: ``get_dataset({'name': ..., **kwargs})``.
+
+Every dataset implements :class:`ImageClassificationData` (see ``cfl_jax/data/base.py``): host-local
+numpy batches, deterministic in ``(seed, step)``, sharded over ``jax.process_count()`` processes.
+Only the requested dataset's module is imported, so digits never imports TensorFlow.
+"""
+
+from collections.abc import Callable, Mapping
+import importlib
+import inspect
+from typing import Any
+
+from cfl_jax.data.base import ImageClassificationData
+from cfl_jax.data.long_tail import linear_counts
+from cfl_jax.data.long_tail import long_tail_counts
+
+# name -> (module, factory); the factory takes the dataset's keyword arguments.
+_DATASETS: dict[str, tuple[str, str]] = {
+    "digits": ("cfl_jax.data.digits", "digits"),
+}
+
+DATASET_NAMES = tuple(_DATASETS)
+
+
+def _factory(name: str) -> Callable[..., ImageClassificationData]:
+  if name not in _DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}.")
+  module, function = _DATASETS[name]
+  return getattr(importlib.import_module(module), function)
+
+
+def get_dataset(config: Mapping[str, Any]) -> ImageClassificationData:
+  """Builds the dataset named by ``config['name']`` with the remaining entries as keywords.
+
+  Args:
+    config: a dict or ``ml_collections.ConfigDict`` with ``name`` (one of ``DATASET_NAMES``) and
+      that dataset's keyword arguments.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    ValueError: for a missing or unknown name, an unknown keyword or a bad value.
+
+  Examples:
+    >>> data = get_dataset({'name': 'digits', 'profile': 'long_tail', 'imbalance_ratio': 10.0})
+    >>> data.num_classes, int(data.train_class_counts[-1])
+    (10, 12)
+  """
+  kwargs = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  if "name" not in kwargs:
+    raise ValueError(
+        f"The dataset config needs a 'name'; known datasets: {', '.join(DATASET_NAMES)}.")
+  name = kwargs.pop("name")
+  factory = _factory(name)
+  known = inspect.signature(factory).parameters
+  unknown = sorted(set(kwargs) - set(known))
+  if unknown:
+    raise ValueError(
+        f"Unknown keyword(s) {', '.join(unknown)} for dataset {name!r}; it accepts: "
+        f"{', '.join(known) or 'none'}.")
+  return factory(**kwargs)
+
+
+__all__ = [
+    "DATASET_NAMES",
+    "ImageClassificationData",
+    "get_dataset",
+    "linear_counts",
+    "long_tail_counts",
+]
