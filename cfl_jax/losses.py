@@ -376,7 +376,8 @@ def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
                             dtype=inputs.logits.dtype)
     inputs = inputs._replace(labels=labels)
   if label_smoothing:
-    num_classes = inputs.logits.shape[-1]
+    num_classes = (inputs.logits.shape[-1] if inputs.class_mask is None else
+                   jnp.sum(inputs.class_mask, axis=-1, keepdims=True))
     inputs = inputs._replace(
         labels=inputs.labels * (1 - label_smoothing) + label_smoothing / num_classes)
   return _soft_label_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc)
@@ -552,7 +553,7 @@ def focal_loss_with_integer_labels(logits, labels, *, gamma=2.0,
     <https://arxiv.org/abs/1708.02002>`_, 2017.
   """
   return _cyclical(logits, labels, 0, integer_labels=True, gamma_hc=0.0,
-                   gamma_lc=gamma, gamma_neg=None, label_smoothing=label_smoothing,
+                   gamma_lc=_gamma("gamma", gamma), gamma_neg=None, label_smoothing=label_smoothing,
                    class_weights=class_weights, axis=axis, where=where)
 
 
@@ -581,7 +582,7 @@ def focal_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
     <https://arxiv.org/abs/1708.02002>`_, 2017.
   """
   return _cyclical(logits, labels, 0, integer_labels=False, gamma_hc=0.0,
-                   gamma_lc=gamma, gamma_neg=None, label_smoothing=label_smoothing,
+                   gamma_lc=_gamma("gamma", gamma), gamma_neg=None, label_smoothing=label_smoothing,
                    class_weights=class_weights, axis=axis, where=where)
 
 
@@ -612,7 +613,7 @@ def high_confidence_loss_with_integer_labels(logits, labels, *, gamma=2.0,
   References:
     Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
   """
-  return _cyclical(logits, labels, 1, integer_labels=True, gamma_hc=gamma,
+  return _cyclical(logits, labels, 1, integer_labels=True, gamma_hc=_gamma("gamma", gamma),
                    gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
                    class_weights=class_weights, axis=axis, where=where)
 
@@ -640,6 +641,6 @@ def high_confidence_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
   References:
     Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
   """
-  return _cyclical(logits, labels, 1, integer_labels=False, gamma_hc=gamma,
+  return _cyclical(logits, labels, 1, integer_labels=False, gamma_hc=_gamma("gamma", gamma),
                    gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
                    class_weights=class_weights, axis=axis, where=where)
