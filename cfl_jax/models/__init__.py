@@ -12,10 +12,18 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cfl_jax.models import resnet
 from cfl_jax.models.digits_cnn import DigitsCNN
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
+    "resnet20": resnet.ResNet20,
+    "resnet32": resnet.ResNet32,
+    "resnet56": resnet.ResNet56,
+    "resnet18_cifar": resnet.ResNet18CIFAR,
+    "resnet10": resnet.ResNet10,
+    "resnet50": resnet.ResNet50,
+    "resnet152": resnet.ResNet152,
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -52,4 +60,4 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
   return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 
-__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model"]
+__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model", "resnet"]

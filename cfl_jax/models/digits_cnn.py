@@ -40,6 +40,4 @@ class DigitsCNN(nn.Module):
     for i, (features, strides) in enumerate(((32, 1), (64, 2), (64, 1))):
       x = conv(features, 3, strides, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
-    return x.astype(jnp.float32)
+    return layers.ClassifierHead(self.num_classes, self.dtype, name="head")(x)

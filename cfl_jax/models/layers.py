@@ -1,14 +1,16 @@
-"""Convolution and BatchNorm settings shared by every model of the package.
+"""Layers shared by every model of the package: convolution, BatchNorm, classifier head.
 
-Both factories return ``functools.partial`` objects of Flax modules, so a model writes
-``conv(64, 3, strides=2)`` and ``norm()`` and all models agree on initialisation, padding,
-BatchNorm momentum and the compute / parameter dtypes.
+The two factories return constructors of Flax modules, so a model writes ``conv(64, 3, 2)`` and
+``norm()`` and all models agree on initialisation, padding, BatchNorm momentum and the compute /
+parameter dtypes.
 """
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # He et al. (2015) normal initialisation over fan-out, as in torchvision's ResNets.
@@ -64,3 +66,22 @@ def norm_factory(dtype: jnp.dtype, *, train: bool) -> Callable[..., nn.BatchNorm
       dtype=dtype,
       param_dtype=jnp.float32,
   )
+
+
+class ClassifierHead(nn.Module):
+  """Global mean pool over height and width, then a dense layer; float32 logits.
+
+  Attributes:
+    num_classes: number of output logits.
+    dtype: compute dtype of the dense layer; its parameters are float32.
+  """
+
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps features ``[batch, H, W, C]`` to float32 logits ``[batch, num_classes]``."""
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="dense")(x)
+    return x.astype(jnp.float32)
