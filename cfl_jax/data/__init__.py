@@ -11,12 +11,16 @@ import inspect
 from typing import Any
 
 from cfl_jax.data.base import ImageClassificationData
+from cfl_jax.data.cifar_subsets import SUBSET_NAMES
+from cfl_jax.data.cifar_subsets import subset_ids
 from cfl_jax.data.long_tail import linear_counts
 from cfl_jax.data.long_tail import long_tail_counts
 
 # name -> (module, factory); the factory takes the dataset's keyword arguments.
 _DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("cfl_jax.data.digits", "digits"),
+    "cifar10": ("cfl_jax.data.cifar", "cifar10"),
+    "cifar100": ("cfl_jax.data.cifar", "cifar100"),
 }
 
 DATASET_NAMES = tuple(_DATASETS)
@@ -65,7 +69,9 @@ def get_dataset(config: Mapping[str, Any]) -> ImageClassificationData:
 __all__ = [
     "DATASET_NAMES",
     "ImageClassificationData",
+    "SUBSET_NAMES",
     "get_dataset",
     "linear_counts",
     "long_tail_counts",
+    "subset_ids",
 ]
