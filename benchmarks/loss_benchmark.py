@@ -1,0 +1,89 @@
+"""Forward + gradient time of each loss form against optax cross-entropy.
+
+Every candidate runs on the same logits and labels; timings are interleaved
+(one call of each function per round, in a rotating order) and the median over
+rounds is reported, with the ratio to cross-entropy measured in the same rounds.
+
+    python benchmarks/loss_benchmark.py                    # the CPU shapes
+    python benchmarks/loss_benchmark.py --shapes 8192x32768:float32 --rounds 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import cfl_jax
+
+DEFAULT_SHAPES = ("4096x1000:float32", "1024x32768:float32", "1024x32768:bfloat16")
+
+FORMS = {
+    "cross_entropy (optax)": lambda z, t, xi: optax.softmax_cross_entropy_with_integer_labels(z, t),
+    "focal": lambda z, t, xi: cfl_jax.focal_loss_with_integer_labels(z, t, gamma=2.0),
+    "high_confidence": lambda z, t, xi: cfl_jax.high_confidence_loss_with_integer_labels(
+        z, t, gamma=2.0),
+    "cfl paper": lambda z, t, xi: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        z, t, xi, gamma_hc=3.0, gamma_lc=2.0),
+    "cfl reference (eps 0.1)": lambda z, t, xi: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        z, t, xi, gamma_hc=3.0, gamma_lc=2.0, gamma_neg=2.0, label_smoothing=0.1),
+    "cfl reference (gneg 1.5)": lambda z, t, xi: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        z, t, xi, gamma_hc=3.0, gamma_lc=2.0, gamma_neg=1.5, label_smoothing=0.1),
+}
+
+
+def value_and_grad_fn(loss):
+  """Mean loss and its gradient w.r.t. the logits, jitted; xi is a traced scalar."""
+  return jax.jit(jax.value_and_grad(lambda z, t, xi: loss(z, t, xi).mean()))
+
+
+def parse_shape(text):
+  dims, dtype = text.split(":")
+  batch, classes = (int(d) for d in dims.split("x"))
+  return batch, classes, jnp.dtype(dtype)
+
+
+def benchmark(batch, classes, dtype, rounds):
+  key_z, key_t = jax.random.split(jax.random.key(0))
+  logits = (3 * jax.random.normal(key_z, (batch, classes))).astype(dtype)
+  labels = jax.random.randint(key_t, (batch,), 0, classes)
+  xi = jnp.float32(0.3)
+  fns = {name: value_and_grad_fn(loss) for name, loss in FORMS.items()}
+  for fn in fns.values():  # compile and warm up
+    jax.block_until_ready(fn(logits, labels, xi))
+  times = {name: [] for name in fns}
+  names = list(fns)
+  for r in range(rounds):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      start = time.perf_counter()
+      jax.block_until_ready(fns[name](logits, labels, xi))
+      times[name].append(time.perf_counter() - start)
+  base = statistics.median(times[names[0]])
+  return {name: (statistics.median(t), statistics.median(t) / base)
+          for name, t in times.items()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES),
+                      help="BATCHxCLASSES:dtype entries")
+  parser.add_argument("--rounds", type=int, default=30)
+  args = parser.parse_args()
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}, {args.rounds} interleaved rounds, median")
+  for text in args.shapes:
+    batch, classes, dtype = parse_shape(text)
+    print(f"\n({batch}, {classes}) {dtype.name}   forward+grad of the mean loss")
+    print(f"  {'loss':<26}{'ms':>10}{'x CE':>8}")
+    for name, (seconds, ratio) in benchmark(batch, classes, dtype, args.rounds).items():
+      print(f"  {name:<26}{seconds * 1e3:>10.2f}{ratio:>8.2f}")
+
+
+if __name__ == "__main__":
+  main()
