@@ -147,6 +147,7 @@ def test_batches_are_standardised_augmented_and_deterministic(data_dir):
     ({"name": "cifar10", "subset": "first_4000", "imbalance_ratio": 10}, ValueError, "not both"),
     ({"name": "cifar100", "imbalance_ratio": 0.5}, ValueError, "imbalance_ratio"),
     ({"name": "cifar10", "long_tail_profile": "zipf", "imbalance_ratio": 10}, ValueError, "zipf"),
+    ({"name": "cifar10", "long_tail_profile": "step"}, ValueError, "set imbalance_ratio"),
     ({"name": "cifar10", "sampler": "x"}, ValueError, "Unknown keyword.*sampler"),
 ])
 def test_bad_configs(data_dir, config, error, message):
@@ -155,5 +156,6 @@ def test_bad_configs(data_dir, config, error, message):
 
 
 def test_missing_data_names_data_dir_and_how_to_prepare(tmp_path):
-  with pytest.raises(FileNotFoundError, match=f"data_dir='{tmp_path}'.*tfds build cifar100"):
+  message = f"data_dir='{tmp_path}'.*tfds.builder\\('cifar100'"
+  with pytest.raises(FileNotFoundError, match=message):
     get_dataset({"name": "cifar100", "data_dir": str(tmp_path)})

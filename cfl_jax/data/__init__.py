@@ -21,6 +21,9 @@ _DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("cfl_jax.data.digits", "digits"),
     "cifar10": ("cfl_jax.data.cifar", "cifar10"),
     "cifar100": ("cfl_jax.data.cifar", "cifar100"),
+    "imagenet2012": ("cfl_jax.data.imagenet", "imagenet2012"),
+    "imagenet_lt": ("cfl_jax.data.imagenet", "imagenet_lt"),
+    "places_lt": ("cfl_jax.data.imagenet", "places_lt"),
 }
 
 DATASET_NAMES = tuple(_DATASETS)

@@ -25,6 +25,7 @@ Batch = dict[str, np.ndarray]
 # Independent random streams derived from one user seed.
 _PERMUTATION_STREAM = 0
 _AUGMENTATION_STREAM = 1
+_TF_DATA_EPOCH_STREAM = 2
 
 
 class ImageClassificationData(abc.ABC):
@@ -88,6 +89,16 @@ class ImageClassificationData(abc.ABC):
     """
 
 
+def resolve_process(process_index: int | None = None,
+                    process_count: int | None = None) -> tuple[int, int]:
+  """``(process_index, process_count)``, each defaulting to jax's, validated."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f"process_index={index} is not in [0, process_count={count}).")
+  return index, count
+
+
 def process_slice(global_batch_size: int, process_index: int | None = None,
                   process_count: int | None = None) -> slice:
   """Rows of a global batch that belong to one process.
@@ -107,10 +118,7 @@ def process_slice(global_batch_size: int, process_index: int | None = None,
     >>> process_slice(8, process_index=1, process_count=4)
     slice(2, 4, None)
   """
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  if not 0 <= index < count:
-    raise ValueError(f"process_index={index} is not in [0, process_count={count}).")
+  index, count = resolve_process(process_index, process_count)
   if global_batch_size < 1 or global_batch_size % count:
     raise ValueError(
         f"global_batch_size={global_batch_size} must be a positive multiple of "
@@ -129,6 +137,12 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   """The order in which epoch ``epoch`` visits the training set: ``[num_examples]`` int64."""
   rng = np.random.default_rng([_PERMUTATION_STREAM, _check_seed(seed), epoch])
   return rng.permutation(num_examples)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """A 32-bit seed for the shuffling and augmentation of one epoch of a tf.data pipeline."""
+  sequence = np.random.SeedSequence([_TF_DATA_EPOCH_STREAM, _check_seed(seed), epoch])
+  return int(sequence.generate_state(1)[0])
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

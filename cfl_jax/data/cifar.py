@@ -100,6 +100,8 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
     cifar_subsets.check_subset_dataset(subset, name)
   if imbalance_ratio is not None:
     long_tail.long_tail_counts(_NUM_CLASSES[name], 1, imbalance_ratio, long_tail_profile)
+  elif long_tail_profile != "exponential":
+    raise ValueError("long_tail_profile applies to CIFAR-LT only: set imbalance_ratio too.")
   builder = tfds_io.tfds_builder(name, data_dir)
   indices, images, labels = _load_split(builder, "train")
   keep = _select_training(name, indices, labels, subset, imbalance_ratio, long_tail_profile)

@@ -33,8 +33,8 @@ def tfds_builder(name: str, data_dir: str | None) -> Any:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = tfds.builder(name, data_dir=data_dir)
-  target = data_dir or "~/tensorflow_datasets"
   return require_prepared(builder, (
-      f"Prepare it once on a machine with the data or internet access: `tfds build {name} "
-      f"--data_dir={target}` (add --manual_dir=DIR for manually downloaded archives), then "
-      f"copy {target}/{name} here."))
+      f"Prepare it once where the data or internet is available: python -c \"import "
+      f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir={data_dir!r})"
+      f".download_and_prepare()\" (for manually downloaded archives pass download_config="
+      f"tfds.download.DownloadConfig(manual_dir=DIR)), then copy {builder.data_path} here."))

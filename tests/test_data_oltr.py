@@ -1,0 +1,96 @@
+"""Tests of the OLTR builders (ImageNet-LT, Places-LT) on a temporary folder of images and lists."""
+
+import numpy as np
+import pytest
+
+from cfl_jax.data import get_dataset
+
+PIL_Image = pytest.importorskip("PIL.Image")
+oltr = pytest.importorskip("cfl_jax.data.oltr")  # Needs tensorflow_datasets.
+
+# (relative path, image format, PIL mode, label): JPEG RGB / grey / CMYK and a PNG.
+_TRAIN = [("train/n0/a.JPEG", "JPEG", "RGB", 0), ("train/n0/b.png", "PNG", "RGB", 0),
+          ("train/n0/c.JPEG", "JPEG", "CMYK", 0), ("train/n1/d.JPEG", "JPEG", "L", 1),
+          ("train/n1/e.JPEG", "JPEG", "RGB", 1), ("train/n2/f.JPEG", "JPEG", "RGB", 2)]
+_VAL = [("train/n2/g.JPEG", "JPEG", "RGB", 2), ("train/n1/h.JPEG", "JPEG", "RGB", 1)]
+_TEST = [("val/n0/i.JPEG", "JPEG", "RGB", 0), ("val/n1/j.png", "PNG", "RGB", 1),
+         ("val/n2/k.JPEG", "JPEG", "RGB", 2)]
+
+
+def _write_benchmark(root, prefix, splits=(("train", _TRAIN), ("val", _VAL), ("test", _TEST))):
+  for suffix, entries in splits:
+    lines = []
+    for path, image_format, mode, label in entries:
+      (root / path).parent.mkdir(parents=True, exist_ok=True)
+      PIL_Image.new(mode, (20 + label, 16)).save(root / path, format=image_format)
+      lines.append(f"{path} {label}\n")
+    (root / f"{prefix}_{suffix}.txt").write_text("".join(lines))
+  return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  oltr.tfds.disable_progress_bar()
+  manual_dir = _write_benchmark(tmp_path_factory.mktemp("imagenet_lt"), "ImageNet_LT")
+  root = str(tmp_path_factory.mktemp("tfds"))
+  oltr.prepare("imagenet_lt", manual_dir=str(manual_dir), data_dir=root)
+  return root
+
+
+def test_counts_splits_and_batches(data_dir):
+  data = get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "image_size": 8})
+  assert data.num_classes == 1000 and data.image_shape == (8, 8, 3)
+  np.testing.assert_array_equal(data.train_class_counts[:4], [3, 2, 1, 0])
+  assert data.train_class_counts.shape == (1000,) and data.num_eval_examples == 3
+  # PNG and CMYK images were re-encoded, so every image decodes with the fused JPEG ops.
+  train = [next(data.train_batches(global_batch_size=6, seed=0, start_step=step))
+           for step in range(2)]
+  assert sorted(train[0]["label"].tolist()) == [0, 0, 0, 1, 1, 2]
+  assert all(np.isfinite(b["image"]).all() for b in train)
+  evaluated = list(data.eval_batches(global_batch_size=2))
+  labels = np.concatenate([b["label"][b["mask"]] for b in evaluated])
+  assert sorted(labels.tolist()) == [0, 1, 2]
+  validation = get_dataset({"name": "imagenet_lt", "data_dir": data_dir,
+                            "eval_split": "validation"})
+  assert validation.num_eval_examples == 2
+
+
+def test_places_lt_builder(tmp_path):
+  oltr.tfds.disable_progress_bar()
+  manual_dir = _write_benchmark(tmp_path / "manual", "Places_LT", (
+      ("train", _TRAIN[:2]), ("val", _VAL[:1]), ("test", _TEST[:1])))
+  oltr.prepare("places_lt", manual_dir=str(manual_dir), data_dir=str(tmp_path / "tfds"))
+  data = get_dataset({"name": "places_lt", "data_dir": str(tmp_path / "tfds")})
+  assert data.num_classes == 365 and data.image_shape == (224, 224, 3)
+  np.testing.assert_array_equal(data.train_class_counts[:2], [2, 0])
+
+
+def test_missing_list_names_the_layout(tmp_path):
+  manual_dir = _write_benchmark(tmp_path, "ImageNet_LT", (("train", _TRAIN[:1]),))
+  with pytest.raises(FileNotFoundError, match="Missing list file .*ImageNet_LT_val.txt.*"
+                     "ImageNet_LT_train.txt  ImageNet_LT_val.txt  ImageNet_LT_test.txt"):
+    oltr.prepare("imagenet_lt", manual_dir=str(manual_dir), data_dir=str(tmp_path / "tfds"))
+
+
+def test_missing_image_is_named(tmp_path):
+  manual_dir = _write_benchmark(tmp_path, "ImageNet_LT")
+  (manual_dir / "val/n1/j.png").unlink()
+  with pytest.raises(FileNotFoundError, match=r"1 listed images are missing .*val/n1/j.png"):
+    oltr.prepare("imagenet_lt", manual_dir=str(manual_dir), data_dir=str(tmp_path / "tfds"))
+
+
+@pytest.mark.parametrize("line", ["train/a.JPEG", "train/a.JPEG 1000", "train/a.JPEG x"])
+def test_malformed_list_line(tmp_path, line):
+  (tmp_path / "list.txt").write_text(f"train/ok.JPEG 3\n{line}\n")
+  with pytest.raises(ValueError, match=r"list.txt:2: expected 'relative/path label'"):
+    oltr.read_list(str(tmp_path / "list.txt"), num_classes=1000)
+
+
+def test_unprepared_benchmark_says_how_to_prepare(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"oltr.prepare\('places_lt'.*Places_LT_train.txt"):
+    get_dataset({"name": "places_lt", "data_dir": str(tmp_path)})
+
+
+def test_unknown_eval_split(data_dir):
+  with pytest.raises(ValueError, match="no split 'val'; it has"):
+    get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "eval_split": "val"})
