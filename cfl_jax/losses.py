@@ -197,8 +197,9 @@ class _NonTargetStats(NamedTuple):
   log_normalizer``; ``non_target`` is the set of kept classes other than ``t``.
   """
   non_target: jax.Array      # [..., C] bool
+  shift: jax.Array           # [...], the row maximum m
   shifted: jax.Array         # [..., C]
-  exp_shifted: jax.Array     # [..., C], e^{z_j - m} on non_target, 0 elsewhere
+  scaled_exp: jax.Array      # [..., C], e^{z_j - m + K} on non_target, 0 elsewhere
   log_normalizer: jax.Array  # [...]
   log_p_target: jax.Array    # [...]
   log_1m_p_target: jax.Array  # [...]
@@ -232,14 +233,16 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
                     initial=jnp.finfo(logits.dtype).min)
   shift = jax.lax.stop_gradient(shift)
   shifted = logits - shift[..., None]
-  scaled = jnp.where(non_target, jnp.exp(shifted + _EXP_OFFSET), 0.0)
+  # Masking the exponent (not the exponential) leaves one [..., C] array to save.
+  scaled = jnp.exp(jnp.where(non_target, shifted + _EXP_OFFSET, -jnp.inf))
   log_sum = jnp.log(jnp.sum(scaled, axis=-1) + _SUM_FLOOR) - _EXP_OFFSET
   target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   margin = target_logit - shift
   return _NonTargetStats(
       non_target=non_target,
+      shift=shift,
       shifted=shifted,
-      exp_shifted=scaled * np.exp(-_EXP_OFFSET),
+      scaled_exp=scaled,
       log_normalizer=jnp.logaddexp(margin, log_sum),
       log_p_target=-jnp.logaddexp(0.0, log_sum - margin),
       log_1m_p_target=-jnp.logaddexp(0.0, margin - log_sum),
@@ -289,39 +292,41 @@ def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
   loss = -target_mass * weight * stats.log_p_target
   if gamma_neg is not None and label_smoothing > 0:
     loss -= (label_smoothing / num_classes) * _reference_non_target_sum(
-        stats, xi=xi, gamma_neg=gamma_neg, class_weights=inputs.class_weights)
+        logits, labels, class_mask, stats, xi=xi, gamma_neg=gamma_neg, class_weights=inputs.class_weights)
   return _masked(loss, example_mask)
 
 
-def _reference_non_target_sum(stats: _NonTargetStats, *, xi, gamma_neg,
-                              class_weights):
-  r""":math:`\sum_{j \ne t} c_j [\xi + (1 - \xi) p_j^{g}] \log p_j` in one fused pass.
+def _reference_non_target_sum(logits, labels, class_mask, stats: _NonTargetStats,
+                              *, xi, gamma_neg, class_weights):
+  r""":math:`\sum_{j \ne t} c_j [\xi + (1 - \xi) p_j^{g}] \log p_j`, per example.
 
-  With :math:`d_j = z_j - m` (:math:`\le 0`), :math:`L = \operatorname{lse}(z) - m`
-  (:math:`\ge 0`) and :math:`e_j = e^{d_j}`:
-  :math:`\sum c_j \log p_j = \sum c_j d_j - L \sum c_j` and
-  :math:`\sum c_j p_j^g \log p_j = e^{-gL}(\sum c_j e_j^g d_j - L \sum c_j e_j^g)`,
-  where both parts of each difference have the same sign (no cancellation). All
-  sums reduce the same elementwise expressions, so XLA fuses them into a single
-  read of the logits; integer ``g`` uses products instead of a second ``exp``.
+  :math:`\log p_j = z_j - \operatorname{lse}(z)` and :math:`p_j` is read off the
+  non-target exponentials already computed for :math:`\log(1 - p_t)` (zero at
+  the target), so the sum costs no further ``exp``. It runs over all kept
+  classes; the target's entry, :math:`[\xi + (1 - \xi)[g = 0]] \log p_t`, is
+  then subtracted, which keeps the fused reduction free of a per-entry select.
+  Rematerialised (``jax.checkpoint``): the backward pass recomputes the entries
+  instead of saving ``[..., C]`` intermediates.
   """
-  shifted, non_target = stats.shifted, stats.non_target
-  weights = non_target.astype(shifted.dtype)
+  xi_b = xi[..., None] if isinstance(xi, jax.Array) and xi.ndim else xi
+
+  def weight(p, log_p, xi):
+    return _mix(xi, lambda: jnp.ones_like(log_p), lambda: _pow(p, gamma_neg, log_p))
+
+  @jax.checkpoint
+  def all_class_sum(logits, scaled_exp, log_normalizer):
+    log_p = logits - (log_normalizer + stats.shift)[..., None]
+    p = scaled_exp * jnp.exp(-_EXP_OFFSET - log_normalizer)[..., None]
+    terms = weight(p, log_p, xi_b) * log_p
+    if class_weights is not None:
+      terms = terms * class_weights
+    return jnp.sum(terms, axis=-1, where=class_mask)
+
+  log_p_target = stats.log_p_target
+  target_term = weight(jnp.zeros_like(log_p_target), log_p_target, xi) * log_p_target
   if class_weights is not None:
-    weights = weights * class_weights
-  log_normalizer = stats.log_normalizer
-
-  def hard_term():  # xi-part: sum_j c_j log p_j
-    return (jnp.sum(weights * shifted, axis=-1)
-            - log_normalizer * jnp.sum(weights, axis=-1))
-
-  def easy_term():  # (1 - xi)-part: sum_j c_j p_j^g log p_j
-    powered = weights * _pow(stats.exp_shifted, gamma_neg, shifted)
-    return jnp.exp(-gamma_neg * log_normalizer) * (
-        jnp.sum(powered * shifted, axis=-1)
-        - log_normalizer * jnp.sum(powered, axis=-1))
-
-  return _mix(xi, hard_term, easy_term)
+    target_term = target_term * class_weights[labels]
+  return all_class_sum(logits, stats.scaled_exp, stats.log_normalizer) - target_term
 
 
 def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
