@@ -1,0 +1,147 @@
+"""What a run tells the world: files in the workdir, the metric window and progress on screen.
+
+Only process 0 writes files and shows progress; the other processes of a multi-host run get
+disabled writers, so the loop calls them unconditionally.
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+from absl import logging
+import jax
+
+# Train metrics that are measurements (averaged over the window); the step's other metrics are
+# schedule values, reported as they were at the window's last step.
+MEASURED = ("loss", "accuracy", "grad_norm")
+
+
+class MetricWindow:
+  """Averages the measured train metrics over the steps between two log lines.
+
+  Values stay on device until :meth:`flush` or :meth:`state`, so logging does not stall the
+  dispatch of further steps. Sums are accumulated step by step in float64 on the host, so a window
+  restored from :meth:`state` continues exactly as an uninterrupted one.
+  """
+
+  def __init__(self, state: Mapping[str, Any] | None = None):
+    state = state or {}
+    self._sums = dict(state.get("sums", {}))
+    self._count = state.get("count", 0)
+    self._last = dict(state.get("last", {}))
+    self._pending: list[dict[str, jax.Array]] = []
+
+  def add(self, metrics: Mapping[str, jax.Array]) -> None:
+    """Records one step's metrics (device arrays)."""
+    self._pending.append(dict(metrics))
+
+  def _absorb(self) -> None:
+    for metrics in jax.device_get(self._pending):
+      for key, value in metrics.items():
+        if key in MEASURED:
+          self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        else:
+          self._last[key] = float(value)
+      self._count += 1
+    self._pending = []
+
+  def state(self) -> dict[str, Any]:
+    """A JSON-serialisable snapshot from which ``MetricWindow(snapshot)`` continues."""
+    self._absorb()
+    return {"sums": dict(self._sums), "count": self._count, "last": dict(self._last)}
+
+  def flush(self) -> dict[str, float]:
+    """The window's means and last schedule values; starts a new window."""
+    self._absorb()
+    record = {key: total / self._count for key, total in self._sums.items()}
+    record.update(self._last)
+    self._sums, self._count, self._last = {}, 0, {}
+    return record
+
+
+class RunFiles:
+  """``config.json``, ``metrics.jsonl`` (one JSON object per line) and ``summary.json``."""
+
+  def __init__(self, workdir: str, *, enabled: bool):
+    self.workdir = workdir
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def _write_json(self, name: str, value: Any) -> None:
+    if self.enabled:
+      temporary = self._path(f".{name}.tmp")
+      with open(temporary, "w") as f:
+        json.dump(value, f, indent=2)
+      os.replace(temporary, self._path(name))
+
+  def write_config(self, config: Mapping[str, Any]) -> None:
+    self._write_json("config.json", config)
+
+  def write_summary(self, summary: Mapping[str, Any]) -> None:
+    self._write_json("summary.json", summary)
+
+  def keep_metrics_until(self, step: int) -> None:
+    """Drops ``metrics.jsonl`` records after ``step`` (written after the checkpoint resumed from)."""
+    path = self._path("metrics.jsonl")
+    if not self.enabled or not os.path.exists(path):
+      return
+    with open(path) as f:
+      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+      f.writelines(lines)
+
+  def append_metrics(self, record: Mapping[str, Any]) -> None:
+    if self.enabled:
+      with open(self._path("metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _format(record: Mapping[str, Any], keys: Sequence[str]) -> str:
+  """``'key value, ...'`` for the ``keys`` present in ``record`` (None shown as n/a)."""
+  return ", ".join(f"{key} {'n/a' if record[key] is None else format(record[key], '.4g')}"
+                   for key in keys if key in record)
+
+
+class Progress:
+  """A tqdm bar (loss, accuracy, xi) when stderr is a terminal, plain log lines otherwise."""
+
+  def __init__(self, *, total_steps: int, start_step: int, enabled: bool):
+    self.total_steps = total_steps
+    self._bar = None
+    if enabled and sys.stderr.isatty():
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top (only on a terminal)
+      # Size from shutil (which falls back to 80x24): tqdm draws nothing on a terminal that
+      # reports 0 x 0, as a pseudo-terminal without a size does.
+      columns, rows = shutil.get_terminal_size()
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=columns,
+                       nrows=rows)
+    self._enabled = enabled
+
+  def advance(self) -> None:
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def train(self, step: int, record: Mapping[str, Any]) -> None:
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
+                            xi=f"{record['xi']:.3f}")
+    elif self._enabled:
+      logging.info("step %d/%d: %s", step, self.total_steps,
+                   _format(record, [*MEASURED, *sorted(set(record) - set(MEASURED))]))
+
+  def eval(self, step: int, record: Mapping[str, Any]) -> None:
+    if self._enabled:
+      message = _format(record, ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
+                                 "medium_shot_accuracy", "few_shot_accuracy", "test_loss"))
+      (self._bar.write if self._bar is not None else logging.info)(f"eval at step {step}: {message}")
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

@@ -1,0 +1,121 @@
+"""Tests of the jitted train/eval steps and their sharding (8 fake CPU devices, see conftest)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cfl_jax import metrics
+from cfl_jax.training import objective, sharding, state as state_lib, steps
+from cfl_jax.training.loop import Run
+
+_CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_focal"},
+           "cyclical": {"weight_decay": {"enabled": True}, "grad_clip": {"enabled": True}}}
+
+
+def _run(devices=None, **overrides):
+  run = Run.create({**_CONFIG, **overrides})
+  return dataclasses.replace(run, mesh=sharding.make_data_mesh(devices))
+
+
+def _initial_state(run):
+  create = functools.partial(state_lib.create_train_state, run.model, run.tx,
+                             image_shape=run.dataset.image_shape)
+  return jax.jit(create, out_shardings=sharding.replicated(run.mesh))(jax.random.key(0))
+
+
+def _batches(run, count):
+  batches = run.dataset.train_batches(global_batch_size=run.config.batch_size, seed=0)
+  return [sharding.shard_batch(next(batches), run.mesh) for _ in range(count)]
+
+
+@functools.partial(jax.jit, static_argnames="train")
+def _logits(state, images, train):
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  if train:
+    return state.apply_fn(variables, images, train=True, mutable=["batch_stats"])[0]
+  return state.apply_fn(variables, images, train=False)
+
+
+def _trajectory(run, num_steps, schedules=None):
+  """(final params on host, list of host metrics) after ``num_steps`` jitted steps."""
+  train_step = steps.jit_train_step(run.mesh, loss_fn=objective.get_loss_fn(run.config.loss),
+                                    schedules=schedules or run.plan.schedules)
+  state, history = _initial_state(run), []
+  for batch in _batches(run, num_steps):
+    previous = state
+    state, step_metrics = train_step(state, batch, jax.random.key(1))
+    history.append(step_metrics)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(previous.params))  # donated
+  return jax.device_get(state.params), jax.device_get(history), train_step
+
+
+def test_schedules_are_read_at_state_step_inside_one_compiled_step():
+  run = _run()
+  _, history, train_step = _trajectory(run, 3)
+  assert train_step._cache_size() == 1  # one program for every step: no retracing on step
+  for step, step_metrics in enumerate(history):
+    for name in ("xi", "learning_rate", "weight_decay", "grad_clip_norm"):
+      assert step_metrics[name] == pytest.approx(float(run.plan.schedules[name](step))), name
+  assert {"loss", "accuracy", "grad_norm"} <= set(history[0])
+  assert history[0]["xi"] == 1.0 and history[1]["xi"] < 1.0
+
+
+def test_sharded_equals_unsharded():
+  single = _run(jax.devices()[:1])
+  sharded = _run()
+  assert sharded.mesh.devices.size == 8
+  params_1, history_1, _ = _trajectory(single, 4)
+  params_8, history_8, _ = _trajectory(sharded, 4)
+  for one, eight in zip(history_1, history_8):
+    for name in one:
+      assert eight[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_1, params_8)
+
+
+def test_temperature_divides_the_training_logits():
+  run = _run(loss={"name": "cross_entropy"})
+  batch = _batches(run, 1)[0]
+  state = _initial_state(run)
+  logits = _logits(state, batch["image"], train=True)
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits / 2.0, batch["label"]).mean()
+  schedules = {**run.plan.schedules, "temperature": lambda step: jnp.float32(2.0)}
+  _, history, _ = _trajectory(run, 1, schedules)
+  assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+  assert history[0]["temperature"] == 2.0
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+  run = _run(model={"name": "digits_cnn", "dtype": "bfloat16"})
+  params, history, _ = _trajectory(run, 2)
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
+  assert history[-1]["loss"].dtype == np.float32 and np.isfinite(history[-1]["loss"])
+
+
+def test_eval_step_counts_match_metrics_and_skip_padding():
+  run = _run(eval_batch_size=512)
+  state = _initial_state(run)
+  eval_step = steps.jit_eval_step(run.mesh, num_classes=10)
+  (batch,) = list(run.dataset.eval_batches(global_batch_size=512))
+  assert batch["mask"].sum() == 500  # 12 padding rows
+  counts = jax.device_get(eval_step(state, sharding.shard_batch(batch, run.mesh)))
+  logits = _logits(state, batch["image"], train=False)
+  expected = metrics.class_counts(logits, batch["label"], 10, where=batch["mask"])
+  np.testing.assert_array_equal(counts["correct"], expected["correct"])
+  np.testing.assert_array_equal(counts["total"], np.full(10, 50))
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  assert counts["loss_sum"] == pytest.approx(float(cross_entropy[batch["mask"]].sum()), rel=1e-5)
+
+
+def test_shard_batch_builds_a_batch_sharded_global_array():
+  mesh = sharding.make_data_mesh()
+  batch = sharding.shard_batch({"x": np.arange(16, dtype=np.float32)}, mesh)
+  assert batch["x"].shape == (16,) and batch["x"].sharding == sharding.batch_sharded(mesh)
+  assert len(batch["x"].addressable_shards) == 8
+  with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
+    sharding.check_batch_size("batch_size", 12, mesh)
