@@ -15,51 +15,18 @@ from cfl_jax.data import SUBSET_NAMES
 from cfl_jax.data import get_dataset
 from cfl_jax.data import long_tail_counts
 from cfl_jax.data import subset_ids
+import tfds_fakes
 
 _TRAIN_SIZE = {"cifar10": 6000, "cifar100": 7700}  # Covers the largest index of every subset.
 _TEST_SIZE = 120
 
 
-def _write_cifar_binary(path, indices, num_label_bytes, num_classes):
-  """CIFAR binary format: per image, label byte(s) then 3 x 32 x 32 uint8 (CHW)."""
-  images = np.zeros((len(indices), 3, 32, 32), np.uint8)
-  images[:, 0, 0, 0] = indices % 256
-  images[:, 1, 0, 0] = indices // 256
-  labels = [indices % 20] * (num_label_bytes - 1) + [indices % num_classes]  # (coarse,) fine
-  records = np.concatenate([np.stack(labels, 1).astype(np.uint8), images.reshape(len(indices), -1)],
-                           axis=1)
-  records.tofile(path)
-
-
-def _offline_builder(real_builder, tfds_name, files):
-  """The real builder class reading local CIFAR binary files ``{split: path}``, not the URL."""
-
-  class OfflineCifar(real_builder, skip_registration=True):
-    name = tfds_name
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {split: self._generate_examples(f"{split}_", [path]) for split, path in files.items()}
-
-  return OfflineCifar
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  tfds.disable_progress_bar()
+  pytest.importorskip("tensorflow_datasets")
   root = tmp_path_factory.mktemp("tfds")
-  real_builders = {"cifar10": tfds.image_classification.Cifar10,
-                   "cifar100": tfds.image_classification.Cifar100}
-  for name, real_builder in real_builders.items():
-    files = {}
-    for split, size in (("train", _TRAIN_SIZE[name]), ("test", _TEST_SIZE)):
-      files[split] = str(root / f"{name}_{split}.bin")
-      _write_cifar_binary(files[split], np.arange(size), 1 if name == "cifar10" else 2,
-                          int(name[5:]))
-    _offline_builder(real_builder, name, files)(data_dir=str(root)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  for name, train_size in _TRAIN_SIZE.items():
+    tfds_fakes.prepare_cifar(root, name, train_size=train_size, test_size=_TEST_SIZE)
   return str(root)
 
 

@@ -7,9 +7,6 @@ Each image's red value identifies it, also after random crops (a crop of a unifo
 uniform).
 """
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 
@@ -17,6 +14,7 @@ from cfl_jax.data import get_dataset
 
 PIL_Image = pytest.importorskip("PIL.Image")
 tfds = pytest.importorskip("tensorflow_datasets")
+import tfds_fakes  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 _SYNSETS = ("n01440764", "n01443537", "n01484850")  # Classes 0, 1, 2.
 _PER_CLASS = 4
@@ -25,38 +23,12 @@ _TRAIN_REDS = {40 * label + 10 * k for label in range(3) for k in range(_PER_CLA
 _VAL_REDS = {20 * k for k in range(_NUM_VAL)}
 
 
-def _jpeg(red, width, height):
-  output = io.BytesIO()
-  PIL_Image.new("RGB", (width, height), (red, 100, 200)).save(output, format="JPEG", quality=95)
-  return output.getvalue()
-
-
-def _add(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  tfds.disable_progress_bar()
-  manual_dir = tmp_path_factory.mktemp("ilsvrc2012")
-  with tarfile.open(manual_dir / "ILSVRC2012_img_train.tar", "w") as train:
-    for label, synset in enumerate(_SYNSETS):
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode="w") as images:
-        for k in range(_PER_CLASS):
-          _add(images, f"{synset}_{k}.JPEG", _jpeg(40 * label + 10 * k, 30 + 5 * k, 24))
-      _add(train, f"{synset}.tar", inner.getvalue())
-  with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w") as val:
-    for k in range(_NUM_VAL):
-      _add(val, f"ILSVRC2012_val_{k + 1:08d}.JPEG", _jpeg(20 * k, 28, 36))
-  root = str(tmp_path_factory.mktemp("tfds"))
-  tfds.builder("imagenet2012", data_dir=root).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(manual_dir), try_download_gcs=False,
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return root
+  root = tmp_path_factory.mktemp("tfds")
+  tfds_fakes.prepare_imagenet2012(root, tmp_path_factory.mktemp("ilsvrc2012"), synsets=_SYNSETS,
+                                  per_class=_PER_CLASS, num_val=_NUM_VAL)
+  return str(root)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from cfl_jax.data import get_dataset
 
 PIL_Image = pytest.importorskip("PIL.Image")
 oltr = pytest.importorskip("cfl_jax.data.oltr")  # Needs tensorflow_datasets.
+import tfds_fakes  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # (relative path, image format, PIL mode, label): JPEG RGB / grey / CMYK and a PNG.
 _TRAIN = [("train/n0/a.JPEG", "JPEG", "RGB", 0), ("train/n0/b.png", "PNG", "RGB", 0),
@@ -18,14 +19,7 @@ _TEST = [("val/n0/i.JPEG", "JPEG", "RGB", 0), ("val/n1/j.png", "PNG", "RGB", 1),
 
 
 def _write_benchmark(root, prefix, splits=(("train", _TRAIN), ("val", _VAL), ("test", _TEST))):
-  for suffix, entries in splits:
-    lines = []
-    for path, image_format, mode, label in entries:
-      (root / path).parent.mkdir(parents=True, exist_ok=True)
-      PIL_Image.new(mode, (20 + label, 16)).save(root / path, format=image_format)
-      lines.append(f"{path} {label}\n")
-    (root / f"{prefix}_{suffix}.txt").write_text("".join(lines))
-  return root
+  return tfds_fakes.write_oltr_benchmark(root, prefix, splits)
 
 
 @pytest.fixture(scope="module")

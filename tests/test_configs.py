@@ -1,0 +1,188 @@
+"""Tests of the paper-study configs in experiments/configs/.
+
+Every config parses with every loss and passes the trainer's validation; the durations and
+schedules it sets give the protocol's values; its ``smoke`` mode trains and evaluates for real,
+on the CPU, on tiny datasets written in the real TFDS formats (``tfds_fakes``), one shared
+prepared data directory for the whole module.
+"""
+
+import importlib
+import os
+import sys
+
+from absl import flags
+import jax
+from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
+from ml_collections import config_flags
+import numpy as np
+import pytest
+
+from cfl_jax.data import SUBSET_NAMES
+from cfl_jax.training import objective
+from cfl_jax.training import optim
+from cfl_jax.training import resolve_config
+from cfl_jax.training import train_and_evaluate
+from experiments.configs import common
+import tfds_fakes
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "configs")
+STUDIES = ("cifar10", "cifar100", "cifar_4k", "cifar_lt", "imagenet", "imagenet_lt", "places_lt")
+
+
+def _get_config(study, arg=None):
+  return importlib.import_module(f"experiments.configs.{study}").get_config(arg)
+
+
+def test_every_study_file_is_tested():
+  files = {name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py")}
+  assert files - {"__init__", "common", "digits"} == set(STUDIES)
+
+
+@pytest.mark.parametrize("loss", tuple(common.LOSSES))
+@pytest.mark.parametrize("study", STUDIES)
+def test_each_loss_resolves(study, loss):
+  config = resolve_config(_get_config(study, loss))
+  assert config.loss.name == common.LOSSES[loss]
+  assert config.name.endswith(f"_{loss}") and config.num_train_steps == -1
+  assert config.dataset.data_dir is None
+  assert resolve_config(_get_config(study, f"{loss},smoke")).name.endswith(f"_{loss}_smoke")
+
+
+@pytest.mark.parametrize("study, protocol", [
+    ("cifar10", "timm"), ("cifar_4k", "timm"), ("imagenet", "timm"), ("cifar_lt", "ldam"),
+    ("imagenet_lt", "oltr"), ("places_lt", "oltr")])
+def test_loss_hyperparameters_follow_the_protocol(study, protocol):
+  hyper = common.PROTOCOLS[protocol]
+  cfl = _get_config(study, "cfl").loss
+  assert (cfl.gamma_hc, cfl.gamma_lc, cfl.cyclical_factor, cfl.label_smoothing) == (
+      hyper["gamma_hc"], hyper["gamma_lc"], hyper["cyclical_factor"], hyper["label_smoothing"])
+  assert cfl.xi_schedule == "paper"
+  reference = _get_config(study, "cfl_reference").loss
+  assert (reference.gamma_neg, reference.label_smoothing, reference.xi_schedule,
+          reference.xi_first_epoch) == (hyper["gamma_neg"], 0.1, "reference",
+                                        hyper["xi_first_epoch"])
+  assert _get_config(study, "focal").loss.gamma_lc == 2.0
+  assert _get_config(study, "ce").loss.label_smoothing == hyper["label_smoothing"]
+
+
+def test_cifar_lt_is_the_ldam_protocol():
+  config = resolve_config(_get_config("cifar_lt", "c100,ratio=50,ce"))
+  assert config.dataset.to_dict() == {"name": "cifar100", "imbalance_ratio": 50.0,
+                                      "data_dir": None}
+  assert (config.model.name, config.batch_size, config.num_epochs) == ("resnet32", 128, 200)
+  assert (config.optimizer.weight_decay, config.optimizer.nesterov) == (2e-4, False)
+  steps_per_epoch = 10847 // 128  # CIFAR-100-LT at rho=100 has 10,847 images
+  lr = optim.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
+                                    steps_per_epoch=steps_per_epoch)
+  values = [float(lr(epoch * steps_per_epoch)) for epoch in (0, 5, 159, 160, 180, 199)]
+  np.testing.assert_allclose(values, [0.02, 0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)
+
+
+def test_imagenet_lt_reference_xi_is_the_long_tail_path():
+  config = resolve_config(_get_config("imagenet_lt", "cfl_reference"))
+  assert (config.model.name, config.num_epochs, config.batch_size) == ("resnet10", 30, 128)
+  assert config.optimizer.lr_decay_epochs == (10, 20)
+  steps_per_epoch = 115846 // 128
+  xi = objective.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
+                             steps_per_epoch=steps_per_epoch)
+  values = [float(xi(epoch * steps_per_epoch)) for epoch in (0, 14, 29)]  # epochs 1, 15, 30
+  np.testing.assert_allclose(values, [0.931, 0.0345, 1.069], atol=5e-4)
+
+
+def test_cifar_4k_subsets():
+  names = {(dataset, subset): _get_config("cifar_4k", f"{dataset},{subset}").dataset.subset
+           for dataset in ("c10", "c100") for subset in ("balanced", "sampler6_2", "sampler5_3")}
+  names["c10", "intended"] = _get_config("cifar_4k", "sampler5_3_intended").dataset.subset
+  assert set(names.values()) == set(SUBSET_NAMES)
+  assert _get_config("cifar_4k").dataset.to_dict() == {"name": "cifar10", "subset": "first_4000",
+                                                       "data_dir": None}
+  with pytest.raises(ValueError, match="c10 only"):
+    _get_config("cifar_4k", "c100,sampler5_3_intended")
+
+
+@pytest.mark.parametrize("study, arg, message", [
+    ("cifar10", "c10", r"Unknown token 'c10'.*valid tokens: cfl \| ce \| focal \| cfl_reference, "
+     r"smoke, data_dir=<str>"),
+    ("cifar_lt", "c10,rho=10", r"Unknown token 'rho=10'.*c10 \| c100, .*ratio=<float>"),
+    ("cifar_4k", "sampler6_2,sampler5_3", "sets 'subset' twice"),
+    ("imagenet_lt", "ce,focal", "sets 'loss' twice"),
+    ("cifar_lt", "ratio=high", "Bad value in 'ratio=high'"),
+    ("places_lt", "smoke=1", "Unknown token 'smoke=1'"),
+])
+def test_bad_arguments(study, arg, message):
+  with pytest.raises(ValueError, match=message):
+    _get_config(study, arg)
+
+
+def test_command_line_argument_and_override(monkeypatch):
+  argv = ["prog", f"--config={os.path.join(CONFIG_DIR, 'cifar_lt.py')}:c10,ratio=10,ce,data_dir=/a",
+          "--config.dataset.data_dir=/tfds", "--config.loss.gamma_lc=1.0"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True)
+  values(argv)
+  assert values.config.name == "cifar_lt_c10_r10_ce"
+  assert values.config.dataset.data_dir == "/tfds" and values.config.loss.gamma_lc == 1.0
+
+
+# Smoke runs on tiny data in the real formats.
+
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module's smoke runs, restored afterwards.
+
+  Runs over the same number of classes compile identical initialisation and eval programs (and
+  identical train steps for the same recipe and loss); the cache compiles each once, and
+  compilation dominates a two-step run on the CPU.
+  """
+  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  for name, value in zip(_CACHE_OPTIONS, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
+    jax.config.update(name, value)
+  compilation_cache_lib.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache_lib.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("PIL")
+  from cfl_jax.data import oltr  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("tfds")
+  # CIFAR-10 covers the balanced 4K subset (the first 4,000 ids).
+  tfds_fakes.prepare_cifar(root, "cifar10", train_size=4000, test_size=32)
+  tfds_fakes.prepare_cifar(root, "cifar100", train_size=200, test_size=32)
+  tfds_fakes.prepare_imagenet2012(root, tmp_path_factory.mktemp("ilsvrc2012"),
+                                  synsets=("n01440764", "n01443537"), per_class=8, num_val=4)
+  for name, prefix in (("imagenet_lt", "ImageNet_LT"), ("places_lt", "Places_LT")):
+    entries = {split: [(f"{split}/{k}.JPEG", "JPEG", "RGB", k % 3) for k in range(size)]
+               for split, size in (("train", 32), ("val", 4), ("test", 8))}
+    manual_dir = tfds_fakes.write_oltr_benchmark(tmp_path_factory.mktemp(prefix), prefix,
+                                                 entries.items())
+    oltr.prepare(name, manual_dir=str(manual_dir), data_dir=str(root))
+  return str(root)
+
+
+@pytest.mark.parametrize("study, arg, steps", [
+    ("cifar10", "smoke", 2),
+    ("cifar_4k", "c10,balanced,smoke", 2),  # compiles the same programs as cifar10
+    ("cifar100", "focal,smoke", 2),
+    ("cifar_lt", "c10,ratio=10,smoke", 2),
+    ("imagenet", "ce,smoke", 2),
+    ("imagenet_lt", "cfl_reference,smoke", 4),  # two whole epochs of 32 images at batch 16
+    ("places_lt", "smoke", 2),
+])
+def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study, arg, steps):
+  del compilation_cache  # used for its effect
+  config = _get_config(study, f"{arg},data_dir={data_dir}")
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["train_steps"] == steps and not summary["preempted"]
+  assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])
+  assert os.path.isfile(os.path.join(tmp_path, "summary.json"))
