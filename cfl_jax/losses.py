@@ -37,6 +37,7 @@ References:
 from __future__ import annotations
 
 import numbers
+import string
 from typing import NamedTuple
 
 import jax
@@ -553,25 +554,19 @@ def cyclical_focal_loss(
                    axis=axis, where=where)
 
 
-_COMPONENT_ARGS_DOC = """
-    gamma: the exponent :math:`\\gamma \\ge 0`.
-    label_smoothing: :math:`\\epsilon \\in [0, 1)`, applied to the labels inside
+_COMPONENT_DOC = string.Template(r"""$summary
+
+  $extra
+
+  Args:
+    logits: ``[batch..., num_classes]``; any float dtype (computed in float32).
+    labels: $labels
+    gamma: the exponent :math:`\gamma \ge 0`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`, applied to the labels inside
       the weighted sum.
     class_weights: optional ``[num_classes]`` per-class weights.
     axis: the class axis of ``logits``.
-    where: optional mask of the batch shape or of the logits' shape."""
-
-
-@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
-def focal_loss_with_integer_labels(logits, labels, *, gamma=2.0,
-                                   label_smoothing=0.0, class_weights=None,
-                                   axis=-1, where=None) -> jax.Array:
-  r"""Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t` (CFL at ``xi = 0``).
-
-  Args:
-    logits: ``[batch..., num_classes]``.
-    labels: integer class indices, ``[batch...]``.
-    __COMPONENT_ARGS__
+    where: optional mask of the batch shape or of the logits' shape.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -579,103 +574,59 @@ def focal_loss_with_integer_labels(logits, labels, *, gamma=2.0,
   Examples:
     >>> import jax.numpy as jnp
     >>> import cfl_jax
-    >>> print(cfl_jax.focal_loss_with_integer_labels(
-    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
-    [0.0018]
+    >>> print(cfl_jax.$name(
+    ...     jnp.array([[2.0, 0.0]]), $example_labels, gamma=2.0).round(4))
+    $example_output
 
   References:
-    Lin et al., `Focal Loss for Dense Object Detection
-    <https://arxiv.org/abs/1708.02002>`_, 2017.
-  """
-  return _cyclical(logits, labels, 0, integer_labels=True, gamma_hc=0.0,
-                   gamma_lc=_gamma("gamma", gamma), gamma_neg=None, label_smoothing=label_smoothing,
-                   class_weights=class_weights, axis=axis, where=where)
+    $reference
+""")
+
+_INTEGER_LABELS = ("integer class indices, ``[batch...]``.", "jnp.array([0])")
+_PROBABILITY_LABELS = ("class probabilities, same shape as ``logits``.",
+                       "jnp.array([[1.0, 0.0]])")
+_FOCAL = dict(xi=0, example_output="[0.0018]", extra=(
+    "Down-weights examples the model already classifies confidently; CFL at ``xi = 0``."),
+              reference="Lin et al., `Focal Loss for Dense Object Detection\n"
+              "    <https://arxiv.org/abs/1708.02002>`_, 2017.")
+_HIGH_CONFIDENCE = dict(xi=1, example_output="[0.449]", extra=(
+    "Up-weights confident examples by up to :math:`2^{\\gamma}`; CFL at ``xi = 1``."),
+                        reference="Smith, `Cyclical Focal Loss "
+                        "<https://arxiv.org/abs/2202.08978>`_, 2022.")
 
 
-@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
-def focal_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
-               class_weights=None, axis=-1, where=None) -> jax.Array:
-  r"""Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.
+def _component(name: str, summary: str, *, xi: int, labels, **doc):
+  """One of the two CFL components (``xi`` fixed at 0 or 1) as a public loss function."""
+  integer_labels = labels is _INTEGER_LABELS
 
-  Args:
-    logits: ``[batch..., num_classes]``.
-    labels: class probabilities, same shape as ``logits``.
-    __COMPONENT_ARGS__
+  def loss(logits, labels, *, gamma=2.0, label_smoothing=0.0, class_weights=None,
+           axis=-1, where=None) -> jax.Array:
+    gamma = _gamma("gamma", gamma)
+    return _cyclical(logits, labels, xi, integer_labels=integer_labels,
+                     gamma_hc=gamma if xi == 1 else 0.0, gamma_lc=gamma if xi == 0 else 0.0,
+                     gamma_neg=None, label_smoothing=label_smoothing,
+                     class_weights=class_weights, axis=axis, where=where)
 
-  Returns:
-    ``[batch...]`` float32 losses.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import cfl_jax
-    >>> print(cfl_jax.focal_loss(
-    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
-    [0.0018]
-
-  References:
-    Lin et al., `Focal Loss for Dense Object Detection
-    <https://arxiv.org/abs/1708.02002>`_, 2017.
-  """
-  return _cyclical(logits, labels, 0, integer_labels=False, gamma_hc=0.0,
-                   gamma_lc=_gamma("gamma", gamma), gamma_neg=None, label_smoothing=label_smoothing,
-                   class_weights=class_weights, axis=axis, where=where)
+  loss.__name__ = loss.__qualname__ = name
+  loss.__doc__ = _COMPONENT_DOC.substitute(
+      name=name, summary=summary, labels=labels[0], example_labels=labels[1], **doc)
+  return loss
 
 
-@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
-def high_confidence_loss_with_integer_labels(logits, labels, *, gamma=2.0,
-                                             label_smoothing=0.0,
-                                             class_weights=None, axis=-1,
-                                             where=None) -> jax.Array:
-  r"""High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t` (CFL at ``xi = 1``).
-
-  Up-weights confident examples by up to :math:`2^{\gamma}`.
-
-  Args:
-    logits: ``[batch..., num_classes]``.
-    labels: integer class indices, ``[batch...]``.
-    __COMPONENT_ARGS__
-
-  Returns:
-    ``[batch...]`` float32 losses.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import cfl_jax
-    >>> print(cfl_jax.high_confidence_loss_with_integer_labels(
-    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
-    [0.449]
-
-  References:
-    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
-  """
-  return _cyclical(logits, labels, 1, integer_labels=True, gamma_hc=_gamma("gamma", gamma),
-                   gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
-                   class_weights=class_weights, axis=axis, where=where)
-
-
-@_document("__COMPONENT_ARGS__", _COMPONENT_ARGS_DOC)
-def high_confidence_loss(logits, labels, *, gamma=2.0, label_smoothing=0.0,
-                         class_weights=None, axis=-1, where=None) -> jax.Array:
-  r"""High-confidence loss for probability labels, :math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.
-
-  Args:
-    logits: ``[batch..., num_classes]``.
-    labels: class probabilities, same shape as ``logits``.
-    __COMPONENT_ARGS__
-
-  Returns:
-    ``[batch...]`` float32 losses.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import cfl_jax
-    >>> print(cfl_jax.high_confidence_loss(
-    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
-    [0.449]
-
-  References:
-    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
-  """
-  return _cyclical(logits, labels, 1, integer_labels=False, gamma_hc=_gamma("gamma", gamma),
-                   gamma_lc=0.0, gamma_neg=None, label_smoothing=label_smoothing,
-                   class_weights=class_weights, axis=axis, where=where)
+focal_loss_with_integer_labels = _component(
+    "focal_loss_with_integer_labels",
+    r"Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t`.",
+    labels=_INTEGER_LABELS, **_FOCAL)
+focal_loss = _component(
+    "focal_loss",
+    r"Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.",
+    labels=_PROBABILITY_LABELS, **_FOCAL)
+high_confidence_loss_with_integer_labels = _component(
+    "high_confidence_loss_with_integer_labels",
+    r"High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t`.",
+    labels=_INTEGER_LABELS, **_HIGH_CONFIDENCE)
+high_confidence_loss = _component(
+    "high_confidence_loss",
+    r"High-confidence loss for probability labels, "
+    r":math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.",
+    labels=_PROBABILITY_LABELS, **_HIGH_CONFIDENCE)
