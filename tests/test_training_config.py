@@ -9,10 +9,12 @@ from cfl_jax.training import ConfigError, default_config, resolve_config, train_
 from experiments.configs import digits
 
 
-def test_defaults_and_the_digits_config_resolve():
+def test_the_defaults_are_the_embedded_digits_experiment():
   assert resolve_config({}).to_dict() == default_config().to_dict()
-  config = resolve_config(digits.get_config())
-  assert config.loss.name == "cyclical_focal" and config.dataset.imbalance_ratio == 10.0
+  assert resolve_config(digits.get_config()).to_dict() == default_config().to_dict()
+  assert default_config().loss.name == "cyclical_focal"
+  assert default_config().dataset.to_dict() == {"name": "digits", "profile": "long_tail",
+                                                "imbalance_ratio": 10.0}
 
 
 def test_partial_configs_keep_defaults_and_coerce_ints_to_floats():
@@ -46,7 +48,7 @@ def test_config_dicts_are_accepted():
     ({"loss": {"xi_first_epoch": 1}}, "xi_first_epoch applies to loss.xi_schedule='reference'"),
     ({"loss": {"gamma_hc": "2"}}, "loss.gamma_hc must be like 2.0, got '2'"),
     ({"num_epochs": 0}, "num_epochs must be >= 1"),
-    ({"num_epochs": 2.5}, "num_epochs must be like 30, got 2.5"),
+    ({"num_epochs": 2.5}, "num_epochs must be like 60, got 2.5"),
     ({"num_train_steps": 0}, "num_train_steps must be -1"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"name": "a/b"}, "name must be a non-empty file name"),

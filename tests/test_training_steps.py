@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from cfl_jax import metrics
-from cfl_jax.training import objective, sharding, state as state_lib, steps
+from cfl_jax.training import objective, sharding, steps
 from cfl_jax.training.loop import Run
 
 _CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_focal"},
@@ -20,12 +20,6 @@ _CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_f
 def _run(devices=None, **overrides):
   run = Run.create({**_CONFIG, **overrides})
   return dataclasses.replace(run, mesh=sharding.make_data_mesh(devices))
-
-
-def _initial_state(run):
-  create = functools.partial(state_lib.create_train_state, run.model, run.tx,
-                             image_shape=run.dataset.image_shape)
-  return jax.jit(create, out_shardings=sharding.replicated(run.mesh))(jax.random.key(0))
 
 
 def _batches(run, count):
@@ -42,10 +36,10 @@ def _logits(state, images, train):
 
 
 def _trajectory(run, num_steps, schedules=None):
-  """(final params on host, list of host metrics) after ``num_steps`` jitted steps."""
+  """(final params on host, list of host metrics, the step) after ``num_steps`` jitted steps."""
   train_step = steps.jit_train_step(run.mesh, loss_fn=objective.get_loss_fn(run.config.loss),
                                     schedules=schedules or run.plan.schedules)
-  state, history = _initial_state(run), []
+  state, history = run.fresh_state(), []
   for batch in _batches(run, num_steps):
     previous = state
     state, step_metrics = train_step(state, batch, jax.random.key(1))
@@ -54,9 +48,15 @@ def _trajectory(run, num_steps, schedules=None):
   return jax.device_get(state.params), jax.device_get(history), train_step
 
 
-def test_schedules_are_read_at_state_step_inside_one_compiled_step():
-  run = _run()
-  _, history, train_step = _trajectory(run, 3)
+@pytest.fixture(scope="module")
+def trajectories():
+  """Four steps on one device and on eight, from the same seed and batches."""
+  return {devices: (run, *_trajectory(run, 4))
+          for devices, run in ((1, _run(jax.devices()[:1])), (8, _run()))}
+
+
+def test_schedules_are_read_at_state_step_inside_one_compiled_step(trajectories):
+  run, _, history, train_step = trajectories[8]
   assert train_step._cache_size() == 1  # one program for every step: no retracing on step
   for step, step_metrics in enumerate(history):
     for name in ("xi", "learning_rate", "weight_decay", "grad_clip_norm"):
@@ -65,12 +65,10 @@ def test_schedules_are_read_at_state_step_inside_one_compiled_step():
   assert history[0]["xi"] == 1.0 and history[1]["xi"] < 1.0
 
 
-def test_sharded_equals_unsharded():
-  single = _run(jax.devices()[:1])
-  sharded = _run()
-  assert sharded.mesh.devices.size == 8
-  params_1, history_1, _ = _trajectory(single, 4)
-  params_8, history_8, _ = _trajectory(sharded, 4)
+def test_sharded_equals_unsharded(trajectories):
+  (single, params_1, history_1, _), (sharded, params_8, history_8, _) = (
+      trajectories[1], trajectories[8])
+  assert single.mesh.devices.size == 1 and sharded.mesh.devices.size == 8
   for one, eight in zip(history_1, history_8):
     for name in one:
       assert eight[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
@@ -81,7 +79,7 @@ def test_sharded_equals_unsharded():
 def test_temperature_divides_the_training_logits():
   run = _run(loss={"name": "cross_entropy"})
   batch = _batches(run, 1)[0]
-  state = _initial_state(run)
+  state = run.fresh_state()
   logits = _logits(state, batch["image"], train=True)
   expected = optax.softmax_cross_entropy_with_integer_labels(logits / 2.0, batch["label"]).mean()
   schedules = {**run.plan.schedules, "temperature": lambda step: jnp.float32(2.0)}
@@ -99,7 +97,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
 
 def test_eval_step_counts_match_metrics_and_skip_padding():
   run = _run(eval_batch_size=512)
-  state = _initial_state(run)
+  state = run.fresh_state()
   eval_step = steps.jit_eval_step(run.mesh, num_classes=10)
   (batch,) = list(run.dataset.eval_batches(global_batch_size=512))
   assert batch["mask"].sum() == 500  # 12 padding rows

@@ -108,18 +108,30 @@ class Run:
     summary["test_loss"] = float(totals["loss_sum"] / totals["total"].sum())
     return summary
 
-  def initial_state(self, checkpointer: checkpointing.Checkpointer):
-    """A fresh train state, or the newest checkpoint's, with its progress record (or {})."""
-    replicated = sharding.replicated(self.mesh)
+  @functools.cached_property
+  def _init(self):
+    """The jitted state initialiser and its key."""
     init = jax.jit(functools.partial(state_lib.create_train_state, self.model, self.tx,
                                      image_shape=self.dataset.image_shape),
-                   out_shardings=replicated)
-    init_rng = jax.random.fold_in(jax.random.key(self.config.seed), 0)
+                   out_shardings=sharding.replicated(self.mesh))
+    # RngBitGenerator keys: the init compiles in ~1 s on CPU instead of ~3.5 s with threefry,
+    # and is still a pure function of the seed.
+    return init, jax.random.key(self.config.seed, impl="rbg")
+
+  def fresh_state(self) -> state_lib.TrainState:
+    """The train state at step 0, replicated over the mesh."""
+    init, rng = self._init
+    return init(rng)
+
+  def initial_state(self, checkpointer: checkpointing.Checkpointer):
+    """A fresh train state, or the newest checkpoint's, with its progress record (or {})."""
     latest = checkpointer.latest_step()
     if latest is None:
-      return init(init_rng), {}
+      return self.fresh_state(), {}
     logging.info("Resuming from checkpoint step %d in %s.", latest, checkpointer.directory)
-    abstract = checkpointing.abstract_like(jax.eval_shape(init, init_rng), replicated)
+    init, rng = self._init
+    abstract = checkpointing.abstract_like(jax.eval_shape(init, rng),
+                                           sharding.replicated(self.mesh))
     return checkpointer.restore(latest, abstract, self.config_json)
 
 
@@ -136,7 +148,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
   train_step = steps.jit_train_step(mesh, loss_fn=objective.get_loss_fn(config.loss),
                                     schedules=plan.schedules)
   eval_step = steps.jit_eval_step(mesh, num_classes=run.dataset.num_classes)
-  step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  step_rng = jax.random.key(config.seed)
   window = reporting.MetricWindow(progress.get("train_window"))
   last_train, last_eval, preempted = progress.get("last_train"), None, False
   step = int(state.step)

@@ -1,0 +1,1 @@
+"""Experiments: the runner (``python -m experiments.train``) and one config file per study."""

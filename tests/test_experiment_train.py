@@ -1,0 +1,46 @@
+"""End-to-end: ``train_and_evaluate`` on digits, and the ``python -m experiments.train`` runner."""
+
+import json
+import os
+
+import pytest
+
+from cfl_jax.training import resolve_config, train_and_evaluate
+from training_helpers import finish, read_metrics, read_summary, start_trainer, tiny_config
+
+_SUMMARY_KEYS = {"test_accuracy", "balanced_accuracy", "per_class_accuracy", "many_shot_accuracy",
+                 "medium_shot_accuracy", "few_shot_accuracy", "train_steps", "wall_seconds",
+                 "loss", "seed"}
+
+
+def test_train_and_evaluate_writes_the_run(tmp_path):
+  config = tiny_config(loss={"name": "cyclical_focal_reference", "label_smoothing": 0.1},
+                       cyclical={"temperature": {"enabled": True}})
+  summary = train_and_evaluate(config, str(tmp_path))
+
+  assert _SUMMARY_KEYS <= set(summary)
+  assert summary["train_steps"] == 30 and summary["seed"] == 0 and not summary["preempted"]
+  assert summary["num_devices"] == 8 and len(summary["per_class_accuracy"]) == 10
+  assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["loss"] > 0
+  assert read_summary(tmp_path) == json.loads(json.dumps(summary))
+  with open(os.path.join(tmp_path, "config.json")) as f:
+    assert json.load(f) == json.loads(resolve_config(config).to_json())
+
+  records = read_metrics(tmp_path)
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+  assert [r["step"] for r in evals] == [15, 30]  # every epoch (15 steps), the last one final
+  assert {"loss", "accuracy", "xi", "learning_rate", "grad_norm", "temperature"} <= set(train[0])
+  assert evals[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert summary["loss"] == train[-1]["loss"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "30"]  # max_to_keep=2
+
+
+def test_runner_refuses_bad_configs_before_compute(tmp_path):
+  returncode, output = finish(start_trainer(
+      str(tmp_path / "run"), {"loss": {"cyclical_factor": 0.5, "name": "cfl"}}))
+  assert returncode != 0
+  assert "loss.cyclical_factor must be >= 1.0, got 0.5" in output
+  assert "loss.name must be one of" in output
+  assert not os.path.exists(tmp_path / "run")

@@ -1,0 +1,94 @@
+"""Shared pieces of the end-to-end training tests: tiny configs and the runner as a subprocess."""
+
+from collections.abc import Mapping
+import json
+import os
+import subprocess
+import sys
+import time
+
+import orbax.checkpoint as ocp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides) -> dict:
+  """A few-second digits run: batch 32 (15 steps per epoch), frequent logs and checkpoints."""
+  config = {"name": "tiny", "batch_size": 32, "eval_batch_size": 512, "num_train_steps": 30,
+            "log_every_steps": 5, "eval_every_epochs": 1, "checkpoint_every_steps": 10,
+            "max_to_keep": 2}
+  config.update(overrides)
+  return config
+
+
+def _flags(config: Mapping, prefix: str = "--config.") -> list[str]:
+  """``--config.a.b=value`` overrides for every leaf of a nested dict."""
+  flags = []
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flags += _flags(value, f"{prefix}{key}.")
+    else:
+      flags.append(f"{prefix}{key}={value}")
+  return flags
+
+
+def start_trainer(workdir: str | None, config: Mapping, *extra_flags: str,
+                  env: Mapping[str, str] | None = None, cwd: str = REPO) -> subprocess.Popen:
+  """``python -m experiments.train`` with ``config`` as flag overrides, stdout+stderr piped.
+
+  ``extra_flags`` come first, so a ``--config=FILE`` among them precedes the overrides.
+  """
+  command = [sys.executable, "-m", "experiments.train", *extra_flags, *_flags(config)]
+  if workdir is not None:
+    command.append(f"--workdir={workdir}")
+  environment = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+  return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+  """Waits (killing the process after ``timeout`` seconds); returns (returncode, output)."""
+  try:
+    output, _ = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    output, _ = process.communicate()
+    raise AssertionError(f"trainer timed out after {timeout}s:\n{output[-3000:]}") from None
+  return process.returncode, output
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+  """Polls ``condition()`` until true; fails if the process exits first or time runs out."""
+  deadline = time.time() + timeout
+  while not condition():
+    if process.poll() is not None:
+      raise AssertionError(f"trainer exited ({process.returncode}) before the condition held:\n"
+                           f"{process.stdout.read()[-3000:]}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError("condition not reached in time")
+    time.sleep(0.01)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def read_summary(workdir: str) -> dict:
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def final_params(workdir: str) -> dict:
+  """The parameters of the newest checkpoint, as host arrays."""
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(name) for name in os.listdir(directory) if name.isdigit())
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.join(directory, str(step), "state"))["params"]
+
+
+def comparable(summary: Mapping) -> dict:
+  """A summary without the entries that depend on how the run was executed."""
+  return {key: value for key, value in summary.items()
+          if key not in ("wall_seconds", "resumed_from_step", "num_processes")}
