@@ -1,17 +1,11 @@
 """Tests of cfl_jax.metrics: device-side class counts and host-side accuracy summaries."""
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cfl_jax import metrics
-
-
-def test_doctests():
-  assert doctest.testmod(metrics).failed == 0
 
 
 def test_class_counts_match_a_python_count_and_ignore_masked_rows():

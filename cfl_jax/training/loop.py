@@ -137,12 +137,12 @@ class Run:
 
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
            checkpointer: checkpointing.Checkpointer, display: reporting.Progress):
-  """Trains from ``state.step`` to the end (or a preemption); returns the loop's outcome.
+  """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
 
   Returns:
-    ``(state, step, last_train, last_eval, preempted)``: the final state and step, the last
-    train-metrics record (or None), the eval at the last step (None if none ran) and whether a
-    preemption notice stopped the loop.
+    ``(step, last_train, last_eval, preempted)``: the final step, the last train-metrics record
+    (or None), the eval of the final state (None after a preemption) and whether a preemption
+    notice stopped the loop.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step = steps.jit_train_step(mesh, loss_fn=objective.get_loss_fn(config.loss),
@@ -175,15 +175,15 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
         last_eval = run.evaluate(eval_step, state)
         files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
         display.eval(step, last_eval)
-      preempted = watcher.reached(step)
+      preempted = watcher.reached(step) and step < plan.total_steps
       periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
       if periodic or preempted or step == plan.total_steps:
         checkpointer.save(step, state, {"config": run.config_json,
-                                        "train_window": window.state(),
+                                        "train_window": window.snapshot(),
                                         "last_train": last_train})
   if last_eval is None and not preempted:  # resumed from the final checkpoint
     last_eval = run.evaluate(eval_step, state)
-  return state, step, last_train, last_eval, preempted
+  return step, last_train, last_eval, preempted
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
     display = reporting.Progress(total_steps=run.plan.total_steps, start_step=start_step,
                                  enabled=is_writer)
     try:
-      _, step, last_train, last_eval, preempted = _train(
+      step, last_train, last_eval, preempted = _train(
           run, state, progress, files, checkpointer, display)
     finally:
       display.close()

@@ -22,16 +22,16 @@ MEASURED = ("loss", "accuracy", "grad_norm")
 class MetricWindow:
   """Averages the measured train metrics over the steps between two log lines.
 
-  Values stay on device until :meth:`flush` or :meth:`state`, so logging does not stall the
+  Values stay on device until :meth:`flush` or :meth:`snapshot`, so logging does not stall the
   dispatch of further steps. Sums are accumulated step by step in float64 on the host, so a window
-  restored from :meth:`state` continues exactly as an uninterrupted one.
+  restored from a :meth:`snapshot` continues exactly as an uninterrupted one.
   """
 
-  def __init__(self, state: Mapping[str, Any] | None = None):
-    state = state or {}
-    self._sums = dict(state.get("sums", {}))
-    self._count = state.get("count", 0)
-    self._last = dict(state.get("last", {}))
+  def __init__(self, snapshot: Mapping[str, Any] | None = None):
+    snapshot = snapshot or {}
+    self._sums = dict(snapshot.get("sums", {}))
+    self._count = snapshot.get("count", 0)
+    self._last = dict(snapshot.get("last", {}))
     self._pending: list[dict[str, jax.Array]] = []
 
   def add(self, metrics: Mapping[str, jax.Array]) -> None:
@@ -48,7 +48,7 @@ class MetricWindow:
       self._count += 1
     self._pending = []
 
-  def state(self) -> dict[str, Any]:
+  def snapshot(self) -> dict[str, Any]:
     """A JSON-serialisable snapshot from which ``MetricWindow(snapshot)`` continues."""
     self._absorb()
     return {"sums": dict(self._sums), "count": self._count, "last": dict(self._last)}
