@@ -73,13 +73,13 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   _configure_devices()
+  if jax.process_index() != 0:  # one process speaks for the run; the others only warn
+    logging.set_verbosity(logging.WARNING)
   logging.info("Training %s in %s on %d %s device(s), %d process(es).", config.name, workdir,
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
   summary = train_and_evaluate(config, workdir)
   if summary["preempted"]:
-    logging.info("Preempted after step %d; run the same command again to resume.",
-                 summary["train_steps"])
-    return
+    return  # the loop logged where it stopped; exit status 0
   keys = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",
           "few_shot_accuracy", "loss", "train_steps", "wall_seconds")
   logging.info("Done: %s", json.dumps({key: summary[key] for key in keys}))

@@ -101,7 +101,7 @@ def test_two_processes_agree_with_one_and_stop_together_on_sigterm(tmp_path, uni
   stopped = _checkpoint_steps(workdir)[-1]
   for returncode, output in results:
     assert returncode == 0, output
-    assert f"Preempted after step {stopped};" in output
+    assert f"Preempted after step {stopped}" in output
   assert "on 8 cpu device(s), 2 process(es)" in results[0][1]
 
   # The same trajectory to float precision (the all-reduces over two processes sum in another
