@@ -7,6 +7,7 @@ uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
 """
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -136,7 +137,8 @@ class Run:
 
 
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
-           checkpointer: checkpointing.Checkpointer, display: reporting.Progress):
+           checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
+           watcher: preemption.PreemptionWatcher):
   """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
 
   Returns:
@@ -155,32 +157,31 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
   batches = run.dataset.train_batches(global_batch_size=config.batch_size, seed=config.seed,
                                       start_step=step)
   in_flight = collections.deque()
-  with preemption.PreemptionWatcher() as watcher:
-    while step < plan.total_steps and not preempted:
-      state, step_metrics = train_step(state, sharding.shard_batch(next(batches), mesh), step_rng)
-      step += 1
-      window.add(step_metrics)
-      in_flight.append(step_metrics["loss"])
-      if len(in_flight) > _MAX_STEPS_IN_FLIGHT:
-        in_flight.popleft().block_until_ready()
-      display.advance()
-      epoch = step / plan.steps_per_epoch
-      if step % config.log_every_steps == 0 or step == plan.total_steps:
-        means = window.flush()
-        last_train = {"step": step, "epoch": epoch, "split": "train", **means}
-        files.append_metrics(last_train)
-        display.train(step, means)
-      if step == plan.total_steps or (plan.eval_every_steps
-                                      and step % plan.eval_every_steps == 0):
-        last_eval = run.evaluate(eval_step, state)
-        files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
-        display.eval(step, last_eval)
-      preempted = watcher.reached(step) and step < plan.total_steps
-      periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-      if periodic or preempted or step == plan.total_steps:
-        checkpointer.save(step, state, {"config": run.config_json,
-                                        "train_window": window.snapshot(),
-                                        "last_train": last_train})
+  while step < plan.total_steps and not preempted:
+    state, step_metrics = train_step(state, sharding.shard_batch(next(batches), mesh), step_rng)
+    step += 1
+    window.add(step_metrics)
+    in_flight.append(step_metrics["loss"])
+    if len(in_flight) > _MAX_STEPS_IN_FLIGHT:
+      in_flight.popleft().block_until_ready()
+    display.advance()
+    epoch = step / plan.steps_per_epoch
+    if step % config.log_every_steps == 0 or step == plan.total_steps:
+      means = window.flush()
+      last_train = {"step": step, "epoch": epoch, "split": "train", **means}
+      files.append_metrics(last_train)
+      display.train(step, means)
+    if step == plan.total_steps or (plan.eval_every_steps
+                                    and step % plan.eval_every_steps == 0):
+      last_eval = run.evaluate(eval_step, state)
+      files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
+      display.eval(step, last_eval)
+    preempted = watcher.reached(step) and step < plan.total_steps
+    periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+    if periodic or preempted or step == plan.total_steps:
+      checkpointer.save(step, state, {"config": run.config_json,
+                                      "train_window": window.snapshot(),
+                                      "last_train": last_train})
   if last_eval is None and not preempted:  # resumed from the final checkpoint
     last_eval = run.evaluate(eval_step, state)
   return step, last_train, last_eval, preempted
@@ -210,20 +211,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   files = reporting.RunFiles(workdir, enabled=is_writer)
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=run.config.max_to_keep)
-  try:
+  # SIGTERM from here on (compilation included) stops the run after its next step, saved.
+  with preemption.PreemptionWatcher() as watcher, contextlib.closing(checkpointer):
     state, progress = run.initial_state(checkpointer)
     start_step = int(state.step)
     files.write_config(run.config_json)
     files.keep_metrics_until(start_step)
     display = reporting.Progress(total_steps=run.plan.total_steps, start_step=start_step,
                                  enabled=is_writer)
-    try:
+    with contextlib.closing(display):
       step, last_train, last_eval, preempted = _train(
-          run, state, progress, files, checkpointer, display)
-    finally:
-      display.close()
-  finally:
-    checkpointer.close()
+          run, state, progress, files, checkpointer, display, watcher)
   summary = {"name": run.config.name, "seed": run.config.seed, "train_steps": step,
              "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,
              "resumed_from_step": start_step or None, "num_devices": run.mesh.devices.size,
