@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 from cfl_jax.training import resolve_config, train_and_evaluate
 from training_helpers import finish, read_metrics, read_summary, start_trainer, tiny_config
 

@@ -82,13 +82,15 @@ class RunFiles:
       os.replace(temporary, self._path(name))
 
   def write_config(self, config: Mapping[str, Any]) -> None:
+    """Writes ``config.json`` (atomically, as every JSON file here)."""
     self._write_json("config.json", config)
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
+    """Writes ``summary.json``."""
     self._write_json("summary.json", summary)
 
   def keep_metrics_until(self, step: int) -> None:
-    """Drops ``metrics.jsonl`` records after ``step`` (written after the checkpoint resumed from)."""
+    """Drops the ``metrics.jsonl`` records after ``step``, the checkpoint resumed from."""
     path = self._path("metrics.jsonl")
     if not self.enabled or not os.path.exists(path):
       return
@@ -98,6 +100,7 @@ class RunFiles:
       f.writelines(lines)
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
+    """Appends one JSON line to ``metrics.jsonl``."""
     if self.enabled:
       with open(self._path("metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -125,10 +128,12 @@ class Progress:
     self._enabled = enabled
 
   def advance(self) -> None:
+    """One more step done."""
     if self._bar is not None:
       self._bar.update(1)
 
   def train(self, step: int, record: Mapping[str, Any]) -> None:
+    """Shows the train metrics of a logging window."""
     if self._bar is not None:
       self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
                             xi=f"{record['xi']:.3f}")
@@ -137,11 +142,14 @@ class Progress:
                    _format(record, [*MEASURED, *sorted(set(record) - set(MEASURED))]))
 
   def eval(self, step: int, record: Mapping[str, Any]) -> None:
+    """Shows an evaluation's accuracies."""
     if self._enabled:
       message = _format(record, ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
                                  "medium_shot_accuracy", "few_shot_accuracy", "test_loss"))
-      (self._bar.write if self._bar is not None else logging.info)(f"eval at step {step}: {message}")
+      write = self._bar.write if self._bar is not None else logging.info
+      write(f"eval at step {step}: {message}")
 
   def close(self) -> None:
+    """Closes the bar, if any."""
     if self._bar is not None:
       self._bar.close()
