@@ -1,6 +1,5 @@
 """Tests of cfl_jax.models: registry, shapes, parameter counts, dtypes, BatchNorm modes."""
 
-import doctest
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import cfl_jax.models
-from cfl_jax.models import MODEL_NAMES, digits_cnn, get_model, layers, resnet
+from cfl_jax.models import MODEL_NAMES, get_model, resnet
 
 # name -> (input height = width, channels, number of classes)
 _INPUTS = {
@@ -187,8 +185,3 @@ def test_unknown_shortcut_option():
   with pytest.raises(ValueError, match="shortcut option 'C'"):
     _abstract_variables(model, jnp.zeros((1, 8, 8, 3)))
 
-
-@pytest.mark.parametrize("module", [cfl_jax.models, digits_cnn, layers, resnet])
-def test_docstring_examples(module):
-  results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-  assert results.failed == 0
