@@ -85,3 +85,13 @@ def test_digits_does_not_import_tensorflow():
           "next(data.train_batches(global_batch_size=8, seed=0)); "
           "assert not {'tensorflow', 'tensorflow_datasets'} & set(sys.modules), 'tf imported'")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_balanced_profile_accepts_a_ratio_of_one():
+  """A command line can only override imbalance_ratio, not unset it: 1 means balanced."""
+  plain = get_dataset({"name": "digits", "profile": "balanced"})
+  with_ratio = get_dataset({"name": "digits", "profile": "balanced", "imbalance_ratio": 1.0})
+  np.testing.assert_array_equal(plain.train_class_counts, with_ratio.train_class_counts)
+  first = next(plain.train_batches(global_batch_size=32, seed=3))
+  again = next(with_ratio.train_batches(global_batch_size=32, seed=3))
+  np.testing.assert_array_equal(first["image"], again["image"])

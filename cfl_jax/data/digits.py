@@ -65,8 +65,12 @@ def profile_counts(profile: str, max_count: int | None = None,
   if profile not in PROFILES:
     raise ValueError(f"Unknown digits profile {profile!r}; known: {', '.join(PROFILES)}.")
   if profile == "balanced":
-    if imbalance_ratio is not None:
-      raise ValueError("imbalance_ratio applies to the 'linear' and 'long_tail' profiles only.")
+    # A ratio of 1 is balanced by definition; it lets a command line switch a config whose
+    # imbalance_ratio is set (a flag cannot unset it) to the balanced profile.
+    if imbalance_ratio not in (None, 1, 1.0):
+      raise ValueError(
+          "imbalance_ratio applies to the 'linear' and 'long_tail' profiles only; the "
+          f"'balanced' profile takes none (or 1), got {imbalance_ratio}.")
     return np.full(NUM_CLASSES, max_count, dtype=np.int64)
   if imbalance_ratio is None:
     raise ValueError(f"The {profile!r} digits profile needs imbalance_ratio (n_max / n_min).")
@@ -82,8 +86,8 @@ def digits(*, profile: str = "balanced", max_count: int | None = None,
   Args:
     profile: ``'balanced'``, ``'linear'`` or ``'long_tail'``.
     max_count: images of the head class, default (and at most) :func:`max_balanced_count`.
-    imbalance_ratio: ``n_max / n_min`` for ``'linear'`` and ``'long_tail'``; unset for
-      ``'balanced'``.
+    imbalance_ratio: ``n_max / n_min`` for ``'linear'`` and ``'long_tail'``; unset (or 1)
+      for ``'balanced'``.
 
   Returns:
     An :class:`~cfl_jax.data.base.ArrayDataset` with 500 balanced test images.
