@@ -786,6 +786,37 @@ def _win_range(results, datasets: Sequence[str]) -> str:
           "of the 500 test images")
 
 
+def _accuracy_curves(results, datasets: Sequence[str], *, second_half: bool):
+  """Mean test-accuracy curve per loss, one panel per dataset (+- std band for the full run)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 4), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for loss in MAIN_LOSSES:
+      cell = _runs_by(results, dataset, loss)
+      if not cell:
+        continue
+      curves = [r["eval_curve"] for r in cell.values()]
+      length = min(len(c) for c in curves)
+      start = length // 2 if second_half else 0
+      x = [p["epoch"] for p in curves[0][start:length]]
+      y = 100 * np.asarray([[p["test_accuracy"] for p in c[start:length]] for c in curves])
+      if second_half:
+        ax.plot(x, y.mean(0), label=loss, marker=".")
+      else:
+        ax.plot(x, y.mean(0), label=loss)
+        ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.12)
+    ax.set_title(f"{dataset} (second half)" if second_half else dataset)
+    ax.set_xlabel("epoch")
+    if not second_half:
+      ax.set_ylim(bottom=max(0, ax.get_ylim()[0]), top=100)
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("test accuracy % (mean over seeds" + (")" if second_half else ", +- std)"))
+  axes[0][-1].legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  return fig
+
+
 def make_plots(results, out: str) -> list[str]:
   """xi schedules, test-accuracy curves, per-class accuracy vs training count; returns paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -832,47 +863,11 @@ def make_plots(results, out: str) -> list[str]:
   # Test-accuracy curves per loss, mean over seeds, one panel per dataset.
   datasets = [d for d in MAIN_DATASETS if _runs_by(results, d, BASELINE)]
   if datasets:
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-      for loss in MAIN_LOSSES:
-        cell = _runs_by(results, dataset, loss)
-        if not cell:
-          continue
-        curves_ = [r["eval_curve"] for r in cell.values()]
-        length = min(len(c) for c in curves_)
-        x = [p["epoch"] for p in curves_[0][:length]]
-        y = np.asarray([[p["test_accuracy"] for p in c[:length]] for c in curves_])
-        ax.plot(x, 100 * y.mean(0), label=loss)
-        ax.fill_between(x, 100 * (y.mean(0) - y.std(0)), 100 * (y.mean(0) + y.std(0)), alpha=0.12)
-      ax.set_title(dataset)
-      ax.set_xlabel("epoch")
-      ax.set_ylim(bottom=max(0, ax.get_ylim()[0]), top=100)
-      ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy % (mean over seeds, +- std)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    paths.append(_save(fig, out, "test_accuracy_curves.png"))
-
+    paths.append(_save(_accuracy_curves(results, datasets, second_half=False), out,
+                       "test_accuracy_curves.png"))
     # Zoomed last half, where the losses differ.
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-      for loss in MAIN_LOSSES:
-        cell = _runs_by(results, dataset, loss)
-        if not cell:
-          continue
-        curves_ = [r["eval_curve"] for r in cell.values()]
-        length = min(len(c) for c in curves_)
-        start = length // 2
-        x = [p["epoch"] for p in curves_[0][start:length]]
-        y = np.asarray([[p["test_accuracy"] for p in c[start:length]] for c in curves_])
-        ax.plot(x, 100 * y.mean(0), label=loss, marker=".")
-      ax.set_title(f"{dataset} (second half)")
-      ax.set_xlabel("epoch")
-      ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy % (mean over seeds)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    paths.append(_save(fig, out, "test_accuracy_curves_zoom.png"))
+    paths.append(_save(_accuracy_curves(results, datasets, second_half=True), out,
+                       "test_accuracy_curves_zoom.png"))
 
   # Per-class accuracy vs training count on the imbalanced sets.
   imbalanced = [d for d in datasets if d != "balanced"]
