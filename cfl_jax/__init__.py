@@ -13,7 +13,7 @@ from cfl_jax.losses import (
     high_confidence_loss,
     high_confidence_loss_with_integer_labels,
 )
-from cfl_jax.schedules import cyclical_schedule, reference_xi_schedule, xi_schedule
+from cfl_jax.schedules import cyclical_schedule, follow_xi, reference_xi_schedule, xi_schedule
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "cyclical_focal_loss_with_integer_labels",
     "cyclical_schedule",
     "focal_loss",
+    "follow_xi",
     "focal_loss_with_integer_labels",
     "high_confidence_loss",
     "high_confidence_loss_with_integer_labels",

@@ -30,7 +30,7 @@ import numbers
 import jax.numpy as jnp
 import optax
 
-__all__ = ["xi_schedule", "reference_xi_schedule", "cyclical_schedule"]
+__all__ = ["xi_schedule", "reference_xi_schedule", "cyclical_schedule", "follow_xi"]
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -152,6 +152,39 @@ def reference_xi_schedule(num_epochs: int, steps_per_epoch: int, *,
   return schedule
 
 
+def follow_xi(xi: optax.Schedule, min_value: float, max_value: float) -> optax.Schedule:
+  r"""A hyper-parameter that follows a given :math:`\xi` schedule.
+
+  :math:`h = (1 - \xi) h_{max} + \xi h_{min}` with :math:`\xi` clipped to [0, 1],
+  so the reference schedule's overshoot never pushes ``h`` past ``min_value``.
+
+  Args:
+    xi: any :math:`\xi` schedule (:func:`xi_schedule`, :func:`reference_xi_schedule`).
+    min_value: value where :math:`\xi = 1` (start and end, "easy").
+    max_value: value where :math:`\xi = 0` (the hard middle).
+
+  Returns:
+    An ``optax.Schedule``.
+
+  Examples:
+    >>> import cfl_jax
+    >>> xi = cfl_jax.reference_xi_schedule(30, 1, cyclical_factor=2.0, first_epoch=1)
+    >>> temperature = cfl_jax.follow_xi(xi, 0.5, 2.0)
+    >>> round(float(xi(29)), 4), float(temperature(29))
+    (1.069, 0.5)
+  """
+  for name, value in (("min_value", min_value), ("max_value", max_value)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        float("-inf") < value < float("inf")):
+      raise ValueError(f"{name} must be a finite number, got {value!r}.")
+
+  def schedule(step):
+    weight = jnp.clip(xi(step), 0.0, 1.0)
+    return (1.0 - weight) * max_value + weight * min_value
+
+  return schedule
+
+
 def cyclical_schedule(min_value: float, max_value: float, total_steps: int, *,
                       cyclical_factor: float = 4.0,
                       steps_per_epoch: int | None = None) -> optax.Schedule:
@@ -178,15 +211,6 @@ def cyclical_schedule(min_value: float, max_value: float, total_steps: int, *,
     [0.0001, 0.0005, 0.0001]
     >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=wd)
   """
-  for name, value in (("min_value", min_value), ("max_value", max_value)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        float("-inf") < value < float("inf")):
-      raise ValueError(f"{name} must be a finite number, got {value!r}.")
   xi = xi_schedule(total_steps, cyclical_factor=cyclical_factor,
                    steps_per_epoch=steps_per_epoch)
-
-  def schedule(step):
-    weight = xi(step)
-    return (1.0 - weight) * max_value + weight * min_value
-
-  return schedule
+  return follow_xi(xi, min_value, max_value)

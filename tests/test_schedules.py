@@ -129,6 +129,8 @@ def test_inside_inject_hyperparams_and_join_schedules():
     (lambda: cfl_jax.cyclical_schedule(float("nan"), 1.0, 10), "min_value must be a finite"),
     (lambda: cfl_jax.cyclical_schedule(0.0, 1.0, 10, cyclical_factor=-1),
      "cyclical_factor must be >= 1"),
+    (lambda: cfl_jax.follow_xi(cfl_jax.xi_schedule(10), 0.5, float("inf")),
+     "max_value must be a finite"),
 ])
 def test_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):

@@ -81,7 +81,7 @@ def test_cyclical_weight_decay_follows_xi_on_weights_only():
 def test_cyclical_clipping_threshold_follows_xi():
   params = _params()
   xi = cfl_jax.xi_schedule(_STEPS, cyclical_factor=2.0)
-  clip = optim.follow_xi(xi, 0.5, 5.0)
+  clip = cfl_jax.follow_xi(xi, 0.5, 5.0)
   tx = optim.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
                              learning_rate=1.0, schedules={"grad_clip_norm": clip})
   huge = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
@@ -101,7 +101,7 @@ def test_constant_clipping_from_the_config():
 def test_follow_xi_clips_the_reference_overshoot():
   xi = cfl_jax.reference_xi_schedule(30, 1, cyclical_factor=2.0, first_epoch=1)
   assert float(xi(29)) > 1.0
-  temperature = optim.follow_xi(xi, 0.5, 2.0)
+  temperature = cfl_jax.follow_xi(xi, 0.5, 2.0)
   assert float(temperature(29)) == pytest.approx(0.5)
 
 

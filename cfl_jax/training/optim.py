@@ -12,9 +12,10 @@
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
+
+import cfl_jax
 
 OPTIMIZER_NAMES = ("sgd", "adamw")
 LR_SCHEDULE_NAMES = ("cosine", "step", "constant")
@@ -56,21 +57,11 @@ def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict, *, total
   return optax.join_schedules([ramp, main], [warmup])
 
 
-def follow_xi(xi: optax.Schedule, min_value: float, max_value: float) -> optax.Schedule:
-  """``(1 - xi) * max_value + xi * min_value`` with xi clipped to [0, 1] (no overshoot)."""
-
-  def schedule(step):
-    weight = jnp.clip(xi(step), 0.0, 1.0)
-    return (1.0 - weight) * max_value + weight * min_value
-
-  return schedule
-
-
 def cyclical_schedules(cyclical_config: ml_collections.ConfigDict,
                        xi: optax.Schedule) -> dict[str, optax.Schedule]:
   """Schedules of the enabled ``config.cyclical`` entries, keyed as ``CYCLICAL_HYPERPARAMETERS``."""
   return {
-      hyper: follow_xi(xi, cyclical_config[entry].min, cyclical_config[entry].max)
+      hyper: cfl_jax.follow_xi(xi, cyclical_config[entry].min, cyclical_config[entry].max)
       for entry, hyper in CYCLICAL_HYPERPARAMETERS.items()
       if cyclical_config[entry].enabled
   }
