@@ -253,11 +253,15 @@ def _mix(xi, hard_term, easy_term):
   return xi * hard_term() + (1 - xi) * easy_term()
 
 
-def _target_weight(log_p, log_1m_p, xi, gamma_hc, gamma_lc):
-  r""":math:`\xi (1 + p)^{\gamma_{hc}} + (1 - \xi)(1 - p)^{\gamma_{lc}}`, elementwise."""
+def _focal_weight(log_p, log_1m_p, xi, gamma_hc, gamma_lc):
+  r""":math:`\xi (1 + p)^{\gamma_{hc}} + (1 - \xi)(1 - p)^{\gamma_{lc}}`, elementwise.
+
+  ``log_1m_p`` is a thunk returning :math:`\log(1 - p)`: it is only evaluated
+  when the focal term is used (not at a static ``xi = 1``).
+  """
   return _mix(xi,
               lambda: _pow_exp(jnp.log1p(jnp.exp(log_p)), gamma_hc),
-              lambda: _pow_exp(log_1m_p, gamma_lc))
+              lambda: _pow_exp(log_1m_p(), gamma_lc))
 
 
 def _masked(loss, example_mask):
@@ -276,8 +280,8 @@ def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
     # Double-where: padded rows may hold garbage; keep their gradient exactly 0.
     logits = jnp.where(example_mask[..., None], logits, 0.0)
   stats = _non_target_stats(logits, labels, class_mask)
-  weight = _target_weight(stats.log_p_target, stats.log_1m_p_target, xi,
-                          gamma_hc, gamma_lc)
+  weight = _focal_weight(stats.log_p_target, lambda: stats.log_1m_p_target, xi,
+                         gamma_hc, gamma_lc)
   num_classes = (logits.shape[-1] if class_mask is None
                  else jnp.sum(class_mask, axis=-1).astype(logits.dtype))
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
@@ -286,7 +290,8 @@ def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
   loss = -target_mass * weight * stats.log_p_target
   if gamma_neg is not None and label_smoothing > 0:
     loss -= (label_smoothing / num_classes) * _reference_non_target_sum(
-        logits, labels, class_mask, stats, xi=xi, gamma_neg=gamma_neg, class_weights=inputs.class_weights)
+        logits, labels, class_mask, stats, xi=xi, gamma_neg=gamma_neg,
+        class_weights=inputs.class_weights)
   return _masked(loss, example_mask)
 
 
@@ -375,9 +380,7 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
     return jnp.where(is_top, top_log_1m_p[..., None], jnp.log1p(-safe_p))
 
   xi_b = xi[..., None] if isinstance(xi, jax.Array) and xi.ndim else xi
-  weight = _mix(xi_b,
-                lambda: _pow_exp(jnp.log1p(jnp.exp(log_p)), gamma_hc),
-                lambda: _pow_exp(log_1m_p(), gamma_lc))
+  weight = _focal_weight(log_p, log_1m_p, xi_b, gamma_hc, gamma_lc)
   if inputs.class_weights is not None:
     labels = labels * inputs.class_weights
   loss = -jnp.sum(labels * weight * log_p, axis=-1)
