@@ -13,6 +13,7 @@ from cfl_jax.losses import (
     high_confidence_loss,
     high_confidence_loss_with_integer_labels,
 )
+from cfl_jax.linear_losses import linear_cyclical_focal_loss_with_integer_labels
 from cfl_jax.schedules import cyclical_schedule, follow_xi, reference_xi_schedule, xi_schedule
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "focal_loss_with_integer_labels",
     "high_confidence_loss",
     "high_confidence_loss_with_integer_labels",
+    "linear_cyclical_focal_loss_with_integer_labels",
     "reference_xi_schedule",
     "xi_schedule",
 ]
