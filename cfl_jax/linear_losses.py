@@ -150,6 +150,7 @@ def _streamed_sums_fwd(embeddings, kernel, bias, labels, plan: _Plan):
 def _streamed_sums_bwd(plan: _Plan, residuals, cotangents: _Sums):
   embeddings, kernel, bias, labels, shift = residuals
   cotangents = cotangents._replace(shift=jnp.zeros_like(shift))  # the shift is held fixed
+  replicated = jax.typeof(embeddings).sharding.update(spec=jax.sharding.PartitionSpec())
 
   def step(carry, index):
     d_embeddings, d_kernel, d_bias = carry
@@ -159,7 +160,9 @@ def _streamed_sums_bwd(plan: _Plan, residuals, cotangents: _Sums):
     d_low = d_logits.astype(kernel.dtype)
     d_embeddings += jnp.dot(d_low, kernel_chunk.T, preferred_element_type=plan.dtype)
     # Overlapping columns of the last chunk get a zero gradient: adding is exact.
-    d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype)
+    # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
+    d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
+                      out_sharding=replicated)
     d_kernel = jax.lax.dynamic_update_slice_in_dim(
         d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, start, plan.chunk_size, axis=1)
         + d_chunk.astype(kernel.dtype), start, axis=1)
