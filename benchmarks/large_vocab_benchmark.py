@@ -15,7 +15,6 @@ round, in a rotating order), with the ratio to the unfused optax cross-entropy o
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import time
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 import cfl_jax
+from record import write_record
 
 MIB = 2**20
 PAPER = {"gamma_hc": 3.0, "gamma_lc": 2.0}
@@ -103,12 +103,12 @@ def main():
   for name, r in results.items():
     print(f"  {name:<32}{r['temp_mib']:>10.1f}{r['seconds'] * 1e3:>12.1f}{r['x_ce']:>8.2f}")
   if args.record:
-    record = {"device": device.device_kind, "backend": jax.default_backend(),
-              "jax": jax.__version__, "args": {k: (str(v) if isinstance(v, pathlib.Path) else v)
-                                               for k, v in vars(args).items() if k != "record"},
-              "results": results}
-    args.record.parent.mkdir(parents=True, exist_ok=True)
-    args.record.write_text(json.dumps(record, indent=1) + "\n")
+    case = f"N={args.batch} D={args.dim} V={args.vocab} {args.dtype}"
+    write_record(args.record, title="value + gradient (h, w) of mean(loss(h @ w))",
+                 args={k: v for k, v in vars(args).items() if k != "record"},
+                 rows=[{"case": case, "loss": name, "temp_mib": r["temp_mib"],
+                        "ms": r["seconds"] * 1e3, "x_ce": r["x_ce"]}
+                       for name, r in results.items()])
 
 
 if __name__ == "__main__":

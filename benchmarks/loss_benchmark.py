@@ -11,7 +11,7 @@ rounds is reported, with the ratio to cross-entropy measured in the same rounds.
 from __future__ import annotations
 
 import argparse
-import functools
+import pathlib
 import statistics
 import time
 
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 import cfl_jax
+from record import write_record
 
 DEFAULT_SHAPES = ("4096x1000:float32", "1024x32768:float32", "1024x32768:bfloat16")
 
@@ -74,15 +75,21 @@ def main():
   parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES),
                       help="BATCHxCLASSES:dtype entries")
   parser.add_argument("--rounds", type=int, default=30)
+  parser.add_argument("--record", type=pathlib.Path, help="also write the results as JSON here")
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}, {args.rounds} interleaved rounds, median")
+  rows = []
   for text in args.shapes:
     batch, classes, dtype = parse_shape(text)
     print(f"\n({batch}, {classes}) {dtype.name}   forward+grad of the mean loss")
     print(f"  {'loss':<26}{'ms':>10}{'x CE':>8}")
     for name, (seconds, ratio) in benchmark(batch, classes, dtype, args.rounds).items():
       print(f"  {name:<26}{seconds * 1e3:>10.2f}{ratio:>8.2f}")
+      rows.append({"case": text, "loss": name, "ms": seconds * 1e3, "x_ce": ratio})
+  if args.record:
+    write_record(args.record, title="loss forward + gradient", args={"rounds": args.rounds},
+                 rows=rows)
 
 
 if __name__ == "__main__":
