@@ -1,4 +1,4 @@
-"""The JSON record every benchmark writes with ``--record PATH`` (read by gpu_check.sh and tests)."""
+"""The JSON record each benchmark writes with ``--record PATH`` (read by gpu_check.sh, tests)."""
 
 from __future__ import annotations
 

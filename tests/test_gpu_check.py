@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh runs all three benchmarks and prints one table (checked at --small sizes)."""
+"""benchmarks/gpu_check.sh runs all three benchmarks and prints one table (checked at --small)."""
 
 import os
 import pathlib
