@@ -107,7 +107,7 @@ def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
 
 
 def _chunk(embeddings, kernel, bias, index, plan: _Plan):
-  """Chunk ``index``: logits ``[N, c]`` in ``plan.dtype``, kernel slice, start, columns, new mask."""
+  """Chunk ``index``: logits ``[N, c]``, kernel slice, start, columns, new-column mask."""
   start = jnp.minimum(index * plan.chunk_size, plan.num_classes - plan.chunk_size)
   columns = start + jnp.arange(plan.chunk_size)
   kernel_chunk = jax.lax.dynamic_slice_in_dim(kernel, start, plan.chunk_size, axis=1)
