@@ -949,9 +949,8 @@ def code_version() -> dict[str, str]:
 def configure_jax(cpu_devices: int, cache_dir: str) -> None:
   """The runner's device setup, plus the persistent compilation cache."""
   import jax  # pylint: disable=g-import-not-at-top
-  if ("xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
-      and "JAX_NUM_CPU_DEVICES" not in os.environ):
-    jax.config.update("jax_num_cpu_devices", cpu_devices)
+  from cfl_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  sharding.use_cpu_devices(cpu_devices)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

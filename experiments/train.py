@@ -27,6 +27,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cfl_jax.training import sharding
 from cfl_jax.training import train_and_evaluate
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
@@ -57,9 +58,7 @@ class _QuietOrbax(python_logging.Filter):
 
 def _configure_devices() -> None:
   """Applies --cpu_devices and --distributed; must run before JAX initialises its backends."""
-  if ("xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
-      and "JAX_NUM_CPU_DEVICES" not in os.environ):
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  sharding.use_cpu_devices(_CPU_DEVICES.value)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,

@@ -6,6 +6,7 @@ disabled writers, so the loop calls them unconditionally.
 
 from collections.abc import Mapping, Sequence
 import json
+import math
 import os
 import shutil
 import sys
@@ -62,6 +63,60 @@ class MetricWindow:
     return record
 
 
+def _strict(value: Any) -> Any:
+  """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, Mapping):
+    return {key: _strict(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(item) for item in value]
+  return value
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically.
+
+  The file is written beside its destination and renamed over it, so a reader (or a run killed
+  mid-write) sees either the old file or the new one, never a torn one.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), 'summary.json')
+    >>> write_json(path, {'loss': float('nan'), 'step': 3})
+    >>> json.load(open(path))
+    {'loss': None, 'step': 3}
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+  with open(temporary, "w") as f:
+    json.dump(_strict(value), f, indent=1, allow_nan=False)
+  os.replace(temporary, path)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl`` file, in order.
+
+  A torn last line (a run killed while appending) is dropped with a warning; a damaged line
+  anywhere else is an error naming the file and the line.
+
+  Raises:
+    ValueError: for a line before the last that is not a JSON object.
+  """
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number < len(lines):
+        raise ValueError(f"{path}, line {number}, is not valid JSON ({error}).") from None
+      logging.warning("Dropping the torn last line of %s (a run stopped while writing it).",
+                      path)
+  return records
+
+
 class RunFiles:
   """``config.json``, ``metrics.jsonl`` (one JSON object per line) and ``summary.json``."""
 
@@ -74,36 +129,32 @@ class RunFiles:
   def _path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
 
-  def _write_json(self, name: str, value: Any) -> None:
-    if self.enabled:
-      temporary = self._path(f".{name}.tmp")
-      with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-      os.replace(temporary, self._path(name))
-
   def write_config(self, config: Mapping[str, Any]) -> None:
-    """Writes ``config.json`` (atomically, as every JSON file here)."""
-    self._write_json("config.json", config)
+    """Writes ``config.json`` (atomically, as every JSON file here: see :func:`write_json`)."""
+    if self.enabled:
+      write_json(self._path("config.json"), config)
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     """Writes ``summary.json``."""
-    self._write_json("summary.json", summary)
+    if self.enabled:
+      write_json(self._path("summary.json"), summary)
 
   def keep_metrics_until(self, step: int) -> None:
     """Drops the ``metrics.jsonl`` records after ``step``, the checkpoint resumed from."""
     path = self._path("metrics.jsonl")
     if not self.enabled or not os.path.exists(path):
       return
-    with open(path) as f:
-      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-      f.writelines(lines)
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    temporary = self._path(".metrics.jsonl.tmp")
+    with open(temporary, "w") as f:
+      f.writelines(json.dumps(_strict(record), allow_nan=False) + "\n" for record in kept)
+    os.replace(temporary, path)
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line to ``metrics.jsonl``."""
     if self.enabled:
       with open(self._path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
 
 
 def _format(record: Mapping[str, Any], keys: Sequence[str]) -> str:

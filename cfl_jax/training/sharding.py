@@ -8,6 +8,7 @@ hosts after ``jax.distributed.initialize()``.
 """
 
 from collections.abc import Mapping, Sequence
+import os
 
 import jax
 from jax.sharding import NamedSharding
@@ -15,6 +16,18 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = "data"
+
+
+def use_cpu_devices(count: int) -> None:
+  """Splits CPU work over ``count`` XLA host devices, unless the environment already chose.
+
+  Call it before JAX initialises its backends. ``XLA_FLAGS`` with
+  ``--xla_force_host_platform_device_count`` or ``JAX_NUM_CPU_DEVICES`` win over ``count``;
+  GPU and TPU backends are unaffected.
+  """
+  if ("xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
+      and "JAX_NUM_CPU_DEVICES" not in os.environ):
+    jax.config.update("jax_num_cpu_devices", count)
 
 
 def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
