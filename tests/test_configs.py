@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from cfl_jax.data import SUBSET_NAMES
-from cfl_jax.training import objective
-from cfl_jax.training import optim
+from cfl_jax.training import recipe
 from cfl_jax.training import resolve_config
 from cfl_jax.training import train_and_evaluate
 from experiments.configs import common
@@ -72,7 +71,7 @@ def test_cifar_lt_is_the_ldam_protocol():
   assert (config.model.name, config.batch_size, config.num_epochs) == ("resnet32", 128, 200)
   assert (config.optimizer.weight_decay, config.optimizer.nesterov) == (2e-4, False)
   steps_per_epoch = 10847 // 128  # CIFAR-100-LT at rho=100 has 10,847 images
-  lr = optim.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
+  lr = recipe.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
                                     steps_per_epoch=steps_per_epoch)
   values = [float(lr(epoch * steps_per_epoch)) for epoch in (0, 5, 159, 160, 180, 199)]
   np.testing.assert_allclose(values, [0.02, 0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)
@@ -83,7 +82,7 @@ def test_imagenet_lt_reference_xi_is_the_long_tail_path():
   assert (config.model.name, config.num_epochs, config.batch_size) == ("resnet10", 30, 128)
   assert config.optimizer.lr_decay_epochs == (10, 20)
   steps_per_epoch = 115846 // 128
-  xi = objective.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
+  xi = recipe.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
                              steps_per_epoch=steps_per_epoch)
   values = [float(xi(epoch * steps_per_epoch)) for epoch in (0, 14, 29)]  # epochs 1, 15, 30
   np.testing.assert_allclose(values, [0.931, 0.0345, 1.069], atol=5e-4)

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from cfl_jax import metrics
-from cfl_jax.training import objective, sharding, steps
-from cfl_jax.training.loop import Run
+from cfl_jax.training import recipe, sharding, train
+from cfl_jax.training.train import Run
 
 _CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_focal"},
            "cyclical": {"weight_decay": {"enabled": True}, "grad_clip": {"enabled": True}}}
@@ -37,7 +37,7 @@ def _logits(state, images, train):
 
 def _trajectory(run, num_steps, schedules=None):
   """(final params on host, list of host metrics, the step) after ``num_steps`` jitted steps."""
-  train_step = steps.jit_train_step(run.mesh, loss_fn=objective.get_loss_fn(run.config.loss),
+  train_step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
                                     schedules=schedules or run.plan.schedules)
   state, history = run.fresh_state(), []
   for batch in _batches(run, num_steps):
@@ -98,7 +98,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
 def test_eval_step_counts_match_metrics_and_skip_padding():
   run = _run(eval_batch_size=512)
   state = run.fresh_state()
-  eval_step = steps.jit_eval_step(run.mesh, num_classes=10)
+  eval_step = train.jit_eval_step(run.mesh, num_classes=10)
   (batch,) = list(run.dataset.eval_batches(global_batch_size=512))
   assert batch["mask"].sum() == 500  # 12 padding rows
   counts = jax.device_get(eval_step(state, sharding.shard_batch(batch, run.mesh)))

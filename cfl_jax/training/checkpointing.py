@@ -1,18 +1,35 @@
-"""Orbax checkpoints of a run: the train state plus a small JSON ``progress`` record.
+"""Orbax checkpoints of a run, and preemption notices turned into a saved, clean stop.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact and the partial one is never restored. The JSON
-record carries the resolved config (checked on resume: a checkpoint written by a different
-config is refused) and the host-side state needed to make a resumed run end exactly like an
-uninterrupted one (the partially averaged logging window).
+``progress`` record beside the state carries the resolved config (checked on resume: a
+checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the host-side state
+needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
+logging window).
+
+Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
+a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
+JAX's preemption sync manager receives the SIGTERM and agrees across hosts on one step at which
+every process stops, so all of them save the same step.
 """
 
 from collections.abc import Mapping
 import os
+import signal
+import threading
 from typing import Any
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+# Config keys that do not change the training trajectory: they may differ on resume (the new
+# values apply from there on, and the differences are logged). Every other key must match.
+NON_TRAJECTORY_KEYS = frozenset({
+    "name", "eval_batch_size", "eval_every_epochs", "log_every_steps",
+    "checkpoint_every_steps", "max_to_keep", "many_shot_min", "few_shot_max",
+})
 
 
 class CheckpointError(RuntimeError):
@@ -67,14 +84,16 @@ class Checkpointer:
     Args:
       step: a step listed by the manager (e.g. :meth:`latest_step`).
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings (see ``jax.eval_shape``).
-      config: the current resolved config as a dict; it must equal the one saved in ``progress``.
+      config: the current resolved config as a dict; its trajectory keys must equal the saved
+        ones.
 
     Returns:
       ``(state, progress)``.
 
     Raises:
-      CheckpointError: if the checkpoint cannot be read, was written by a different config, or
-        does not match ``abstract_state``.
+      CheckpointError: if the checkpoint cannot be read, was written with different
+        trajectory keys (any key but :data:`NON_TRAJECTORY_KEYS`), or does not match
+        ``abstract_state``.
     """
     where = os.path.join(self.directory, str(step))
     advice = ("Restore the original config, or start afresh in a new workdir (or delete "
@@ -87,7 +106,15 @@ class Checkpointer:
       raise CheckpointError(
           f"Checkpoint {where} is unreadable (corrupted or not written by cfl_jax): "
           f"{error}. {advice}") from error
-    differences = _config_differences(saved_config, config)
+    differences = _config_differences(
+        {k: v for k, v in saved_config.items() if k not in NON_TRAJECTORY_KEYS},
+        {k: v for k, v in config.items() if k not in NON_TRAJECTORY_KEYS})
+    changed = _config_differences(
+        {k: v for k, v in saved_config.items() if k in NON_TRAJECTORY_KEYS},
+        {k: v for k, v in config.items() if k in NON_TRAJECTORY_KEYS})
+    if changed:
+      logging.info("Resuming with changed reporting keys (the trajectory is unaffected): %s",
+                   "; ".join(changed))
     if differences:
       raise CheckpointError(
           f"Checkpoint {where} was written by a different config; differing keys:\n  "
@@ -110,3 +137,40 @@ class Checkpointer:
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   """``jax.ShapeDtypeStruct`` leaves with ``sharding``, for :meth:`Checkpointer.restore`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class PreemptionWatcher:
+  """Context manager answering "stop after this step?" once a preemption notice arrived.
+
+  Examples:
+    >>> with PreemptionWatcher() as watcher:
+    ...   watcher.reached(0)
+    False
+  """
+
+  def __init__(self):
+    self._notified = False
+    self._previous_handler = None
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: stopping after this step to save a checkpoint.", signum)
+    self._notified = True
+
+  def __enter__(self) -> "PreemptionWatcher":
+    if jax.process_count() > 1:
+      return self  # JAX's preemption sync manager owns SIGTERM; a Python handler would replace it
+    if threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+    else:
+      logging.warning("Not on the main thread: SIGTERM will not trigger a checkpoint.")
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+  def reached(self, step: int) -> bool:
+    """True when the run should save and stop after ``step`` (call it after every step)."""
+    return self._notified or multihost_utils.reached_preemption_sync_point(step)

@@ -19,8 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from cfl_jax.training import objective
-from cfl_jax.training import optim
+from cfl_jax.training import recipe
 
 
 class ConfigError(ValueError):
@@ -30,7 +29,8 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
   """Every configuration key with its default: the embedded digits job.
 
-  ``experiments/configs/digits.py`` spells the same experiment out; a test keeps them equal.
+  This is the one place the digits recipe is written: ``experiments/configs/digits.py`` returns
+  it, and the digits study overrides only what defines each of its cells.
   """
   config = ml_collections.ConfigDict()
   config.name = "digits_lt10_cfl"  # run name; the runner's default workdir is ./runs/<name>
@@ -64,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
   config.loss = ml_collections.ConfigDict({
-      "name": "cyclical_focal",  # one of objective.LOSS_NAMES
+      "name": "cyclical_focal",  # one of recipe.LOSS_NAMES
       "gamma_hc": 2.0,  # high-confidence exponent (high_confidence, cyclical_*)
       "gamma_lc": 2.0,  # focal exponent (focal, cyclical_*; the reference code's gamma_pos)
       "gamma_neg": 2.0,  # non-target exponent (cyclical_focal_reference only)
@@ -165,8 +165,8 @@ def _check_values(c: dict, errors: list[str]) -> None:
        f"many_shot_min ({c['many_shot_min']}) must exceed few_shot_max ({c['few_shot_max']})")
   choice("model.dtype", c["model"]["dtype"], ("float32", "bfloat16"))
 
-  choice("optimizer.name", opt["name"], optim.OPTIMIZER_NAMES)
-  choice("optimizer.lr_schedule", opt["lr_schedule"], optim.LR_SCHEDULE_NAMES)
+  choice("optimizer.name", opt["name"], recipe.OPTIMIZER_NAMES)
+  choice("optimizer.lr_schedule", opt["lr_schedule"], recipe.LR_SCHEDULE_NAMES)
   positive("optimizer.learning_rate", opt["learning_rate"])
   for key in ("momentum", "b1", "b2"):
     need(0 <= opt[key] < 1, f"optimizer.{key} must be in [0, 1), got {opt[key]}")
@@ -180,7 +180,7 @@ def _check_values(c: dict, errors: list[str]) -> None:
        and list(decays) == sorted(set(decays)),
        f"optimizer.lr_decay_epochs must be increasing positive integers, got {decays!r}")
 
-  choice("loss.name", loss["name"], objective.LOSS_NAMES)
+  choice("loss.name", loss["name"], recipe.LOSS_NAMES)
   for key in ("gamma_hc", "gamma_lc", "gamma_neg"):
     at_least(f"loss.{key}", loss[key], 0.0)
   need(0 <= loss["label_smoothing"] < 1,

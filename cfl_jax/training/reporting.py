@@ -118,11 +118,17 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 class RunFiles:
-  """``config.json``, ``metrics.jsonl`` (one JSON object per line) and ``summary.json``."""
+  """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
+  ``tensorboard/`` (scalars ``train/<metric>`` and ``eval/<metric>``) and ``summary.json``.
+
+  Call :meth:`keep_metrics_until` once before appending (it opens the event writer) and
+  :meth:`close` at the end.
+  """
 
   def __init__(self, workdir: str, *, enabled: bool):
     self.workdir = workdir
     self.enabled = enabled
+    self._events = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
 
@@ -140,9 +146,16 @@ class RunFiles:
       write_json(self._path("summary.json"), summary)
 
   def keep_metrics_until(self, step: int) -> None:
-    """Drops the ``metrics.jsonl`` records after ``step``, the checkpoint resumed from."""
+    """Drops the records after ``step``, the checkpoint resumed from, from ``metrics.jsonl``
+    and (by TensorBoard's purge step) from the event files."""
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # A file of its own per (process, start step): event file names only carry the second.
+    self._events = SummaryWriter(self._path("tensorboard"), purge_step=step + 1 if step else None,
+                                 filename_suffix=f".{os.getpid()}.{step}")
     path = self._path("metrics.jsonl")
-    if not self.enabled or not os.path.exists(path):
+    if not os.path.exists(path):
       return
     kept = [record for record in read_metrics(path) if record["step"] <= step]
     temporary = self._path(".metrics.jsonl.tmp")
@@ -151,10 +164,25 @@ class RunFiles:
     os.replace(temporary, path)
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
-    """Appends one JSON line to ``metrics.jsonl``."""
-    if self.enabled:
-      with open(self._path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+    """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
+
+    ``record`` holds ``step`` and ``split`` (``'train'`` or ``'eval'``); its other numeric
+    entries become the scalars ``<split>/<key>``.
+    """
+    if not self.enabled:
+      return
+    with open(self._path("metrics.jsonl"), "a") as f:
+      f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+    if self._events is not None:
+      for key, value in record.items():
+        if key not in ("step", "split") and isinstance(value, (int, float)):
+          self._events.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+  def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
+    if self._events is not None:
+      self._events.close()
+      self._events = None
 
 
 def _format(record: Mapping[str, Any], keys: Sequence[str]) -> str:

@@ -1,11 +1,17 @@
-"""``train_and_evaluate(config, workdir)``: the whole run, resumable and data-parallel.
+"""The train state, the train and eval steps, and ``train_and_evaluate``: one run, end to end.
+
+Read top to bottom: :class:`TrainState` and :func:`create_train_state`; :func:`train_step` and
+:func:`eval_step` with their jitted, sharded forms; :class:`Run` (the parts a config builds);
+:func:`train_and_evaluate`, the loop that calls the steps, evaluates, logs and checkpoints.
 
 The run is a pure function of the config: batch ``k`` comes from ``(seed, k)``, the step's
-randomness from ``fold_in(key(seed), step)``, and every schedule from ``state.step``. Re-running
-with the same workdir therefore resumes from the newest checkpoint and ends exactly as an
-uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
+randomness from ``fold_in(key(seed), step)``, and every schedule (xi, learning rate, cyclical
+hyper-parameters) from ``state.step`` inside the step, so one compiled program serves the whole run.
+Re-running with the same workdir therefore resumes from the newest checkpoint and ends exactly as
+an uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
 """
 
+from collections.abc import Callable, Mapping
 import collections
 import contextlib
 import dataclasses
@@ -16,6 +22,8 @@ import time
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,42 +34,116 @@ from cfl_jax import metrics as metrics_lib
 from cfl_jax import models
 from cfl_jax.training import checkpointing
 from cfl_jax.training import config as config_lib
-from cfl_jax.training import objective
-from cfl_jax.training import optim
-from cfl_jax.training import preemption
+from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
-from cfl_jax.training import state as state_lib
-from cfl_jax.training import steps
 
-# Steps dispatched ahead of the host. Bounded because XLA:CPU's in-process collectives can
-# deadlock when hundreds of multi-device steps are queued (seen with jax 0.10 on 2 cores).
-_MAX_STEPS_IN_FLIGHT = 2
+Batch = Mapping[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """The run's durations, in steps, and its schedules (all read at ``state.step``)."""
+class TrainState(train_state.TrainState):
+  """``flax.training.train_state.TrainState`` plus the model's ``batch_stats`` collection.
 
-  steps_per_epoch: int
-  total_steps: int
-  eval_every_steps: int  # 0: only at the end
-  schedules: dict[str, optax.Schedule]
+  ``batch_stats`` is an empty dict for models without BatchNorm.
+  """
 
-  @classmethod
-  def create(cls, config: ml_collections.ConfigDict,
-             dataset: data_lib.ImageClassificationData) -> "Plan":
-    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
-    total_steps = (config.num_train_steps if config.num_train_steps > 0
-                   else config.num_epochs * steps_per_epoch)
-    xi = objective.xi_schedule(config.loss, total_steps=total_steps,
-                               steps_per_epoch=steps_per_epoch)
-    learning_rate = optim.learning_rate_schedule(config.optimizer, total_steps=total_steps,
-                                                 steps_per_epoch=steps_per_epoch)
-    schedules = {"xi": xi, "learning_rate": learning_rate,
-                 **optim.cyclical_schedules(config.cyclical, xi)}
-    return cls(steps_per_epoch, total_steps, config.eval_every_epochs * steps_per_epoch,
-               schedules)
+  batch_stats: Any
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  """Initialises ``model`` on a dummy batch of one ``image_shape`` image and wraps it.
+
+  Args:
+    model: a Linen classifier called as ``model.apply(variables, images, train=...)``.
+    tx: the optimizer.
+    rng: the parameter-initialisation key.
+    image_shape: ``(H, W, C)``.
+
+  Returns:
+    A :class:`TrainState` at step 0. Call it under ``jax.jit`` with ``out_shardings`` to place it
+    (see :func:`cfl_jax.training.sharding.replicated`).
+  """
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def _variables(state: TrainState, params) -> dict:
+  return {"params": params, "batch_stats": state.batch_stats}
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: recipe.LossFn,
+               schedules: Mapping[str, optax.Schedule]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: the train state.
+    batch: ``{'image': [B, H, W, C], 'label': int [B]}``.
+    rng: the run's base key; the step uses ``fold_in(rng, state.step)`` for dropout.
+    loss_fn: ``loss_fn(logits, labels, xi) -> [B]`` (see :func:`recipe.get_loss_fn`).
+    schedules: ``{'xi': ..., 'learning_rate': ..., and optionally 'temperature', 'weight_decay',
+      'grad_clip_norm'}``; each is read at ``state.step`` and returned as a metric, and a
+      ``'temperature'`` divides the training logits before the loss.
+
+  Returns:
+    The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars).
+    ``loss`` is the mean training objective (float32, also under bfloat16 compute); ``accuracy``
+    is measured on the unscaled logits.
+  """
+  hyper = {name: schedule(state.step) for name, schedule in schedules.items()}
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    logits, updates = state.apply_fn(
+        _variables(state, params), batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": dropout_rng})
+    logits = logits.astype(jnp.float32)
+    scaled = logits / hyper["temperature"] if "temperature" in hyper else logits
+    loss = jnp.mean(loss_fn(scaled, batch["label"], hyper["xi"]))
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+  return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
+                 **hyper}
+
+
+def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, jax.Array]:
+  """Per-class counts and summed cross-entropy of a padded eval batch.
+
+  Args:
+    state: the train state (BatchNorm in inference mode).
+    batch: ``{'image', 'label', 'mask': bool [B]}``; masked rows are padding.
+    num_classes: length of the count vectors.
+
+  Returns:
+    ``{'correct': [C], 'total': [C], 'loss_sum': []}``, additive over batches.
+  """
+  logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
+  logits = logits.astype(jnp.float32)
+  counts = metrics_lib.class_counts(logits, batch["label"], num_classes, where=batch["mask"])
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {**counts, "loss_sum": jnp.sum(jnp.where(batch["mask"], cross_entropy, 0.0))}
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, *, loss_fn: recipe.LossFn,
+                   schedules: Mapping[str, optax.Schedule]) -> Callable:
+  """``train_step`` jitted for ``mesh``: state and rng replicated, batch sharded, state donated."""
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, schedules=dict(schedules)),
+                 in_shardings=(replicated, batched, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def jit_eval_step(mesh: jax.sharding.Mesh, *, num_classes: int) -> Callable:
+  """``eval_step`` jitted for ``mesh``: state replicated, batch sharded, counts replicated."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(functools.partial(eval_step, num_classes=num_classes),
+                 in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=replicated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +154,7 @@ class Run:
   dataset: data_lib.ImageClassificationData
   model: Any
   mesh: jax.sharding.Mesh
-  plan: Plan
+  plan: recipe.Plan
   tx: optax.GradientTransformation
 
   @classmethod
@@ -85,21 +167,19 @@ class Run:
     mesh = sharding.make_data_mesh()
     for key in ("batch_size", "eval_batch_size"):
       sharding.check_batch_size(key, config[key], mesh)
-    plan = Plan.create(config, dataset)
-    tx = optim.build_optimizer(config.optimizer, learning_rate=plan.schedules["learning_rate"],
-                               schedules=plan.schedules)
-    return cls(config, dataset, model, mesh, plan, tx)
+    plan = recipe.Plan.create(config, steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
+    return cls(config, dataset, model, mesh, plan, plan.optimizer(config.optimizer))
 
   @functools.cached_property
   def config_json(self) -> dict[str, Any]:
     """The resolved config as plain JSON data (saved in the workdir and every checkpoint)."""
     return json.loads(self.config.to_json())
 
-  def evaluate(self, eval_step, state) -> dict[str, Any]:
+  def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
     """Test-set metrics of ``state`` (one pass over the eval set)."""
     totals = None
     for batch in self.dataset.eval_batches(global_batch_size=self.config.eval_batch_size):
-      counts = eval_step(state, sharding.shard_batch(batch, self.mesh))
+      counts = eval_step_fn(state, sharding.shard_batch(batch, self.mesh))
       totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
     summary = metrics_lib.summarize(
@@ -112,14 +192,14 @@ class Run:
   @functools.cached_property
   def _init(self):
     """The jitted state initialiser and its key."""
-    init = jax.jit(functools.partial(state_lib.create_train_state, self.model, self.tx,
+    init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
                                      image_shape=self.dataset.image_shape),
                    out_shardings=sharding.replicated(self.mesh))
     # RngBitGenerator keys: the init compiles in ~1 s on CPU instead of ~3.5 s with threefry,
     # and is still a pure function of the seed.
     return init, jax.random.key(self.config.seed, impl="rbg")
 
-  def fresh_state(self) -> state_lib.TrainState:
+  def fresh_state(self) -> TrainState:
     """The train state at step 0, replicated over the mesh."""
     init, rng = self._init
     return init(rng)
@@ -136,9 +216,18 @@ class Run:
     return checkpointer.restore(latest, abstract, self.config_json)
 
 
+def _max_steps_in_flight() -> int | None:
+  """Steps dispatched ahead of the host: bounded on CPU only.
+
+  XLA:CPU's in-process collectives can deadlock when hundreds of multi-device steps are queued
+  (seen with jax 0.10 on 2 cores); GPU and TPU dispatch runs ahead as usual.
+  """
+  return 2 if jax.default_backend() == "cpu" else None
+
+
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
            checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
-           watcher: preemption.PreemptionWatcher):
+           watcher: checkpointing.PreemptionWatcher):
   """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
 
   Returns:
@@ -147,23 +236,25 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
     notice stopped the loop.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
-  train_step = steps.jit_train_step(mesh, loss_fn=objective.get_loss_fn(config.loss),
-                                    schedules=plan.schedules)
-  eval_step = steps.jit_eval_step(mesh, num_classes=run.dataset.num_classes)
+  train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
+                                 schedules=plan.schedules)
+  eval_step_fn = jit_eval_step(mesh, num_classes=run.dataset.num_classes)
   step_rng = jax.random.key(config.seed)
   window = reporting.MetricWindow(progress.get("train_window"))
   last_train, last_eval, preempted = progress.get("last_train"), None, False
   step = int(state.step)
   batches = run.dataset.train_batches(global_batch_size=config.batch_size, seed=config.seed,
                                       start_step=step)
-  in_flight = collections.deque()
+  in_flight, max_in_flight = collections.deque(), _max_steps_in_flight()
   while step < plan.total_steps and not preempted:
-    state, step_metrics = train_step(state, sharding.shard_batch(next(batches), mesh), step_rng)
+    state, step_metrics = train_step_fn(state, sharding.shard_batch(next(batches), mesh),
+                                        step_rng)
     step += 1
     window.add(step_metrics)
-    in_flight.append(step_metrics["loss"])
-    if len(in_flight) > _MAX_STEPS_IN_FLIGHT:
-      in_flight.popleft().block_until_ready()
+    if max_in_flight is not None:
+      in_flight.append(step_metrics["loss"])
+      if len(in_flight) > max_in_flight:
+        in_flight.popleft().block_until_ready()
     display.advance()
     epoch = step / plan.steps_per_epoch
     if step % config.log_every_steps == 0 or step == plan.total_steps:
@@ -173,7 +264,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       display.train(step, means)
     if step == plan.total_steps or (plan.eval_every_steps
                                     and step % plan.eval_every_steps == 0):
-      last_eval = run.evaluate(eval_step, state)
+      last_eval = run.evaluate(eval_step_fn, state)
       files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
       display.eval(step, last_eval)
     preempted = watcher.reached(step) and step < plan.total_steps
@@ -183,7 +274,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train})
   if last_eval is None and not preempted:  # resumed from the final checkpoint
-    last_eval = run.evaluate(eval_step, state)
+    last_eval = run.evaluate(eval_step_fn, state)
   return step, last_train, last_eval, preempted
 
 
@@ -212,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=run.config.max_to_keep)
   # SIGTERM from here on (compilation included) stops the run after its next step, saved.
-  with preemption.PreemptionWatcher() as watcher, contextlib.closing(checkpointer):
+  with (checkpointing.PreemptionWatcher() as watcher, contextlib.closing(checkpointer),
+        contextlib.closing(files)):
     state, progress = run.initial_state(checkpointer)
     start_step = int(state.step)
     files.write_config(run.config_json)
