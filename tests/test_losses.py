@@ -495,3 +495,29 @@ def test_traced_gamma_is_rejected_with_a_clear_message(data):
 def test_public_api_is_reexported():
   for name in losses.__all__:
     assert getattr(cfl_jax, name) is getattr(losses, name)
+
+
+@pytest.mark.parametrize("fn", [
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3),
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3, gamma_neg=2.0,
+                      label_smoothing=0.1),
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3,
+                      label_smoothing=0.1),
+    cfl_jax.focal_loss_with_integer_labels,
+    cfl_jax.high_confidence_loss_with_integer_labels,
+], ids=["paper", "reference", "paper_smoothed", "focal", "high_confidence"])
+def test_labels_outside_the_classes_give_nan_unless_masked(data, fn):
+  logits, labels = data
+  bad = labels.copy()
+  bad[1], bad[4] = -1, logits.shape[-1]  # below and above [0, C)
+  loss = np.asarray(jax.jit(lambda z, t: fn(z, t))(logits, bad))
+  good = np.asarray(fn(logits, labels))
+  assert np.isnan(loss[[1, 4]]).all()
+  keep = np.ones(len(labels), bool)
+  keep[[1, 4]] = False
+  np.testing.assert_allclose(loss[keep], good[keep], rtol=1e-6)
+  # Masked out with `where`, the bad rows are ordinary padding: 0 loss, 0 gradient.
+  masked_grad = jax.grad(lambda z: fn(z, bad, where=jnp.asarray(keep)).sum())(logits)
+  assert np.isfinite(np.asarray(masked_grad)).all()
+  assert np.all(np.asarray(masked_grad)[~keep] == 0)
+  assert np.all(np.asarray(fn(logits, bad, where=jnp.asarray(keep)))[~keep] == 0)

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -35,10 +36,13 @@ CYCLICAL_HYPERPARAMETERS = {
 
 
 def _cross_entropy(logits, labels, *, label_smoothing):
-  if not label_smoothing:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+  """optax's cross-entropy, NaN (as every cfl_jax loss) for labels outside ``[0, C)``."""
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets)
+  else:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
 
 
 # name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
