@@ -224,6 +224,23 @@ def test_report_takes_the_recipe_from_the_config(tmp_path):
   assert "lr 0.05 constant after 1 warm-up epochs from 0" in changed
   assert "batch 32, 4 epochs" in changed and "lr 0.1" not in changed
   assert "Few-shot classes (<= 10 training images)" in changed
+  with pytest.raises(ValueError, match="no runs"):
+    report.render(GRID, {"runs": []}, [])
+
+
+def test_report_applies_holm_to_the_compared_family():
+  results = _fake_results(seeds=range(4))
+  for r in results["runs"]:  # cfl_hc3 beats cross-entropy by a clear, seed-varying margin
+    if r["loss"] == "cfl_hc3":
+      base = next(b for b in results["runs"] if b["loss"] == "cross_entropy"
+                  and b["dataset"] == r["dataset"] and b["seed"] == r["seed"])
+      r["test_accuracy"] = base["test_accuracy"] + 0.05 + 0.001 * r["seed"]
+  text = report.render(GRID, results, [])
+  family = len(GRID.compared) * 2  # two datasets
+  holm = text[text.index("With Holm's correction"):].split("\n")[0]
+  assert holm.startswith(f"With Holm's correction over these {family} comparisons")
+  assert "`cfl_hc3` on balanced (+5.15 pp" in holm and "`cfl_hc3` on long_tail_10" in holm
+  assert f"{holm.count('adjusted p')} differences remain significant" in holm
 
 
 def test_unknown_study_is_a_usage_error():

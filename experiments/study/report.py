@@ -253,9 +253,59 @@ def _ablation_lines(grid: Grid, results) -> list[str]:
   return lines
 
 
+def _verdict_lines(grid: Grid, results, datasets: Sequence[str], config,
+                   test_images: int) -> list[str]:
+  """Wins, ties and losses in words, few-shot verdicts, Holm, and the one-sentence summary."""
+  main = statements(results, datasets, grid.compared, grid.baseline)
+  others = statements(results, datasets, tuple(grid.versus), grid.baseline)
+  total = sum(len(v) for v in main.values())
+  lines = [f"## What the numbers say (test accuracy, paired vs `{grid.baseline}`)", "",
+           f"CFL variants x datasets: {total} comparisons, {len(main['win'])} wins, "
+           f"{len(main['tie'])} ties, {len(main['loss'])} losses.", ""]
+  for kind, label in (("win", "CFL wins"), ("tie", "CFL ties"), ("loss", "CFL loses")):
+    lines.append(f"- {label}: " + ("; ".join(main[kind]) if main[kind] else "none") + ".")
+  lines += ["", "For comparison, the other baselines:", ""]
+  for kind, label in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
+    lines.append(f"- {label}: " + ("; ".join(others[kind]) if others[kind] else "none") + ".")
+  lines.append("")
+  with_few_shot = [d for d in datasets if any(r["few_shot_accuracy"] is not None for r in
+                                              stats.runs_of(results, d, grid.baseline).values())]
+  if with_few_shot:
+    few = statements(results, with_few_shot, grid.compared, grid.baseline, "few_shot_accuracy")
+    lines += [f"Few-shot classes (<= {config.few_shot_max} training images) on "
+              f"{', '.join(with_few_shot)}, CFL vs CE: {len(few['win'])} wins, "
+              f"{len(few['tie'])} ties, {len(few['loss'])} losses"
+              + (" (" + "; ".join(few["win"] + few["loss"]) + ")."
+                 if few["win"] or few["loss"] else "."), ""]
+  lines += [f"With {total} comparisons at 95% each, about {0.05 * total:.1f} spurious "
+            "'wins' or 'losses' are expected by chance alone. "
+            + holm_text(results, datasets, grid), "",
+            summary_sentence(grid, results, datasets, test_images), ""]
+  return lines
+
+
+def _check_lines(results) -> list[str]:
+  """The reproduction checks' table (commands rerun in fresh processes), if any."""
+  checks = results.get("reproduction_checks", [])
+  if not checks:
+    return []
+  lines = ["## Reproduction checks", "",
+           "Randomly chosen runs whose printed command was rerun verbatim in a fresh process "
+           "(from the repository root):", "",
+           "| run | test acc in study | rerun | difference pp | test loss study / rerun |",
+           "|---|---|---|---|---|"]
+  for c in checks:
+    lines.append(f"| {c['run_id']} | {_pct(c['original_test_accuracy'])} | "
+                 f"{_pct(c['reproduced_test_accuracy'])} | {c['difference_pp']:+.2f} | "
+                 f"{c['original_test_loss']:.6f} / {c['reproduced_test_loss']:.6f} |")
+  return lines + [""]
+
+
 def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) -> str:
   """The text of REPORT.md for the reportable runs of ``results``."""
   results = reportable(results)
+  if not results["runs"]:
+    raise ValueError("results.json holds no runs of the study to report on.")
   config, data = recipe(grid, results)
   seeds = sorted({r["seed"] for r in results["runs"]})
   total_wall = sum(r["wall_seconds"] for r in results["runs"])
@@ -305,45 +355,8 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
   lines += _time_table(grid, results, datasets) + [""]
   lines += _ablation_lines(grid, results)
 
-  main = statements(results, datasets, grid.compared, grid.baseline)
-  others = statements(results, datasets, tuple(grid.versus), grid.baseline)
-  total = sum(len(v) for v in main.values())
-  lines += [f"## What the numbers say (test accuracy, paired vs `{grid.baseline}`)", "",
-            f"CFL variants x datasets: {total} comparisons, {len(main['win'])} wins, "
-            f"{len(main['tie'])} ties, {len(main['loss'])} losses.", ""]
-  for kind, label in (("win", "CFL wins"), ("tie", "CFL ties"), ("loss", "CFL loses")):
-    lines.append(f"- {label}: " + ("; ".join(main[kind]) if main[kind] else "none") + ".")
-  lines += ["", "For comparison, the other baselines:", ""]
-  for kind, label in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
-    lines.append(f"- {label}: " + ("; ".join(others[kind]) if others[kind] else "none") + ".")
-  lines.append("")
-  with_few_shot = [d for d in datasets if any(r["few_shot_accuracy"] is not None for r in
-                                              stats.runs_of(results, d, grid.baseline).values())]
-  if with_few_shot:
-    few = statements(results, with_few_shot, grid.compared, grid.baseline, "few_shot_accuracy")
-    lines += [f"Few-shot classes (<= {config.few_shot_max} training images) on "
-              f"{', '.join(with_few_shot)}, CFL vs CE: {len(few['win'])} wins, "
-              f"{len(few['tie'])} ties, {len(few['loss'])} losses"
-              + (" (" + "; ".join(few["win"] + few["loss"]) + ")."
-                 if few["win"] or few["loss"] else "."), ""]
-  lines += [f"With {total} comparisons at 95% each, about {0.05 * total:.1f} spurious "
-            "'wins' or 'losses' are expected by chance alone. "
-            + holm_text(results, datasets, grid), "",
-            summary_sentence(grid, results, datasets, test_images), ""]
-
-  checks = results.get("reproduction_checks", [])
-  if checks:
-    lines += ["## Reproduction checks", "",
-              "Randomly chosen runs whose printed command was rerun verbatim in a fresh process "
-              "(from the repository root):", "",
-              "| run | test acc in study | rerun | difference pp | test loss study / rerun |",
-              "|---|---|---|---|---|"]
-    for c in checks:
-      lines.append(f"| {c['run_id']} | {_pct(c['original_test_accuracy'])} | "
-                   f"{_pct(c['reproduced_test_accuracy'])} | {c['difference_pp']:+.2f} | "
-                   f"{c['original_test_loss']:.6f} / {c['reproduced_test_loss']:.6f} |")
-    lines.append("")
-
+  lines += _verdict_lines(grid, results, datasets, config, test_images)
+  lines += _check_lines(results)
   lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})"
                                for p in plot_paths]
   lines += ["", "## Caveats", ""] + [f"- {caveat}" for caveat in grid.caveats] + [""]
