@@ -23,7 +23,7 @@ def _xi_schedules(grid: Grid, runs: Sequence[dict]):
   """Every cyclical loss's xi over the run, on the ablation dataset's step count."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from cfl_jax.training import objective  # pylint: disable=g-import-not-at-top
+  from cfl_jax.training import recipe  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4))
   shown = {}
   for r in runs:
@@ -40,7 +40,7 @@ def _xi_schedules(grid: Grid, runs: Sequence[dict]):
   total = spe * epochs
   steps = np.arange(total + 1)
   for (factor, granularity), losses in sorted(curves.items()):
-    schedule = objective.xi_schedule(
+    schedule = recipe.xi_schedule(
         ml_collections.ConfigDict({"cyclical_factor": factor, "xi_granularity": granularity,
                                    "xi_schedule": "paper", "xi_first_epoch": 0}),
         total_steps=total, steps_per_epoch=spe)
