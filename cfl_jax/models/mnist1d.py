@@ -24,6 +24,17 @@ accuracy of the final model. Published test accuracy (the repository's README): 
 regression 32 %, MLP 68 %, CNN 94 %; the benchmark notebook's own run ends at 31.5 %, 65.1 % and
 92.3 %.
 
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> x = jnp.zeros((2, 40, 1))
+  >>> for model in (MNIST1DCNN(num_classes=10), MNIST1DMLP(num_classes=10),
+  ...               MNIST1DLogistic(num_classes=10)):
+  ...   variables = model.init(jax.random.key(0), x, train=False)
+  ...   print(type(model).__name__, model.apply(variables, x, train=True).shape)
+  MNIST1DCNN (2, 10)
+  MNIST1DMLP (2, 10)
+  MNIST1DLogistic (2, 10)
+
 References:
   Greydanus & Kobak, Scaling Down Deep Learning with MNIST-1D, ICML 2024
   (https://arxiv.org/abs/2011.14439).
@@ -59,31 +70,24 @@ def _flatten(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
-class MNIST1DCNN(nn.Module):
-  """The published MNIST-1D CNN: three strided 1-D convolutions (25 channels) and a dense layer.
+class _Baseline(nn.Module):
+  """What the three baselines share; ``train`` is accepted for the common call convention only.
 
   Attributes:
     num_classes: number of output logits.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> model = MNIST1DCNN(num_classes=10)
-    >>> x = jnp.zeros((2, 40, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=True).shape
-    (2, 10)
   """
 
   num_classes: int
   dtype: Any = jnp.float32
 
+
+class MNIST1DCNN(_Baseline):
+  """The published MNIST-1D CNN: three strided 1-D convolutions (25 channels) and a dense layer."""
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """Maps signals ``[batch, length, channels]`` to float32 logits ``[batch, num_classes]``.
-
-    ``train`` is accepted for the common call convention; the model behaves the same either way.
-    """
+    """Maps signals ``[batch, length, channels]`` to float32 logits ``[batch, num_classes]``."""
     del train  # no dropout, no BatchNorm
     if x.ndim != 3:
       raise ValueError(
@@ -98,25 +102,13 @@ class MNIST1DCNN(nn.Module):
     return _dense(self.num_classes, x.shape[-1], self.dtype, "dense")(x).astype(jnp.float32)
 
 
-class MNIST1DMLP(nn.Module):
+class MNIST1DMLP(_Baseline):
   """The published MNIST-1D MLP: two hidden layers of 100 ReLUs, the second one residual.
 
   Attributes:
-    num_classes: number of output logits.
-    dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
     hidden: width of the hidden layers (100 as published).
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> model = MNIST1DMLP(num_classes=10)
-    >>> x = jnp.zeros((2, 40, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=True).shape
-    (2, 10)
   """
 
-  num_classes: int
-  dtype: Any = jnp.float32
   hidden: int = 100
 
   @nn.compact
@@ -129,24 +121,8 @@ class MNIST1DMLP(nn.Module):
     return _dense(self.num_classes, self.hidden, self.dtype, "dense3")(h).astype(jnp.float32)
 
 
-class MNIST1DLogistic(nn.Module):
-  """Logistic regression on the raw signal: one dense layer, the published linear baseline.
-
-  Attributes:
-    num_classes: number of output logits.
-    dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> model = MNIST1DLogistic(num_classes=10)
-    >>> x = jnp.zeros((2, 40, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=True).shape
-    (2, 10)
-  """
-
-  num_classes: int
-  dtype: Any = jnp.float32
+class MNIST1DLogistic(_Baseline):
+  """Logistic regression on the raw signal: one dense layer, the published linear baseline."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
