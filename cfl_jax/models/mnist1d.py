@@ -26,14 +26,11 @@ regression 32 %, MLP 68 %, CNN 94 %; the benchmark notebook's own run ends at 31
 
 Examples:
   >>> import jax, jax.numpy as jnp
-  >>> x = jnp.zeros((2, 40, 1))
-  >>> for model in (MNIST1DCNN(num_classes=10), MNIST1DMLP(num_classes=10),
-  ...               MNIST1DLogistic(num_classes=10)):
-  ...   variables = model.init(jax.random.key(0), x, train=False)
-  ...   print(type(model).__name__, model.apply(variables, x, train=True).shape)
-  MNIST1DCNN (2, 10)
-  MNIST1DMLP (2, 10)
-  MNIST1DLogistic (2, 10)
+  >>> x = jnp.zeros((2, 40, 1))   # two signals of MNIST-1D's image_shape (40, 1)
+  >>> model = MNIST1DCNN(num_classes=10)
+  >>> variables = model.init(jax.random.key(0), x, train=False)
+  >>> model.apply(variables, x, train=True).shape
+  (2, 10)
 
 References:
   Greydanus & Kobak, Scaling Down Deep Learning with MNIST-1D, ICML 2024
