@@ -1,4 +1,4 @@
-"""Classification metrics: top-1, per-class, balanced and many/medium/few-shot accuracy; calibration.
+"""Classification metrics: top-1, per-class, balanced and shot-group accuracy; calibration.
 
 Evaluation runs in two halves. On device, :func:`class_counts` reduces a batch of logits to
 per-class counts of correct predictions and of examples (additive, so batches, devices and hosts

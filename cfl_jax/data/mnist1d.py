@@ -175,7 +175,8 @@ def mnist1d(*, profile: str = "standard", max_count: int | None = None,
     ((40, 1), 1000)
   """
   counts = profile_counts(profile, max_count, imbalance_ratio)
-  train_signals, train_labels, test_signals, test_labels = generate(STANDARD_SEED, STANDARD_NUM_SAMPLES)
+  train_signals, train_labels, test_signals, test_labels = generate(STANDARD_SEED,
+                                                                   STANDARD_NUM_SAMPLES)
   if counts is not None:
     pool_signals, pool_labels = _pool()
     keep = long_tail.first_per_class(pool_labels, counts)
