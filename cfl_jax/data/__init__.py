@@ -2,7 +2,8 @@
 
 Every dataset implements :class:`ImageClassificationData` (see ``cfl_jax/data/base.py``): host-local
 numpy batches, deterministic in ``(seed, step)``, sharded over ``jax.process_count()`` processes.
-Only the requested dataset's module is imported, so digits never imports TensorFlow.
+Only the requested dataset's module is imported, so digits and mnist1d never import
+TensorFlow.
 """
 
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from cfl_jax.data.long_tail import long_tail_counts
 # name -> (module, factory); the factory takes the dataset's keyword arguments.
 _DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("cfl_jax.data.digits", "digits"),
+    "mnist1d": ("cfl_jax.data.mnist1d", "mnist1d"),
     "cifar10": ("cfl_jax.data.cifar", "cifar10"),
     "cifar100": ("cfl_jax.data.cifar", "cifar100"),
     "imagenet2012": ("cfl_jax.data.imagenet", "imagenet2012"),
