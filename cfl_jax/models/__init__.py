@@ -12,8 +12,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cfl_jax.models import resnet
+from cfl_jax.models import resnet, tresnet
 from cfl_jax.models.digits_cnn import DigitsCNN
+from cfl_jax.models.weights import IMPORTABLE_MODELS, import_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
@@ -24,6 +25,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": resnet.ResNet10,
     "resnet50": resnet.ResNet50,
     "resnet152": resnet.ResNet152,
+    "tresnet_m": tresnet.TResNetM,
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -60,4 +62,12 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
   return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 
-__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model", "resnet"]
+__all__ = [
+    "IMPORTABLE_MODELS",
+    "MODEL_NAMES",
+    "DigitsCNN",
+    "get_model",
+    "import_weights",
+    "resnet",
+    "tresnet",
+]
