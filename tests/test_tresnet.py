@@ -11,6 +11,8 @@ import pytest
 
 from cfl_jax.models import get_model, layers, resnet, tresnet
 
+import numpy_nchw as nchw
+
 # Parameters of timm's tresnet_m at 1,000 classes, counted by hand from timm/models/tresnet.py
 # (conv weights out*in*k*k, BatchNorm weight + bias, SE fc1 / fc2 with bias, fc weight + bias):
 #   stem    48*64*9 + 2*64                                                          =     27,776
@@ -35,25 +37,6 @@ _TIMM_COUNTS = {
 def _abstract_variables(model, size):
   x = jnp.zeros((2, size, size, 3))
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-
-
-def _numpy_space_to_depth(x):
-  """timm's SpaceToDepth(4) on NCHW: view, permute (0, 3, 5, 1, 2, 4), view."""
-  n, c, h, w = x.shape
-  x = x.reshape(n, c, h // 4, 4, w // 4, 4).transpose(0, 3, 5, 1, 2, 4)
-  return x.reshape(n, 16 * c, h // 4, w // 4)
-
-
-def _numpy_blur_pool(x):
-  """timm's BlurPool2d(filt_size=3, stride=2) on NCHW: reflect pad 1, depthwise binomial conv."""
-  x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
-  taps = np.array([1.0, 2.0, 1.0]) / 4
-  windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
-  return np.einsum("nchwij,ij->nchw", windows, np.outer(taps, taps))
-
-
-def _nhwc(x):
-  return np.transpose(x, (0, 2, 3, 1))
 
 
 def test_parameter_count_equals_timm_tresnet_m():
@@ -117,15 +100,15 @@ def test_smallest_input_runs_and_smaller_ones_are_refused():
 
 def test_space_to_depth_matches_timm_channel_order():
   x = np.random.default_rng(0).normal(size=(2, 3, 8, 12)).astype(np.float32)
-  expected = _numpy_space_to_depth(x)
-  np.testing.assert_array_equal(tresnet.space_to_depth(jnp.asarray(_nhwc(x))), _nhwc(expected))
+  got = tresnet.space_to_depth(jnp.asarray(nchw.to_nhwc(x)))
+  np.testing.assert_array_equal(got, nchw.to_nhwc(nchw.space_to_depth(x)))
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 5), (2, 3)])
 def test_blur_pool_matches_timm(size):
   x = np.random.default_rng(1).normal(size=(2, 3, *size))
-  got = tresnet.blur_pool(jnp.asarray(_nhwc(x), jnp.float32))
-  np.testing.assert_allclose(got, _nhwc(_numpy_blur_pool(x)), rtol=1e-5, atol=1e-6)
+  got = tresnet.blur_pool(jnp.asarray(nchw.to_nhwc(x), jnp.float32))
+  np.testing.assert_allclose(got, nchw.to_nhwc(nchw.blur_pool(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_blur_pool_keeps_dtype_and_refuses_single_pixels():
@@ -136,17 +119,17 @@ def test_blur_pool_keeps_dtype_and_refuses_single_pixels():
 
 def test_option_d_shortcut_pools_in_ceil_mode_without_padding():
   """AvgPool2d(2, ceil_mode=True, count_include_pad=False) then 1x1 conv and BatchNorm."""
-  x = np.random.default_rng(2).normal(size=(2, 5, 7, 3))
+  x = np.random.default_rng(2).normal(size=(2, 3, 5, 7))
   shortcut = resnet.Shortcut(
       4, 2, "D", layers.conv_factory(jnp.float32), layers.norm_factory(jnp.float32, train=False)
   )
-  variables = shortcut.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
-  got = shortcut.apply(variables, jnp.asarray(x, jnp.float32))
-  padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=np.nan)
-  pooled = np.nanmean(padded.reshape(2, 3, 2, 4, 2, 3), axis=(2, 4))
-  kernel = np.asarray(variables["params"]["conv"]["kernel"])[0, 0]
-  expected = pooled @ kernel / np.sqrt(1 + 1e-5)  # fresh BatchNorm: mean 0, var 1, scale 1
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  images = jnp.asarray(nchw.to_nhwc(x), jnp.float32)
+  variables = shortcut.init(jax.random.key(0), images)
+  got = shortcut.apply(variables, images)
+  kernel = np.asarray(variables["params"]["conv"]["kernel"]).transpose(3, 2, 0, 1)
+  fresh_bn = (np.ones(4), np.zeros(4), np.zeros(4), np.ones(4))  # scale, bias, mean, var
+  expected = nchw.batch_norm(nchw.conv(nchw.avg_pool_2x2_ceil(x), kernel), *fresh_bn)
+  np.testing.assert_allclose(got, nchw.to_nhwc(expected), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("block_cls", [tresnet.TResNetBasicBlock, tresnet.TResNetBottleneck])
