@@ -127,7 +127,8 @@ def test_num_batches_tracked_is_optional(checkpoints, tmp_path):
   _, tensors = checkpoints("resnet50")
   without = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
   variables = import_weights("resnet50", _save(tmp_path, without), num_classes=1000)
-  np.testing.assert_array_equal(variables["batch_stats"]["stem_bn"]["var"], tensors["bn1.running_var"])
+  stem_var = variables["batch_stats"]["stem_bn"]["var"]
+  np.testing.assert_array_equal(stem_var, tensors["bn1.running_var"])
 
 
 def test_other_class_count_reinitialises_the_classifier(checkpoints, caplog):
@@ -139,7 +140,8 @@ def test_other_class_count_reinitialises_the_classifier(checkpoints, caplog):
   head = first["params"]["head"]["dense"]
   assert head["kernel"].shape == (2048, 10) and head["bias"].shape == (10,)
   assert not np.any(head["bias"])  # flax Dense's initial bias
-  assert 0.8 < float(jnp.std(head["kernel"])) * np.sqrt(2048) < 1.2  # LeCun normal over 2,048 inputs
+  # LeCun normal over 2,048 inputs
+  assert 0.8 < float(jnp.std(head["kernel"])) * np.sqrt(2048) < 1.2
   np.testing.assert_array_equal(
       first["params"]["stem_conv"]["kernel"],
       np.transpose(tensors["body.conv1.conv.weight"], (2, 3, 1, 0)),
@@ -152,8 +154,16 @@ def test_classifier_of_another_feature_width_is_misshaped(checkpoints, tmp_path)
   _, tensors = checkpoints("resnet50")
   edited = dict(tensors, **{"fc.weight": np.zeros((10, 1024), np.float32),
                             "fc.bias": np.zeros(10, np.float32)})
-  with pytest.raises(ValueError, match=r"1 mis-shaped tensors: fc.weight \(10, 1024\) "
-                                       r"\(expected \(1000, 2048\)\)"):
+  with pytest.raises(ValueError, match=r"2 mis-shaped tensors: fc.bias \(10,\) \(classifier\), "
+                                       r"fc.weight \(10, 1024\) \(expected \(1000, 2048\)\)"):
+    import_weights("resnet50", _save(tmp_path, edited), num_classes=1000)
+
+
+def test_classifier_with_inconsistent_class_counts_is_misshaped(checkpoints, tmp_path):
+  _, tensors = checkpoints("resnet50")
+  edited = dict(tensors, **{"fc.weight": np.zeros((10, 2048), np.float32)})  # bias keeps 1000
+  with pytest.raises(ValueError,
+                     match=r"1 mis-shaped tensors: fc.weight \(10, 2048\) \(classifier\)"):
     import_weights("resnet50", _save(tmp_path, edited), num_classes=1000)
 
 

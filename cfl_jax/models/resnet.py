@@ -17,8 +17,8 @@ at stride 2. Every stage after the first halves the resolution in its first bloc
 Shortcuts where shape changes: option ``A`` (the paper's CIFAR networks) subsamples and pads the
 new channels with zeros, adding no parameters; option ``B`` projects with a 1x1 convolution and
 BatchNorm (the ImageNet networks, torchvision); option ``D`` (ResNet-D, He et al. 2019; used by
-TResNet) average-pools before a stride-1 1x1 convolution and BatchNorm. Bottleneck blocks stride in their 3x3 convolution
-("ResNet v1.5", as torchvision). Parameter counts equal the published ones: ResNet-20/32/56
+TResNet) average-pools before a stride-1 1x1 convolution and BatchNorm. Bottleneck blocks stride in
+their 3x3 convolution ("ResNet v1.5", as torchvision). Parameter counts equal the published ones: ResNet-20/32/56
 0.27M / 0.46M / 0.85M and ResNet-18-CIFAR 11.2M (10 classes); ResNet-10 5.4M, ResNet-50 25.6M
 and ResNet-152 60.2M (1000 classes).
 
@@ -27,6 +27,8 @@ References:
   https://arxiv.org/abs/1512.03385 (CIFAR networks: section 4.2).
   Liu, Miao, Zhan, Wang, Gong, Yu, "Large-Scale Long-Tailed Recognition in an Open World"
   (OLTR), CVPR 2019, https://arxiv.org/abs/1904.05160 (ResNet-10 backbone for ImageNet-LT).
+  He, Zhang, Zhang, Zhang, Xie, Li, "Bag of Tricks for Image Classification with Convolutional
+  Neural Networks", CVPR 2019, https://arxiv.org/abs/1812.01187 (ResNet-D shortcut, option D).
 """
 
 import functools

@@ -16,6 +16,9 @@ after the second convolution of a basic block and after the 3x3 convolution of a
 reduction width is ``max(width // 4, 64)`` (basic) or ``max(width // 2, 64)`` (bottleneck). The
 shortcut is option ``'D'`` of :class:`resnet.Shortcut` (2x2 average pool, then 1x1 convolution and
 BatchNorm); ReLU follows the sum. The last BatchNorm scale of each residual branch starts at zero.
+Initialisation otherwise follows timm (He normal over fan-out for every convolution) except the
+classifier, which is the package's shared :class:`layers.ClassifierHead` (LeCun normal kernel,
+where timm draws from N(0, 0.01)).
 
 At 1,000 classes the model has 31,389,032 parameters, as timm's ``tresnet_m`` (BatchNorm scale and
 bias included, running statistics excluded). Inputs are images in [0, 1] (timm's mean 0, std 1),

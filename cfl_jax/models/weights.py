@@ -99,7 +99,8 @@ IMPORTABLE_MODELS = tuple(_CHECKPOINT_NAMING)
 
 def _to_flax(tensor: np.ndarray) -> np.ndarray:
   """PyTorch weight layout -> Flax layout (identity for vectors)."""
-  return np.transpose(tensor, _TO_FLAX_AXES[tensor.ndim]) if tensor.ndim in _TO_FLAX_AXES else tensor
+  axes = _TO_FLAX_AXES.get(tensor.ndim)
+  return np.transpose(tensor, axes) if axes else tensor
 
 
 def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -140,7 +141,7 @@ def import_weights(
     >>> import_weights('resnet50', path, num_classes=1000)
     Traceback (most recent call last):
     ...
-    ValueError: .../resnet50.safetensors does not fit resnet50: 266 missing tensors: bn1.bias, bn1.running_mean, ...
+    ValueError: .../resnet50.safetensors does not fit resnet50: 266 missing tensors: bn1.bias, ...
 
   References:
     timm checkpoints: https://huggingface.co/timm/tresnet_m.miil_in1k;
@@ -148,7 +149,8 @@ def import_weights(
   """
   if name not in _CHECKPOINT_NAMING:
     raise ValueError(
-        f"No checkpoint naming for model {name!r}; importable models: {', '.join(IMPORTABLE_MODELS)}."
+        f"No checkpoint naming for model {name!r}; "
+        f"importable models: {', '.join(IMPORTABLE_MODELS)}."
     )
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}.")
@@ -175,11 +177,18 @@ def import_weights(
       head_classes[key] = value.shape[-1]
     else:
       misshaped.append(f"{key} {tensors[key].shape} (expected {_torch_shape(abstract.shape)})")
+  num_head_leaves = sum(leaf_path[1] == "head" for leaf_path in expected)
+  if head_classes and (len(head_classes) < num_head_leaves or len(set(head_classes.values())) > 1):
+    # Only a whole classifier for one other class count is replaced; anything else is an error.
+    misshaped += [f"{key} {tensors[key].shape} (classifier)" for key in head_classes]
+    head_classes = {}
   unexpected = sorted(set(tensors) - consumed)
   if missing or unexpected or misshaped:
     problems = [
         f"{len(keys)} {kind} tensors: {', '.join(sorted(keys))}"
-        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        for kind, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)
+        )
         if keys
     ]
     raise ValueError(f"{os.fspath(path)} does not fit {name}: {'; '.join(problems)}.")
@@ -192,6 +201,6 @@ def import_weights(
     # Under jit, XLA drops everything the classifier's initial values do not depend on.
     fresh_head = jax.jit(lambda: init()["params"]["head"])()
     flat.update(traverse_util.flatten_dict({"params": {"head": fresh_head}}))
-  logging.info("%s: imported %d tensors from %s.", name, len(consumed & set(tensors)), os.fspath(path))
+  logging.info("%s: imported %d tensors from %s.", name, len(tensors), os.fspath(path))
   variables = traverse_util.unflatten_dict(flat)
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)

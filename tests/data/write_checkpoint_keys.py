@@ -66,7 +66,8 @@ def timm_tresnet_m():
       # TResNet._make_layer: downsample when stride != 1 or channels change; AvgPool2d first if
       # stride == 2, so the ConvNormAct is downsample.1 there.
       if j == 0 and (stride != 1 or inplanes != planes * expansion):
-        conv_norm_act(f"{key}.downsample.{1 if stride == 2 else 0}", inplanes, planes * expansion, 1)
+        downsample = f"{key}.downsample.{1 if stride == 2 else 0}"
+        conv_norm_act(downsample, inplanes, planes * expansion, 1)
       if block == "basic":
         conv_norm_act(f"{key}.conv1", inplanes, planes, 3)
         conv_norm_act(f"{key}.conv2", planes, planes, 3)
