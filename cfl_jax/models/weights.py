@@ -109,6 +109,56 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(flax_shape[a] for a in axes) if axes else tuple(flax_shape)
 
 
+def _match(
+    expected: dict[Path, jax.ShapeDtypeStruct],
+    tensors: dict[str, np.ndarray],
+    torch_module: Callable[[Path], str],
+) -> tuple[dict[Path, np.ndarray], int | None, list[str]]:
+  """Pairs each model variable with its file tensor.
+
+  Args:
+    expected: the model's flattened variables, ``(collection, *module path, leaf) -> shape``.
+    tensors: the file's ``state-dict key -> tensor``.
+    torch_module: module path -> PyTorch module name.
+
+  Returns:
+    ``(variables, file_classes, problems)``: the matched variables in Flax layout (the classifier
+    left out when the file's has another class count), that class count (``None`` if the
+    classifier matched) and one line per kind of problem (missing, unexpected, mis-shaped).
+  """
+  flat, consumed, missing, misshaped, head_classes = {}, set(), [], [], {}
+  for (collection, *module, leaf), abstract in expected.items():
+    key = f"{torch_module(tuple(module))}.{_LEAF_NAMES[collection, leaf]}"
+    if leaf == "mean":  # one num_batches_tracked per BatchNorm, if the file has it
+      consumed.add(key.replace("running_mean", "num_batches_tracked"))
+    if key not in tensors:
+      missing.append(key)
+      continue
+    consumed.add(key)
+    value = _to_flax(tensors[key])
+    if value.shape == abstract.shape:
+      flat[collection, *module, leaf] = value
+    elif module[0] == "head" and value.shape[:-1] == abstract.shape[:-1]:
+      head_classes[key] = value.shape[-1]
+    else:
+      misshaped.append(f"{key} {tensors[key].shape} (expected {_torch_shape(abstract.shape)})")
+  # Only a whole classifier for one other class count is replaced; anything else is an error.
+  num_head_leaves = sum(path[1] == "head" for path in expected)
+  if head_classes and (
+      len(head_classes) < num_head_leaves or len(set(head_classes.values())) > 1
+  ):
+    misshaped += [f"{key} {tensors[key].shape} (classifier)" for key in head_classes]
+    head_classes = {}
+  unexpected = set(tensors) - consumed
+  kinds = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
+  problems = [
+      f"{len(keys)} {kind} tensors: {', '.join(sorted(keys))}"
+      for kind, keys in kinds.items()
+      if keys
+  ]
+  return flat, next(iter(head_classes.values()), None), problems
+
+
 def import_weights(
     name: str, path: str | os.PathLike, *, num_classes: int, seed: int = 0
 ) -> dict[str, dict]:
@@ -134,8 +184,7 @@ def import_weights(
     FileNotFoundError: if ``path`` does not exist.
 
   Examples:
-    >>> import os, tempfile, jax, numpy as np, safetensors.numpy
-    >>> from cfl_jax import models
+    >>> import os, tempfile, numpy as np, safetensors.numpy
     >>> path = os.path.join(tempfile.mkdtemp(), 'resnet50.safetensors')
     >>> safetensors.numpy.save_file({'fc.weight': np.zeros((1000, 2048), np.float32)}, path)
     >>> import_weights('resnet50', path, num_classes=1000)
@@ -154,49 +203,18 @@ def import_weights(
     )
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}.")
-  torch_module = _CHECKPOINT_NAMING[name]
   model = models.get_model(name, num_classes=num_classes)
   images = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
   init = lambda: model.init(jax.random.key(seed), images, train=False)
   expected = traverse_util.flatten_dict(jax.eval_shape(init))
   tensors = safetensors.numpy.load_file(path)
-
-  flat, consumed, missing, misshaped, head_classes = {}, set(), [], [], {}
-  for (collection, *module, leaf), abstract in expected.items():
-    key = f"{torch_module(tuple(module))}.{_LEAF_NAMES[collection, leaf]}"
-    if leaf == "mean":  # one num_batches_tracked per BatchNorm, if the file has it
-      consumed.add(key.replace("running_mean", "num_batches_tracked"))
-    if key not in tensors:
-      missing.append(key)
-      continue
-    consumed.add(key)
-    value = _to_flax(tensors[key])
-    if value.shape == abstract.shape:
-      flat[collection, *module, leaf] = value
-    elif module[0] == "head" and value.shape[:-1] == abstract.shape[:-1]:
-      head_classes[key] = value.shape[-1]
-    else:
-      misshaped.append(f"{key} {tensors[key].shape} (expected {_torch_shape(abstract.shape)})")
-  num_head_leaves = sum(leaf_path[1] == "head" for leaf_path in expected)
-  if head_classes and (len(head_classes) < num_head_leaves or len(set(head_classes.values())) > 1):
-    # Only a whole classifier for one other class count is replaced; anything else is an error.
-    misshaped += [f"{key} {tensors[key].shape} (classifier)" for key in head_classes]
-    head_classes = {}
-  unexpected = sorted(set(tensors) - consumed)
-  if missing or unexpected or misshaped:
-    problems = [
-        f"{len(keys)} {kind} tensors: {', '.join(sorted(keys))}"
-        for kind, keys in (
-            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)
-        )
-        if keys
-    ]
+  flat, file_classes, problems = _match(expected, tensors, _CHECKPOINT_NAMING[name])
+  if problems:
     raise ValueError(f"{os.fspath(path)} does not fit {name}: {'; '.join(problems)}.")
-
-  if head_classes:
+  if file_classes is not None:
     logging.warning(
-        "%s: the classifier in %s has %s classes, the model %d; re-initialised it (seed %d).",
-        name, os.fspath(path), sorted(set(head_classes.values())), num_classes, seed,
+        "%s: the classifier in %s has %d classes, the model %d; re-initialised it (seed %d).",
+        name, os.fspath(path), file_classes, num_classes, seed,
     )
     # Under jit, XLA drops everything the classifier's initial values do not depend on.
     fresh_head = jax.jit(lambda: init()["params"]["head"])()
