@@ -14,7 +14,9 @@ import jax.numpy as jnp
 
 from cfl_jax.models import mnist1d
 from cfl_jax.models import resnet
+from cfl_jax.models import tresnet
 from cfl_jax.models.digits_cnn import DigitsCNN
+from cfl_jax.models.weights import IMPORTABLE_MODELS, import_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
@@ -28,6 +30,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": resnet.ResNet10,
     "resnet50": resnet.ResNet50,
     "resnet152": resnet.ResNet152,
+    "tresnet_m": tresnet.TResNetM,
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -64,4 +67,13 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
   return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 
-__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model", "mnist1d", "resnet"]
+__all__ = [
+    "IMPORTABLE_MODELS",
+    "MODEL_NAMES",
+    "DigitsCNN",
+    "get_model",
+    "import_weights",
+    "mnist1d",
+    "resnet",
+    "tresnet",
+]
