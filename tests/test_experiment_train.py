@@ -8,7 +8,7 @@ from training_helpers import finish, read_metrics, read_summary, start_trainer, 
 
 _SUMMARY_KEYS = {"test_accuracy", "balanced_accuracy", "per_class_accuracy", "many_shot_accuracy",
                  "medium_shot_accuracy", "few_shot_accuracy", "train_steps", "wall_seconds",
-                 "loss", "seed"}
+                 "loss", "seed", "expected_calibration_error", "reliability"}
 
 
 def test_train_and_evaluate_writes_the_run(tmp_path):
@@ -31,6 +31,9 @@ def test_train_and_evaluate_writes_the_run(tmp_path):
   assert [r["step"] for r in evals] == [15, 30]  # every epoch (15 steps), the last one final
   assert {"loss", "accuracy", "xi", "learning_rate", "grad_norm", "temperature"} <= set(train[0])
   assert evals[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert 0.0 <= summary["expected_calibration_error"] <= 1.0
+  assert evals[-1]["expected_calibration_error"] == summary["expected_calibration_error"]
+  assert sum(summary["reliability"]["count"]) == 500  # every test image, no padding
   assert summary["loss"] == train[-1]["loss"]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "30"]  # max_to_keep=2
 

@@ -108,6 +108,12 @@ def test_eval_step_counts_match_metrics_and_skip_padding():
   np.testing.assert_array_equal(counts["total"], np.full(10, 50))
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   assert counts["loss_sum"] == pytest.approx(float(cross_entropy[batch["mask"]].sum()), rel=1e-5)
+  # The calibration histogram counts the 500 real rows only, each in its confidence bin.
+  confidence = np.asarray(jax.nn.softmax(logits).max(-1))[batch["mask"]]
+  bins = np.minimum(np.ceil(confidence * 15).astype(int) - 1, 14)
+  np.testing.assert_array_equal(counts["bin_count"], np.bincount(bins, minlength=15))
+  np.testing.assert_allclose(counts["bin_confidence_sum"],
+                             np.bincount(bins, confidence, minlength=15), rtol=1e-5)
 
 
 def test_shard_batch_builds_a_batch_sharded_global_array():

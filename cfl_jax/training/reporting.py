@@ -224,7 +224,8 @@ class Progress:
     """Shows an evaluation's accuracies."""
     if self._enabled:
       message = _format(record, ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-                                 "medium_shot_accuracy", "few_shot_accuracy", "test_loss"))
+                                 "medium_shot_accuracy", "few_shot_accuracy", "test_loss",
+                                 "expected_calibration_error"))
       write = self._bar.write if self._bar is not None else logging.info
       write(f"eval at step {step}: {message}")
 

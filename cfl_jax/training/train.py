@@ -120,13 +120,17 @@ def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str,
     num_classes: length of the count vectors.
 
   Returns:
-    ``{'correct': [C], 'total': [C], 'loss_sum': []}``, additive over batches.
+    ``{'correct': [C], 'total': [C], 'loss_sum': [], 'bin_count': [15],
+    'bin_confidence_sum': [15], 'bin_correct': [15]}`` (the last three: top-1 confidence
+    histogram for the expected calibration error), additive over batches.
   """
   logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
   logits = logits.astype(jnp.float32)
   counts = metrics_lib.class_counts(logits, batch["label"], num_classes, where=batch["mask"])
+  calibration = metrics_lib.calibration_counts(logits, batch["label"], where=batch["mask"])
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  return {**counts, "loss_sum": jnp.sum(jnp.where(batch["mask"], cross_entropy, 0.0))}
+  return {**counts, **calibration,
+          "loss_sum": jnp.sum(jnp.where(batch["mask"], cross_entropy, 0.0))}
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, loss_fn: recipe.LossFn,
@@ -187,6 +191,8 @@ class Run:
         many_shot_min=self.config.many_shot_min, few_shot_max=self.config.few_shot_max)
     summary["test_accuracy"] = summary.pop("top1_accuracy")
     summary["test_loss"] = float(totals["loss_sum"] / totals["total"].sum())
+    summary["expected_calibration_error"] = metrics_lib.expected_calibration_error(totals)
+    summary["reliability"] = metrics_lib.reliability_bins(totals)
     return summary
 
   @functools.cached_property
