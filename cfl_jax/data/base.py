@@ -198,6 +198,22 @@ def eval_index_batches(num_examples: int,
     yield np.where(mask, indices, 0), mask
 
 
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """Raises a ValueError naming the first label outside ``[0, num_classes)`` and its index.
+
+  The losses turn such labels into NaN (never a silent number); this check names the bad
+  example before training starts. TFDS ``ClassLabel`` features are range-checked by TFDS.
+  """
+  labels = np.asarray(labels)
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{where} labels must be integers, got dtype {labels.dtype}.")
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise ValueError(
+        f"{where} label at index {bad[0]} is {labels[bad[0]]}, outside [0, {num_classes}) "
+        f"({bad.size} such label(s)).")
+
+
 class Augmentation(Protocol):
   """A random image transformation applied to host-local slices of a global batch.
 
@@ -244,6 +260,7 @@ class ArrayDataset(ImageClassificationData):
         raise ValueError(
             f"{split} images must be [N, *image_shape] with labels [N], got {images.shape} and "
             f"{labels.shape}.")
+      check_labels(labels, self.num_classes, f"{self.name} {split}")
 
   @property
   def image_shape(self) -> tuple[int, ...]:

@@ -13,12 +13,15 @@ One job per module, in the order a run uses them:
 """
 
 from cfl_jax.training.checkpointing import CheckpointError
+from cfl_jax.training.checkpointing import CheckpointSaveError
 from cfl_jax.training.config import ConfigError
 from cfl_jax.training.config import default_config
 from cfl_jax.training.config import resolve_config
 from cfl_jax.training.recipe import LOSS_NAMES
 from cfl_jax.training.recipe import get_loss_fn
+from cfl_jax.training.reporting import WorkdirLocked
 from cfl_jax.training.train import TrainState
+from cfl_jax.training.train import TrainingDiverged
 from cfl_jax.training.train import create_train_state
 from cfl_jax.training.train import eval_step
 from cfl_jax.training.train import train_and_evaluate
@@ -27,8 +30,11 @@ from cfl_jax.training.train import train_step
 __all__ = [
     "LOSS_NAMES",
     "CheckpointError",
+    "CheckpointSaveError",
     "ConfigError",
     "TrainState",
+    "TrainingDiverged",
+    "WorkdirLocked",
     "create_train_state",
     "default_config",
     "eval_step",

@@ -15,8 +15,10 @@ every process stops, so all of them save the same step.
 
 from collections.abc import Mapping
 import os
+import re
 import signal
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -34,6 +36,29 @@ NON_TRAJECTORY_KEYS = frozenset({
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: corrupted, or written by another config/model."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full disk, no permission, ...); the run must stop."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
+  first line of its message."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError):
+      return str(seen)
+    seen = seen.__cause__ or seen.__context__
+  message = str(error).strip()
+  tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
+  if tensorstore:
+    return f"[Errno {tensorstore.group(2)}] {tensorstore.group(1).strip()}"
+  return (message.splitlines() or [type(error).__name__])[0]
+
+
+class _DamagedCheckpoint(CheckpointError):
+  """A checkpoint that cannot be read back; :meth:`Checkpointer.restore_latest` skips it."""
 
 
 def _config_differences(saved: Mapping, current: Mapping, path: str = "") -> list[str]:
@@ -63,19 +88,62 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "progress"))
+    self._saving_step: int | None = None
+    self._failed = False
 
   def latest_step(self) -> int | None:
     """The newest completely written step, or None if there is none."""
     return self._manager.latest_step()
 
+  def describe_latest(self) -> str:
+    """A sentence naming the newest intact checkpoint kept on disk (for error messages)."""
+    latest = self.latest_step()
+    if latest is None:
+      return "No checkpoint was written."
+    return f"The last finite checkpoint, step {latest}, is kept in {self.directory}."
+
   def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
     """Starts saving ``state`` and the JSON-serialisable ``progress`` as ``step``.
 
     Writing continues in the background; the device arrays are copied before this returns, so
-    ``state`` may be donated right after.
+    ``state`` may be donated right after. Orbax writes into a temporary directory and renames
+    it when complete, and deletes old checkpoints (beyond ``max_to_keep``) only after that, so a
+    failed save never touches the previous checkpoint.
+
+    Raises:
+      CheckpointSaveError: if this save, or the previous one still being written, failed.
     """
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
+    if self._saving_step is not None:  # the previous save must have succeeded
+      try:
+        self._manager.wait_until_finished()
+      except Exception as error:  # orbax raises many types; all mean the same here
+        raise self._save_error(error) from error
+    self._saving_step = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError as soon as a background save has failed (cheap while a save
+    is still being written; call it every step)."""
+    if self._saving_step is None or self._manager.is_saving_in_progress():
+      return
+    try:
+      self._manager.wait_until_finished()  # returns at once; raises what the save raised
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
+    self._saving_step = None
+
+  def _save_error(self, error: BaseException) -> CheckpointSaveError:
+    self._failed = True
+    where = os.path.join(self.directory, str(self._saving_step))
+    latest = self.latest_step()
+    kept = ("no earlier checkpoint exists" if latest is None else
+            f"the previous checkpoint, step {latest}, is intact in {self.directory}")
+    return CheckpointSaveError(
+        f"Could not save checkpoint {where}: {_root_cause(error)}. The run stopped; {kept}.")
 
   def restore(self, step: int, abstract_state: Any,
               config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -96,16 +164,15 @@ class Checkpointer:
         ``abstract_state``.
     """
     where = os.path.join(self.directory, str(step))
-    advice = ("Restore the original config, or start afresh in a new workdir (or delete "
-              f"{self.directory}).")
+    advice = "Restore the original config, or start afresh in a new workdir."
     try:
       progress = self._manager.restore(
           step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
       saved_config = progress["config"]
     except Exception as error:  # orbax raises many types; all mean the same here
-      raise CheckpointError(
+      raise _DamagedCheckpoint(
           f"Checkpoint {where} is unreadable (corrupted or not written by cfl_jax): "
-          f"{error}. {advice}") from error
+          f"{_root_cause(error)}") from error
     differences = _config_differences(
         {k: v for k, v in saved_config.items() if k not in NON_TRAJECTORY_KEYS},
         {k: v for k, v in config.items() if k not in NON_TRAJECTORY_KEYS})
@@ -123,14 +190,53 @@ class Checkpointer:
       state = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
     except Exception as error:  # orbax raises many types; all mean the same here
-      raise CheckpointError(
+      raise _DamagedCheckpoint(
           f"Checkpoint {where} does not hold a train state matching this model and optimizer "
-          f"(corrupted or incompatible): {error}. {advice}") from error
+          f"(corrupted or incompatible): {_root_cause(error)}") from error
     return state, progress
 
+  def restore_latest(self, abstract_state: Any,
+                     config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest intact checkpoint, or returns None when there is none.
+
+    A damaged checkpoint (unreadable, or not a train state of this shape) is moved aside to
+    ``damaged_checkpoints/`` beside the checkpoint directory, with a warning naming it and why,
+    and the next older one is tried. A checkpoint written by a different config is not damaged:
+    it stops the run (see :meth:`restore`).
+
+    Raises:
+      CheckpointError: if a checkpoint was written with different trajectory keys.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state, config)
+      except _DamagedCheckpoint as damaged:
+        self._move_aside(step, damaged)
+    return None
+
+  def _move_aside(self, step: int, reason: BaseException) -> None:
+    aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+    target = os.path.join(aside, f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
+                    "the next older one, if any.", os.path.join(self.directory, str(step)),
+                    reason, target)
+    self._manager.reload()
+
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
+    """Waits for pending saves and releases the manager.
+
+    After a failed save the manager is left as it is: its background writers are broken, the
+    failure has been raised, and the process is about to stop.
+    """
+    if self._failed:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
     self._manager.close()
 
 

@@ -61,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
       "warmup_init_learning_rate": 0.0,  # learning rate at step 0 of the warm-up
       "lr_decay_epochs": (),  # 'step' schedule: epochs at which the rate is multiplied ...
       "lr_decay_factor": 0.1,  # ... by this factor
+      # 0: a non-finite loss or gradient stops the run (a divergence guard). N > 0: skip such
+      # updates (optax.apply_if_finite), counted as skipped_updates, stopping only after N in a row
+      "skip_nonfinite_updates": 0,
   })
 
   config.loss = ml_collections.ConfigDict({
@@ -173,6 +176,7 @@ def _check_values(c: dict, errors: list[str]) -> None:
   positive("optimizer.eps", opt["eps"])
   for key in ("weight_decay", "grad_clip_norm", "warmup_epochs", "warmup_init_learning_rate"):
     at_least(f"optimizer.{key}", opt[key], 0.0)
+  at_least("optimizer.skip_nonfinite_updates", opt["skip_nonfinite_updates"], 0)
   need(0 < opt["lr_decay_factor"] <= 1,
        f"optimizer.lr_decay_factor must be in (0, 1], got {opt['lr_decay_factor']}")
   decays = opt["lr_decay_epochs"]

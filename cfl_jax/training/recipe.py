@@ -7,7 +7,8 @@
 * :func:`cyclical_schedules`: general cyclical training (SPEC section 4): weight decay, gradient
   clipping threshold and softmax temperature, each ``(1 - xi) * max + xi * min`` on the run's xi,
   so they all share the loss's cyclical factor.
-* :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``.
+* :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``,
+  optionally skipping non-finite updates.
 * :class:`Plan`: the run's durations in steps and all of its schedules, read at ``state.step``.
 """
 
@@ -175,7 +176,9 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
   Returns:
     ``sgd``: L2 weight decay added to the gradient before (Nesterov) momentum, as in PyTorch.
     ``adamw``: decoupled weight decay after the Adam scaling, as ``optax.adamw``.
-    Either is preceded by global-norm clipping when a threshold is set.
+    Either is preceded by global-norm clipping when a threshold is set, and wrapped in
+    ``optax.apply_if_finite`` when ``skip_nonfinite_updates > 0`` (an update with a non-finite
+    gradient is skipped and counted; that many in a row are applied, so divergence still shows).
   """
   c, schedules = optimizer_config, schedules or {}
   weight_decay = schedules.get("weight_decay", c.weight_decay)
@@ -190,6 +193,8 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
   if c.name == "sgd" and c.momentum > 0:
     parts.append(optax.trace(decay=c.momentum, nesterov=c.nesterov))
   parts.append(optax.scale_by_learning_rate(learning_rate))
+  if c.skip_nonfinite_updates:
+    return optax.apply_if_finite(optax.chain(*parts), c.skip_nonfinite_updates)
   return optax.chain(*parts)
 
 

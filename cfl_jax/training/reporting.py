@@ -5,10 +5,13 @@ disabled writers, so the loop calls them unconditionally.
 """
 
 from collections.abc import Mapping, Sequence
+import datetime
+import fcntl
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 from typing import Any
 
@@ -25,13 +28,18 @@ class MetricWindow:
 
   Values stay on device until :meth:`flush` or :meth:`snapshot`, so logging does not stall the
   dispatch of further steps. Sums are accumulated step by step in float64 on the host, so a window
-  restored from a :meth:`snapshot` continues exactly as an uninterrupted one.
+  restored from a :meth:`snapshot` continues exactly as an uninterrupted one. Non-finite
+  measurements are left out of the means and counted as ``nonfinite_steps`` (reported only when
+  there were any, with the ``nonfinite_metrics`` concerned), so the loop can tell a diverged
+  window from a skipped update.
   """
 
   def __init__(self, snapshot: Mapping[str, Any] | None = None):
     snapshot = snapshot or {}
     self._sums = dict(snapshot.get("sums", {}))
-    self._count = snapshot.get("count", 0)
+    self._counts = dict(snapshot.get("counts", {}))
+    self._nonfinite = snapshot.get("nonfinite", 0)
+    self._nonfinite_metrics = set(snapshot.get("nonfinite_metrics", ()))
     self._last = dict(snapshot.get("last", {}))
     self._pending: list[dict[str, jax.Array]] = []
 
@@ -41,25 +49,39 @@ class MetricWindow:
 
   def _absorb(self) -> None:
     for metrics in jax.device_get(self._pending):
+      finite = True
       for key, value in metrics.items():
-        if key in MEASURED:
-          self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        value = float(value)
+        if key not in MEASURED:
+          self._last[key] = value
+        elif math.isfinite(value):
+          self._sums[key] = self._sums.get(key, 0.0) + value
+          self._counts[key] = self._counts.get(key, 0) + 1
         else:
-          self._last[key] = float(value)
-      self._count += 1
+          finite = False
+          self._nonfinite_metrics.add(key)
+      self._nonfinite += not finite
     self._pending = []
 
   def snapshot(self) -> dict[str, Any]:
     """A JSON-serialisable snapshot from which ``MetricWindow(snapshot)`` continues."""
     self._absorb()
-    return {"sums": dict(self._sums), "count": self._count, "last": dict(self._last)}
+    return {"sums": dict(self._sums), "counts": dict(self._counts),
+            "nonfinite": self._nonfinite, "nonfinite_metrics": sorted(self._nonfinite_metrics),
+            "last": dict(self._last)}
 
-  def flush(self) -> dict[str, float]:
-    """The window's means and last schedule values; starts a new window."""
+  def flush(self) -> dict[str, float | None]:
+    """The window's means (None for a metric with no finite value) and last schedule values;
+    starts a new window."""
     self._absorb()
-    record = {key: total / self._count for key, total in self._sums.items()}
+    record = {key: (self._sums[key] / self._counts[key] if self._counts.get(key) else None)
+              for key in MEASURED if key in self._sums or self._nonfinite}
+    if self._nonfinite:
+      record["nonfinite_steps"] = self._nonfinite
+      record["nonfinite_metrics"] = sorted(self._nonfinite_metrics)
     record.update(self._last)
-    self._sums, self._count, self._last = {}, 0, {}
+    self._sums, self._counts, self._nonfinite, self._last = {}, {}, 0, {}
+    self._nonfinite_metrics = set()
     return record
 
 
@@ -185,10 +207,67 @@ class RunFiles:
       self._events = None
 
 
+class WorkdirLocked(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on ``workdir/.lock`` for the duration of a run (process 0 only).
+
+  The lock is an ``flock`` on the file, which the operating system releases when its process
+  dies, so the lock of a killed run is stale at once and the next run takes it over; the file
+  itself only records who holds it (host, process id, start time) for the error message.
+
+  Raises:
+    WorkdirLocked: on entry, when another live process holds the lock.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.path = os.path.join(workdir, ".lock")
+    self.enabled = enabled
+    self._file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if not self.enabled:
+      return self
+    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    handle = open(self.path, "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "unknown process"
+      handle.close()
+      raise WorkdirLocked(
+          f"The workdir {os.path.dirname(self.path)} is in use by another run ({holder}); wait "
+          "for it to finish, or give this run its own --workdir.") from None
+    handle.seek(0)
+    handle.truncate()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def _number(value: float | None, digits: int, style: str = "f") -> str:
+  """``value`` with ``digits`` digits; None (no finite value) as n/a; non-numbers as they are."""
+  if value is None:
+    return "n/a"
+  if not isinstance(value, (int, float)):
+    return "/".join(map(str, value)) if isinstance(value, list) else str(value)
+  return format(value, f".{digits}{style}")
+
+
 def _format(record: Mapping[str, Any], keys: Sequence[str]) -> str:
   """``'key value, ...'`` for the ``keys`` present in ``record`` (None shown as n/a)."""
-  return ", ".join(f"{key} {'n/a' if record[key] is None else format(record[key], '.4g')}"
-                   for key in keys if key in record)
+  return ", ".join(f"{key} {_number(record[key], 4, 'g')}" for key in keys if key in record)
 
 
 class Progress:
@@ -214,8 +293,9 @@ class Progress:
   def train(self, step: int, record: Mapping[str, Any]) -> None:
     """Shows the train metrics of a logging window."""
     if self._bar is not None:
-      self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
-                            xi=f"{record['xi']:.3f}")
+      self._bar.set_postfix({name: _number(record[key], digits)
+                             for name, key, digits in (("loss", "loss", 4), ("acc", "accuracy", 3),
+                                                       ("xi", "xi", 3))})
     elif self._enabled:
       logging.info("step %d/%d: %s", step, self.total_steps,
                    _format(record, [*MEASURED, *sorted(set(record) - set(MEASURED))]))

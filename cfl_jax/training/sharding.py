@@ -54,7 +54,8 @@ def check_batch_size(name: str, global_batch_size: int, mesh: jax.sharding.Mesh)
     raise ValueError(
         f"{name}={global_batch_size} must be divisible by the {devices} devices of the data mesh "
         f"({jax.process_count()} process(es) x {jax.local_device_count()} local devices); on CPU "
-        "the device count comes from --xla_force_host_platform_device_count in XLA_FLAGS.")
+        "set the device count with experiments.train's --cpu_devices (or XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N), or change the batch size.")
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

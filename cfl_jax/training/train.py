@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -87,7 +88,8 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
       ``'temperature'`` divides the training logits before the loss.
 
   Returns:
-    The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars).
+    The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars), plus
+    the run's ``'skipped_updates'`` so far when the optimizer skips non-finite updates.
     ``loss`` is the mean training objective (float32, also under bfloat16 compute); ``accuracy``
     is measured on the unscaled logits.
   """
@@ -107,8 +109,10 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
       state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
-  return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
-                 **hyper}
+  metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **hyper}
+  if isinstance(state.opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_nonfinite_updates
+    metrics["skipped_updates"] = state.opt_state.total_notfinite
+  return state, metrics
 
 
 def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, jax.Array]:
@@ -165,13 +169,17 @@ class Run:
   def create(cls, config: ml_collections.ConfigDict | dict) -> "Run":
     """Validates ``config`` and builds the run's parts; raises before any computation."""
     config = config_lib.resolve_config(config)
-    dataset = data_lib.get_dataset(config.dataset)
-    model = models.get_model(config.model.name, num_classes=dataset.num_classes,
-                             dtype=config.model.dtype)
-    mesh = sharding.make_data_mesh()
-    for key in ("batch_size", "eval_batch_size"):
-      sharding.check_batch_size(key, config[key], mesh)
-    plan = recipe.Plan.create(config, steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
+    try:
+      dataset = data_lib.get_dataset(config.dataset)
+      model = models.get_model(config.model.name, num_classes=dataset.num_classes,
+                               dtype=config.model.dtype)
+      mesh = sharding.make_data_mesh()
+      for key in ("batch_size", "eval_batch_size"):
+        sharding.check_batch_size(key, config[key], mesh)
+      plan = recipe.Plan.create(config,
+                                steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
+    except ValueError as error:  # bad values the schema cannot see alone (data, model, mesh)
+      raise config_lib.ConfigError(f"Invalid training config:\n  - {error}") from error
     return cls(config, dataset, model, mesh, plan, plan.optimizer(config.optimizer))
 
   @functools.cached_property
@@ -211,15 +219,48 @@ class Run:
     return init(rng)
 
   def initial_state(self, checkpointer: checkpointing.Checkpointer):
-    """A fresh train state, or the newest checkpoint's, with its progress record (or {})."""
-    latest = checkpointer.latest_step()
-    if latest is None:
-      return self.fresh_state(), {}
-    logging.info("Resuming from checkpoint step %d in %s.", latest, checkpointer.directory)
+    """A fresh train state, or the newest intact checkpoint's, with its progress record (or
+    {})."""
     init, rng = self._init
     abstract = checkpointing.abstract_like(jax.eval_shape(init, rng),
                                            sharding.replicated(self.mesh))
-    return checkpointer.restore(latest, abstract, self.config_json)
+    restored = checkpointer.restore_latest(abstract, self.config_json)
+    if restored is None:
+      return self.fresh_state(), {}
+    logging.info("Resumed from checkpoint step %d in %s.", int(restored[0].step),
+                 checkpointer.directory)
+    return restored
+
+
+class TrainingDiverged(RuntimeError):
+  """The training loss, gradient or parameters stopped being finite; the run was stopped."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _check_window(record: Mapping[str, Any], *, skipping: bool) -> str | None:
+  """Why a logged train window shows divergence, or None.
+
+  Without skipping, any non-finite loss or gradient norm is divergence; with
+  ``optimizer.skip_nonfinite_updates`` only a window in which no step was finite is.
+  """
+  nonfinite = record.get("nonfinite_steps", 0)
+  if nonfinite and not skipping:
+    return (f"{' and '.join(record['nonfinite_metrics'])} not finite in {nonfinite} of the "
+            "logging window's steps")
+  if skipping and not _is_finite(record.get("loss")):
+    return "no step of the logging window had a finite loss"
+  return None
+
+
+def _is_finite(value) -> bool:
+  return value is not None and math.isfinite(value)
 
 
 def _max_steps_in_flight() -> int | None:
@@ -233,13 +274,18 @@ def _max_steps_in_flight() -> int | None:
 
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
            checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
-           watcher: checkpointing.PreemptionWatcher):
+           watcher: checkpointing.PreemptionWatcher, clock: "_WallClock"):
   """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
 
   Returns:
     ``(step, last_train, last_eval, preempted)``: the final step, the last train-metrics record
     (or None), the eval of the final state (None after a preemption) and whether a preemption
     notice stopped the loop.
+
+  Raises:
+    TrainingDiverged: at the first logging window with a non-finite loss or gradient norm (see
+      ``optimizer.skip_nonfinite_updates``), or before saving a non-finite state.
+    CheckpointSaveError: as soon as a checkpoint could not be written.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
@@ -263,11 +309,16 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
         in_flight.popleft().block_until_ready()
     display.advance()
     epoch = step / plan.steps_per_epoch
+    checkpointer.check_for_errors()
     if step % config.log_every_steps == 0 or step == plan.total_steps:
       means = window.flush()
       last_train = {"step": step, "epoch": epoch, "split": "train", **means}
       files.append_metrics(last_train)
       display.train(step, means)
+      problem = _check_window(means, skipping=config.optimizer.skip_nonfinite_updates > 0)
+      if problem:
+        raise TrainingDiverged(f"Training diverged by step {step}: {problem}. "
+                               f"{checkpointer.describe_latest()}")
     if step == plan.total_steps or (plan.eval_every_steps
                                     and step % plan.eval_every_steps == 0):
       last_eval = run.evaluate(eval_step_fn, state)
@@ -276,12 +327,26 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
     preempted = watcher.reached(step) and step < plan.total_steps
     periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
     if periodic or preempted or step == plan.total_steps:
+      if not _all_finite(state):  # a non-finite state is never saved
+        raise TrainingDiverged(f"Training diverged by step {step}: the parameters or optimizer "
+                               f"state are not finite. {checkpointer.describe_latest()}")
       checkpointer.save(step, state, {"config": run.config_json,
                                       "train_window": window.snapshot(),
-                                      "last_train": last_train})
+                                      "last_train": last_train,
+                                      "wall_seconds": clock.total()})
   if last_eval is None and not preempted:  # resumed from the final checkpoint
     last_eval = run.evaluate(eval_step_fn, state)
   return step, last_train, last_eval, preempted
+
+
+class _WallClock:
+  """Wall time of a run across resumes: the time recorded before plus this session's."""
+
+  def __init__(self, before: float, started: float):
+    self.before, self.started = before, started
+
+  def total(self) -> float:
+    return self.before + time.time() - self.started
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:
@@ -289,47 +354,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
 
   Args:
     config: a config over the schema of :func:`cfl_jax.training.config.default_config`.
-    workdir: gets ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json``; a
-      workdir holding checkpoints of the same config is resumed.
+    workdir: gets ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/`` and
+      ``summary.json``; a workdir holding checkpoints of the same config is resumed. It is locked
+      for the run: a second run in the same workdir stops at once.
 
   Returns:
-    The summary (also written to ``summary.json``): test metrics of the final state, ``loss``
-    (mean training objective over the last logging window), ``train_steps``, ``wall_seconds``,
-    ``seed`` and run facts. After a preemption (SIGTERM) it returns early with
-    ``preempted=True`` and no test metrics, having saved a checkpoint to resume from.
+    The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
+    test metrics of the final state, ``loss`` (mean training objective over the last logging
+    window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
+    ``session_wall_seconds``, ``seed`` and run facts. After a preemption (SIGTERM) it returns
+    early with ``status='preempted'`` and no test metrics, having saved a checkpoint to resume
+    from.
 
   Raises:
     ConfigError: for a bad config, before any computation.
-    CheckpointError: for a corrupted or incompatible checkpoint in ``workdir``.
+    WorkdirLocked: when another run holds ``workdir``.
+    CheckpointError: for an incompatible checkpoint in ``workdir`` (damaged ones are moved aside
+      and the newest intact one is resumed).
+    CheckpointSaveError: when a checkpoint cannot be written (the run stops at once).
+    TrainingDiverged: when the loss, gradients or parameters stop being finite; ``summary.json``
+      then records ``status='diverged'`` and the reason, and no non-finite checkpoint exists.
   """
-  started = time.time()
+  session_started = time.time()
   run = Run.create(config)
   is_writer = jax.process_index() == 0
+  with reporting.WorkdirLock(workdir, enabled=is_writer):
+    return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
+
+
+def _train_and_evaluate_locked(run: Run, workdir: str, is_writer: bool,
+                               session_started: float) -> dict[str, Any]:
   files = reporting.RunFiles(workdir, enabled=is_writer)
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=run.config.max_to_keep)
+  summary = {"name": run.config.name, "seed": run.config.seed,
+             "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,
+             "num_devices": run.mesh.devices.size, "num_processes": jax.process_count(),
+             "device_kind": jax.devices()[0].device_kind}
   # SIGTERM from here on (compilation included) stops the run after its next step, saved.
   with (checkpointing.PreemptionWatcher() as watcher, contextlib.closing(checkpointer),
         contextlib.closing(files)):
     state, progress = run.initial_state(checkpointer)
     start_step = int(state.step)
+    clock = _WallClock(progress.get("wall_seconds", 0.0), session_started)
+    summary["resumed_from_step"] = start_step or None
     files.write_config(run.config_json)
     files.keep_metrics_until(start_step)
     display = reporting.Progress(total_steps=run.plan.total_steps, start_step=start_step,
                                  enabled=is_writer)
-    with contextlib.closing(display):
-      step, last_train, last_eval, preempted = _train(
-          run, state, progress, files, checkpointer, display, watcher)
-  summary = {"name": run.config.name, "seed": run.config.seed, "train_steps": step,
-             "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,
-             "resumed_from_step": start_step or None, "num_devices": run.mesh.devices.size,
-             "num_processes": jax.process_count(), "device_kind": jax.devices()[0].device_kind,
-             "loss": last_train["loss"] if last_train else None, "preempted": preempted}
+    try:
+      with contextlib.closing(display):
+        step, last_train, last_eval, preempted = _train(
+            run, state, progress, files, checkpointer, display, watcher, clock)
+    except TrainingDiverged as error:
+      files.write_summary({**summary, "status": "diverged", "error": str(error),
+                           "wall_seconds": clock.total(),
+                           "session_wall_seconds": time.time() - session_started})
+      raise
+  summary.update(train_steps=step, loss=last_train["loss"] if last_train else None,
+                 skipped_updates=(last_train or {}).get("skipped_updates"),
+                 wall_seconds=clock.total(), session_wall_seconds=time.time() - session_started)
   if preempted:
     logging.warning("Preempted after step %d: checkpoint saved in %s; run again to resume.",
                     step, checkpointer.directory)
-    return {**summary, "wall_seconds": time.time() - started}
-  summary.update(last_eval, train_class_counts=run.dataset.train_class_counts.tolist(),
-                 wall_seconds=time.time() - started)
+    return {**summary, "status": "preempted", "preempted": True}
+  summary.update(last_eval, status="completed", preempted=False,
+                 train_class_counts=run.dataset.train_class_counts.tolist())
   files.write_summary(summary)
   return summary
