@@ -195,25 +195,24 @@ def _power(base, log_base, gamma: float):
 def _focal_weight(binary: _Binary, labels, *, gamma_lc: float, gamma_neg: float | None):
   r""":math:`(1 - p_t)^{\gamma_t}`, with :math:`\gamma_t = y \gamma_{lc} + (1 - y) \gamma_{neg}`.
 
-  :math:`\log(1 - p_t) = \operatorname{logaddexp}(\log y + \log(1 - p),
-  \log(1 - y) + \log p_m)`: one argument is :math:`-\infty` for a hard label,
-  which ``logaddexp`` handles; both are only where :math:`1 - p_t = 0`, whose
-  weight is :math:`0^{\gamma_{neg}}`.
+  Integer exponents of the symmetric form are products of :math:`1 - p_t`; the
+  others are :math:`\exp(\gamma_t \log(1 - p_t))` with :math:`\log(1 - p_t) =
+  \operatorname{logaddexp}(\log y + \log(1 - p), \log(1 - y) + \log p_m)`. One
+  argument is :math:`-\infty` for a hard label, which ``logaddexp`` handles.
+  Both are only where :math:`1 - p_t = 0` (a negative with :math:`p_m = 0`);
+  there :math:`\log p_t = 0` as well, so the loss is 0 whatever the weight, and
+  taking :math:`\log(1 - p_t) = 0` keeps the gradients finite.
   """
   if gamma_neg is None or gamma_neg == gamma_lc:
-    gamma, gamma_neg = gamma_lc, gamma_lc
-    if gamma.is_integer():
-      return jax.lax.integer_pow(binary.miss, int(gamma))
+    if gamma_lc.is_integer():
+      return jax.lax.integer_pow(binary.miss, int(gamma_lc))
+    gamma = gamma_lc
   else:
     gamma = labels * gamma_lc + (1 - labels) * gamma_neg
   positive_part = jnp.log(labels) + binary.log_q
   if binary.miss_is_zero is not None:
     positive_part = jnp.where(binary.miss_is_zero, 0.0, positive_part)
-  log_miss = jnp.logaddexp(positive_part, jnp.log1p(-labels) + binary.log_shifted)
-  weight = _pow_exp(log_miss, gamma) if isinstance(gamma, float) else jnp.exp(gamma * log_miss)
-  if binary.miss_is_zero is None or gamma_neg == 0:
-    return weight
-  return jnp.where(binary.miss_is_zero, 0.0, weight)
+  return jnp.exp(gamma * jnp.logaddexp(positive_part, jnp.log1p(-labels) + binary.log_shifted))
 
 
 def _sigmoid_cyclical(inputs: _Inputs, *, gamma_hc, gamma_lc, gamma_neg, clip):
