@@ -287,6 +287,18 @@ def test_gradient_matches_numpy_finite_differences(data):
   np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
 
 
+def test_log_term_derivatives_are_exact_at_zero_logits():
+  """BCE' = p - y and BCE'' = p (1 - p) for every label, z = 0 included (|z| has a kink there)."""
+  z = jnp.array([0.0, 0.0, 3.0, -3.0])
+  labels = jnp.array([1.0, 0.3, 0.0, 1.0])
+  bce = lambda z, y: cfl_jax.sigmoid_high_confidence_loss(z, y, gamma=0.0)  # noqa: E731
+  slope = jax.vmap(jax.grad(bce))(z, labels)
+  curvature = jax.vmap(jax.grad(jax.grad(bce)))(z, labels)
+  p = 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+  np.testing.assert_allclose(slope, p - np.asarray(labels), rtol=1e-6)
+  np.testing.assert_allclose(curvature, p * (1 - p), rtol=1e-6)
+
+
 EXTREME_LOGITS = np.array([1e4, -1e4, 1e4, -1e4, 30.0, -30.0, 100.0, 0.0], np.float32)
 EXTREME_LABELS = {
     "hard": np.array([1, 1, 0, 0, 1, 0, 1, 1], np.float32),
