@@ -29,12 +29,13 @@ is minus the binary cross-entropy, optax's convention. ``gamma_neg=None`` means
   ``clip`` its probability margin); soft labels blend :math:`p_t` and the
   exponent as ASL's reference code does.
 
-Numerics: :math:`\log p` and :math:`\log(1 - p)` come from softplus of the
-logits (``jax.nn.log_sigmoid``), :math:`\log(1 - p_t)` from a log-add-exp of
-those, never from the log of a rounded probability; integer exponents use
-products instead. Values, gradients and Hessians with respect to the logits are
-finite for every :math:`\gamma \ge 0` at any finite logits; half-precision
-logits are computed in float32.
+Numerics: :math:`\log p` and :math:`\log(1 - p)` come from one softplus of the
+logits, :math:`\log(1 - p_t)` from a log-add-exp of those, never from the log
+of a rounded probability; integer exponents of the symmetric form use products
+instead. Values, gradients and Hessians with respect to the logits are finite
+for every :math:`\gamma \ge 0` at any finite logits, for hard and soft labels;
+half-precision logits are computed in float32. Labels are data: gradients with
+respect to them are not guaranteed at exactly 0 or 1.
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
