@@ -15,7 +15,6 @@ in the same rounds.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
