@@ -36,14 +36,27 @@ CYCLICAL_HYPERPARAMETERS = {
 }
 
 
+def _nan_outside_classes(loss, logits, labels):
+  """``loss`` with NaN (as every cfl_jax loss) where a label is outside ``[0, C)``."""
+  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
+
+
 def _cross_entropy(logits, labels, *, label_smoothing):
-  """optax's cross-entropy, NaN (as every cfl_jax loss) for labels outside ``[0, C)``."""
+  """optax's cross-entropy."""
   if label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets)
   else:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
+  return _nan_outside_classes(loss, logits, labels)
+
+
+def _sigmoid_cyclical_focal(logits, labels, xi, *, label_smoothing, **hyper):
+  """Multi-label (sigmoid) CFL with one positive per example: one-hot targets, loss summed over
+  the classes."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  loss = cfl_jax.sigmoid_cyclical_focal_loss(logits, targets, xi, **hyper).sum(axis=-1)
+  return _nan_outside_classes(loss, logits, labels)
 
 
 # name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
@@ -56,8 +69,10 @@ _LOSSES = {
     "cyclical_focal_reference": (cfl_jax.cyclical_focal_loss_with_integer_labels,
                                  {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
                                   "gamma_neg": "gamma_neg"}),
+    "sigmoid_cyclical_focal": (_sigmoid_cyclical_focal,
+                               {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
 }
-_CYCLICAL = ("cyclical_focal", "cyclical_focal_reference")
+_CYCLICAL = ("cyclical_focal", "cyclical_focal_reference", "sigmoid_cyclical_focal")
 
 LOSS_NAMES = tuple(_LOSSES)
 
