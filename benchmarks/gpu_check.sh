@@ -13,11 +13,12 @@ records="$(mktemp -d)"
 trap 'rm -rf "$records"' EXIT
 
 if [[ "${1:-}" == "--small" ]]; then
-  loss_args=(--shapes 256x1000:float32 --rounds 3)
+  loss_args=(--shapes 256x1000:float32 --sigmoid_shapes 256x1000:float32 --rounds 3)
   train_args=(--model digits_cnn --batch_size 16 --rounds 2 --steps_per_round 2)
   vocab_args=(--batch 128 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024)
 elif [[ -z "${1:-}" ]]; then
-  loss_args=(--shapes 8192x32768:float32 8192x32768:bfloat16 --rounds 50)
+  loss_args=(--shapes 8192x32768:float32 8192x32768:bfloat16 --sigmoid_shapes 8192x32768:float32
+             --rounds 50)
   train_args=(--model resnet18_cifar --dtype bfloat16 --batch_size 256 --rounds 10
               --steps_per_round 10)
   vocab_args=(--batch 8192 --dim 4096 --vocab 131072 --dtype bfloat16 --rounds 10)

@@ -23,8 +23,7 @@ import numpy as np
 
 import cfl_jax
 from cfl_jax.models import get_model
-from cfl_jax.training import objective, optim, resolve_config, sharding, steps
-from cfl_jax.training.state import create_train_state
+from cfl_jax.training import recipe, resolve_config, sharding, train
 from record import write_record
 
 # config.loss overrides of each candidate; the first is the baseline.
@@ -44,17 +43,17 @@ def train_steps(model_name: str, dtype: str, mesh):
   """``{loss name: (jitted train step, its own fresh state)}``, all from one initialisation."""
   model = get_model(model_name, num_classes=NUM_CLASSES, dtype=dtype)
   optimizer = resolve_config({}).optimizer
-  learning_rate = optim.learning_rate_schedule(optimizer, total_steps=TOTAL_STEPS,
+  learning_rate = recipe.learning_rate_schedule(optimizer, total_steps=TOTAL_STEPS,
                                                steps_per_epoch=100)
-  tx = optim.build_optimizer(optimizer, learning_rate=learning_rate)
+  tx = recipe.build_optimizer(optimizer, learning_rate=learning_rate)
   schedules = {"xi": cfl_jax.xi_schedule(TOTAL_STEPS), "learning_rate": learning_rate}
   shape = IMAGE_SHAPES.get(model_name, (32, 32, 3))
-  init = jax.jit(lambda rng: create_train_state(model, tx, rng, shape),
+  init = jax.jit(lambda rng: train.create_train_state(model, tx, rng, shape),
                  out_shardings=sharding.replicated(mesh))
   result = {}
   for name, overrides in LOSSES.items():
-    loss_fn = objective.get_loss_fn(resolve_config({"loss": overrides}).loss)
-    step = steps.jit_train_step(mesh, loss_fn=loss_fn, schedules=schedules)
+    loss_fn = recipe.get_loss_fn(resolve_config({"loss": overrides}).loss)
+    step = train.jit_train_step(mesh, loss_fn=loss_fn, schedules=schedules)
     result[name] = (step, init(jax.random.key(0)))  # each its own copy: states are donated
   return result, shape
 

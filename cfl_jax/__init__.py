@@ -1,9 +1,12 @@
 """cfl-jax: Cyclical Focal Loss (Smith 2022) for JAX, Flax and optax.
 
 The loss functions and xi schedules live at the top level; training, data,
-models and metrics are sub-packages imported on demand (``cfl_jax.training`` ...),
-so ``import cfl_jax`` pulls in neither TensorFlow nor TFDS.
+models and metrics are sub-packages imported on first use (``cfl_jax.training`` ...,
+also as attributes after ``import cfl_jax``), so ``import cfl_jax`` pulls in neither
+TensorFlow nor TFDS.
 """
+
+import importlib
 
 from cfl_jax.losses import (
     cyclical_focal_loss,
@@ -15,8 +18,19 @@ from cfl_jax.losses import (
 )
 from cfl_jax.linear_losses import linear_cyclical_focal_loss_with_integer_labels
 from cfl_jax.schedules import cyclical_schedule, follow_xi, reference_xi_schedule, xi_schedule
+from cfl_jax.sigmoid_losses import sigmoid_cyclical_focal_loss, sigmoid_high_confidence_loss
 
 __version__ = "0.1.0"
+
+# Sub-packages, imported on first attribute access (none of them imports TensorFlow).
+_SUBPACKAGES = ("data", "metrics", "models", "training")
+
+
+def __getattr__(name: str):
+  if name in _SUBPACKAGES:
+    return importlib.import_module(f"cfl_jax.{name}")
+  raise AttributeError(f"module 'cfl_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "cyclical_focal_loss",
@@ -29,5 +43,7 @@ __all__ = [
     "high_confidence_loss_with_integer_labels",
     "linear_cyclical_focal_loss_with_integer_labels",
     "reference_xi_schedule",
+    "sigmoid_cyclical_focal_loss",
+    "sigmoid_high_confidence_loss",
     "xi_schedule",
 ]

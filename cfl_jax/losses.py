@@ -402,6 +402,25 @@ def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
                          class_weights=class_weights, axis=axis, where=where)
   static = _static_xi(xi)
   xi = inputs.xi if static is None else static
+  if integer_labels:
+    loss = _cyclical_losses(inputs._replace(labels=jnp.where(
+        _labels_in_range(inputs), inputs.labels, 0)), xi=xi, integer_labels=True,
+        gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+        label_smoothing=label_smoothing)
+    return _masked(jnp.where(_labels_in_range(inputs), loss, jnp.nan), inputs.example_mask)
+  return _cyclical_losses(inputs, xi=xi, integer_labels=False, gamma_hc=gamma_hc,
+                          gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+                          label_smoothing=label_smoothing)
+
+
+def _labels_in_range(inputs: _Inputs) -> jax.Array:
+  """Where the integer labels index a class (outside ``[0, C)`` the loss is NaN, not a guess)."""
+  return (inputs.labels >= 0) & (inputs.labels < inputs.logits.shape[-1])
+
+
+def _cyclical_losses(inputs: _Inputs, *, xi, integer_labels, gamma_hc, gamma_lc,
+                     gamma_neg, label_smoothing):
+  """The per-example loss of checked inputs (integer labels already in range)."""
   if gamma_neg is not None and not integer_labels:
     # Reference code: soft targets collapse to their argmax, then are re-smoothed.
     hard = jnp.argmax(inputs.labels, axis=-1)
@@ -441,7 +460,10 @@ _COMMON_ARGS_DOC = """
     axis: the class axis of ``logits``.
     where: optional boolean mask, either of the batch shape (examples to
       include) or of the logits' shape (entries to include, like optax); a
-      fully masked example has loss 0 and gradient 0."""
+      fully masked example has loss 0 and gradient 0. Integer labels outside
+      ``[0, num_classes)`` give a NaN loss for their example (never a silent
+      finite value, so a divergence check catches them): mask such examples
+      (e.g. padding labelled -1) with ``where``."""
 
 
 def _document(marker: str, text: str):
@@ -569,7 +591,8 @@ _COMPONENT_DOC = string.Template(r"""$summary
       the weighted sum.
     class_weights: optional ``[num_classes]`` per-class weights.
     axis: the class axis of ``logits``.
-    where: optional mask of the batch shape or of the logits' shape.
+    where: optional mask of the batch shape or of the logits' shape. Integer
+      labels outside ``[0, num_classes)`` give NaN unless masked here.
 
   Returns:
     ``[batch...]`` float32 losses.

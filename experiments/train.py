@@ -17,23 +17,26 @@ pods, SLURM, Open MPI and Kubernetes), or name the cluster yourself:
       --num_processes=2 --process_id=0 ...
 """
 
+import difflib
+import importlib.util
 import json
 import logging as python_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
-from cfl_jax.training import train_and_evaluate
+from cfl_jax import data
+from cfl_jax import training
+from cfl_jax.training import sharding
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Experiment config file (get_config() returns a ConfigDict).",
-    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default ./runs/<config.name>.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 4, "XLA host devices to split CPU batches over, unless XLA_FLAGS sets it.",
@@ -48,28 +51,112 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
     "initialization_timeout", 300, "Seconds to wait for all processes (with --distributed).")
 
 
-class _QuietOrbax(python_logging.Filter):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+class _QuietLogs(python_logging.Filter):
+  """Drops orbax's per-save INFO chatter, the tracebacks its threads log when a save fails (the
+  loop raises that failure, and the run stops with one message saying why) and JAX's notes on
+  absent backends (libtpu on a CPU machine); other warnings and errors still show."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+    from_orbax = "/orbax/" in record.pathname
+    if record.levelno >= python_logging.WARNING:
+      return not (from_orbax and record.exc_info)
+    return not from_orbax and not record.getMessage().startswith("Unable to initialize backend")
+
+
+def _fail(message: str, status: int) -> None:
+  """Ends the run with ``message`` on stderr and no traceback."""
+  print(f"experiments.train: error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``get_config([arg])`` of ``FILE[:ARG]``, as config_flags calls it."""
+  path, _, argument = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+def _override_problems(argv: list[str], config: ml_collections.ConfigDict) -> list[str]:
+  """A message, with a hint, for every ``--config.KEY=VALUE`` whose KEY ``config`` lacks."""
+  problems = []
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node, path = config, []
+    for part in key.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        problems.append(f"unknown config key '{key}'" + _hint(path, part, known, config))
+        break
+      node, path = node[part], [*path, part]
+  return problems
+
+
+def _hint(path: list[str], part: str, known: list[str], config) -> str:
+  if path == ["dataset"]:
+    accepted = data.dataset_arguments(config.dataset.name)
+    return (f" (dataset {config.dataset.name!r} accepts {', '.join(accepted)}; a flag can only "
+            "change keys the config file sets, so add new dataset keys to the file)")
+  close = difflib.get_close_matches(part, known, n=1)
+  return f" (did you mean '{'.'.join([*path, close[0]])}'?)" if close else ""
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with a short message for a bad flag (exit 2); ``--help`` prints the
+  flags and exits 0."""
+  if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+    app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _fail(str(error), 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:  # --config.KEY overrides
+    _fail_on_overrides(argv, error)
+
+
+def _fail_on_overrides(argv: list[str], error: Exception) -> None:
+  """Exits (status 2) naming every unknown ``--config.KEY`` of ``argv``, with hints."""
+  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")),
+              _DEFAULT_CONFIG)
+  problems = _override_problems(argv, _load_config_file(spec))
+  _fail("; ".join(problems) if problems else f"bad --config flag: {error}", 2)
 
 
 def _configure_devices() -> None:
   """Applies --cpu_devices and --distributed; must run before JAX initialises its backends."""
-  if ("xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
-      and "JAX_NUM_CPU_DEVICES" not in os.environ):
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  sharding.use_cpu_devices(_CPU_DEVICES.value)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value, initialization_timeout=_INIT_TIMEOUT.value)
 
 
+def _define_config_flag():
+  """``--config`` (config_flags applies the ``--config.KEY`` overrides of ``sys.argv`` here)."""
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Experiment config file (get_config() returns a ConfigDict).",
+        lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    _fail_on_overrides(sys.argv, error)
+
+
+_CONFIG = _define_config_flag()
+
+# Failures a user can act on: one message, no traceback, exit status 1.
+_RUN_ERRORS = (training.ConfigError, training.CheckpointError, training.CheckpointSaveError,
+               training.WorkdirLocked, training.TrainingDiverged, FileNotFoundError,
+               ModuleNotFoundError)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (overrides look like "
+          "--config.loss.gamma_hc=3)", 2)
+  logging.get_absl_handler().addFilter(_QuietLogs())
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   _configure_devices()
@@ -77,7 +164,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("Training %s in %s on %d %s device(s), %d process(es).", config.name, workdir,
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
-  summary = train_and_evaluate(config, workdir)
+  try:
+    summary = training.train_and_evaluate(config, workdir)
+  except _RUN_ERRORS as error:
+    _fail(str(error), 1)
   if summary["preempted"]:
     return  # the loop logged where it stopped; exit status 0
   keys = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",
@@ -86,4 +176,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

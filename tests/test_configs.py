@@ -12,14 +12,16 @@ import sys
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 from ml_collections import config_flags
 import numpy as np
+import optax
 import pytest
 
 from cfl_jax.data import SUBSET_NAMES
-from cfl_jax.training import objective
-from cfl_jax.training import optim
+from cfl_jax.data import get_dataset
+from cfl_jax.training import recipe
 from cfl_jax.training import resolve_config
 from cfl_jax.training import train_and_evaluate
 from experiments.configs import common
@@ -35,7 +37,8 @@ def _get_config(study, arg=None):
 
 def test_every_study_file_is_tested():
   files = {name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py")}
-  assert files - {"__init__", "common", "digits"} == set(STUDIES)
+  # mnist1d (generated data, step-counted recipe) has its own tests below.
+  assert files - {"__init__", "common", "digits", "mnist1d"} == set(STUDIES)
 
 
 @pytest.mark.parametrize("loss", tuple(common.LOSSES))
@@ -72,7 +75,7 @@ def test_cifar_lt_is_the_ldam_protocol():
   assert (config.model.name, config.batch_size, config.num_epochs) == ("resnet32", 128, 200)
   assert (config.optimizer.weight_decay, config.optimizer.nesterov) == (2e-4, False)
   steps_per_epoch = 10847 // 128  # CIFAR-100-LT at rho=100 has 10,847 images
-  lr = optim.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
+  lr = recipe.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
                                     steps_per_epoch=steps_per_epoch)
   values = [float(lr(epoch * steps_per_epoch)) for epoch in (0, 5, 159, 160, 180, 199)]
   np.testing.assert_allclose(values, [0.02, 0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)
@@ -83,7 +86,7 @@ def test_imagenet_lt_reference_xi_is_the_long_tail_path():
   assert (config.model.name, config.num_epochs, config.batch_size) == ("resnet10", 30, 128)
   assert config.optimizer.lr_decay_epochs == (10, 20)
   steps_per_epoch = 115846 // 128
-  xi = objective.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
+  xi = recipe.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
                              steps_per_epoch=steps_per_epoch)
   values = [float(xi(epoch * steps_per_epoch)) for epoch in (0, 14, 29)]  # epochs 1, 15, 30
   np.testing.assert_allclose(values, [0.931, 0.0345, 1.069], atol=5e-4)
@@ -186,3 +189,72 @@ def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study
   assert summary["train_steps"] == steps and not summary["preempted"]
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])
   assert os.path.isfile(os.path.join(tmp_path, "summary.json"))
+
+
+# MNIST-1D: generated on the machine, so its smoke run needs no prepared data.
+
+@pytest.mark.parametrize("loss", tuple(common.LOSSES))
+def test_mnist1d_each_loss_resolves(loss):
+  config = resolve_config(_get_config("mnist1d", loss))
+  assert config.name == f"mnist1d_standard_cnn_{loss}" and config.loss.name == common.LOSSES[loss]
+  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "standard"}  # no data_dir
+  smoke = resolve_config(_get_config("mnist1d", f"{loss},model=logistic,smoke"))
+  assert smoke.name.endswith(f"_{loss}_smoke") and smoke.model.name == "mnist1d_logistic"
+
+
+def test_mnist1d_ce_is_the_published_cnn_recipe():
+  config = resolve_config(_get_config("mnist1d", "ce"))
+  assert (config.model.name, config.dataset.profile, config.batch_size,
+          config.num_train_steps) == ("mnist1d_cnn", "standard", 100, 6000)
+  assert (config.loss.name, config.loss.label_smoothing) == ("cross_entropy", 0.0)
+  lr = recipe.learning_rate_schedule(config.optimizer, total_steps=6000, steps_per_epoch=40)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 3000, 5999)], 1e-2, rtol=1e-6)
+  # The optimizer is plain Adam (PyTorch's defaults, no weight decay) at that rate.
+  ours = recipe.build_optimizer(config.optimizer, learning_rate=lr)
+  adam = optax.adam(1e-2, b1=0.9, b2=0.999, eps=1e-8)
+  params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}
+  state_ours, state_adam = ours.init(params), adam.init(params)
+  for step in range(3):
+    grads = jax.tree.map(lambda p, s=step: jnp.full_like(p, 0.5 - s) * p, params)
+    update_ours, state_ours = ours.update(grads, state_ours, params)
+    update_adam, state_adam = adam.update(grads, state_adam, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), update_ours,
+                 update_adam)
+
+
+def test_mnist1d_profiles_models_and_loss_options():
+  config = resolve_config(_get_config("mnist1d", "cfl,profile=long_tail,ratio=50,model=mlp"))
+  assert config.name == "mnist1d_lt50_mlp_cfl" and config.model.name == "mnist1d_mlp"
+  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "long_tail",
+                                      "imbalance_ratio": 50.0}
+  hyper = common.PROTOCOLS["guidance"]
+  assert (config.loss.gamma_hc, config.loss.gamma_lc, config.loss.cyclical_factor,
+          config.loss.label_smoothing) == (hyper["gamma_hc"], hyper["gamma_lc"],
+                                           hyper["cyclical_factor"], 0.0)
+  smoothed = resolve_config(_get_config("mnist1d", "cfl,ls=0.1,gamma_hc=3,profile=linear_580_220"))
+  assert smoothed.name == "mnist1d_linear_580_220_cnn_cfl_ls0.1_ghc3"
+  assert (smoothed.loss.label_smoothing, smoothed.loss.gamma_hc) == (0.1, 3.0)
+  reference = resolve_config(_get_config("mnist1d", "cfl_reference"))
+  assert (reference.loss.label_smoothing, reference.loss.xi_schedule) == (0.1, "reference")
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("profile=lt10", r"'lt10' is not one of standard, balanced, linear_580_220"),
+    ("model=gru", r"'gru' is not one of cnn, mlp, logistic"),
+    ("profile=long_tail", "ratio=RHO goes with profile=long_tail"),
+    ("profile=balanced,ratio=10", "ratio=RHO goes with profile=long_tail"),
+    ("cfl_reference,ls=0.2", "smooths by 0.1 by construction"),
+    ("focal,gamma_hc=3", "gamma_hc= applies to cfl, cfl_reference, not focal"),
+    ("data_dir=/tfds", r"Unknown token 'data_dir=/tfds'.*model=<cnn\|mlp\|logistic>"),
+])
+def test_mnist1d_bad_arguments(arg, message):
+  with pytest.raises(ValueError, match=message):
+    _get_config("mnist1d", arg)
+
+
+def test_mnist1d_smoke_trains_and_evaluates(compilation_cache, tmp_path):
+  del compilation_cache  # used for its effect
+  summary = train_and_evaluate(_get_config("mnist1d", "ce,smoke"), str(tmp_path))
+  assert summary["train_steps"] == 2 and summary["train_class_counts"] == np.bincount(
+      get_dataset({"name": "mnist1d"}).train_labels).tolist()
+  assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])

@@ -139,3 +139,14 @@ def test_random_crop_flip_zero_offset_identity():
   images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
   params = {"offset": np.full((3, 2), 2), "flip": np.zeros(3, bool)}
   np.testing.assert_array_equal(augment.RandomCropFlip(padding=2)(images, params), images)
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_labels_outside_the_classes_are_refused_on_the_host(bad):
+  labels = np.arange(11) % 3
+  labels[7] = bad
+  with pytest.raises(ValueError, match=rf"tiny eval label at index 7 is {bad}, outside \[0, 3\)"):
+    base.ArrayDataset(
+        name="tiny", num_classes=3, train_images=np.zeros((4, 2, 2, 1), np.uint8),
+        train_labels=np.arange(4) % 3, eval_images=np.zeros((11, 2, 2, 1), np.uint8),
+        eval_labels=labels, normalize=lambda images: images.astype(np.float32))

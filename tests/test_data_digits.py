@@ -81,7 +81,8 @@ def test_get_dataset_accepts_a_config_dict():
 
 
 def test_digits_does_not_import_tensorflow():
-  code = ("import sys, cfl_jax.data as d; data = d.get_dataset({'name': 'digits'}); "
+  # cfl_jax.data is reachable as an attribute after a plain `import cfl_jax`.
+  code = ("import sys, cfl_jax; d = cfl_jax.data; data = d.get_dataset({'name': 'digits'}); "
           "next(data.train_batches(global_batch_size=8, seed=0)); "
           "assert not {'tensorflow', 'tensorflow_datasets'} & set(sys.modules), 'tf imported'")
   subprocess.run([sys.executable, "-c", code], check=True)
@@ -95,3 +96,12 @@ def test_balanced_profile_accepts_a_ratio_of_one():
   first = next(plain.train_batches(global_batch_size=32, seed=3))
   again = next(with_ratio.train_batches(global_batch_size=32, seed=3))
   np.testing.assert_array_equal(first["image"], again["image"])
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch):
+  digits._split.cache_clear()
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were absent
+  with pytest.raises(ModuleNotFoundError, match=r"'digits' dataset needs the package "
+                     r"'sklearn.datasets'.*pip install 'cfl-jax\[experiments\]'"):
+    get_dataset({"name": "digits"})
+  digits._split.cache_clear()

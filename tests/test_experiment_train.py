@@ -8,7 +8,7 @@ from training_helpers import finish, read_metrics, read_summary, start_trainer, 
 
 _SUMMARY_KEYS = {"test_accuracy", "balanced_accuracy", "per_class_accuracy", "many_shot_accuracy",
                  "medium_shot_accuracy", "few_shot_accuracy", "train_steps", "wall_seconds",
-                 "loss", "seed"}
+                 "loss", "seed", "expected_calibration_error", "reliability"}
 
 
 def test_train_and_evaluate_writes_the_run(tmp_path):
@@ -31,6 +31,9 @@ def test_train_and_evaluate_writes_the_run(tmp_path):
   assert [r["step"] for r in evals] == [15, 30]  # every epoch (15 steps), the last one final
   assert {"loss", "accuracy", "xi", "learning_rate", "grad_norm", "temperature"} <= set(train[0])
   assert evals[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert 0.0 <= summary["expected_calibration_error"] <= 1.0
+  assert evals[-1]["expected_calibration_error"] == summary["expected_calibration_error"]
+  assert sum(summary["reliability"]["count"]) == 500  # every test image, no padding
   assert summary["loss"] == train[-1]["loss"]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "30"]  # max_to_keep=2
 
@@ -42,3 +45,11 @@ def test_runner_refuses_bad_configs_before_compute(tmp_path):
   assert "loss.cyclical_factor must be >= 1.0, got 0.5" in output
   assert "loss.name must be one of" in output
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_multi_label_loss_trains_the_digits_job(tmp_path):
+  summary = train_and_evaluate(
+      tiny_config(loss={"name": "sigmoid_cyclical_focal"}, eval_every_epochs=0), str(tmp_path))
+  train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+  assert summary["status"] == "completed" and train[-1]["loss"] < train[0]["loss"]
+  assert summary["test_accuracy"] > 0.2  # 10 classes: chance is 0.1

@@ -20,7 +20,7 @@ def test_small_run_prints_one_table_with_every_benchmark():
   benchmarks = {row.split("|")[1].strip() for row in rows}
   assert benchmarks == {"loss forward + gradient", "whole train step",
                         "value + gradient (h, w) of mean(loss(h @ w))"}, benchmarks
-  assert len(rows) == 6 + 3 + 6, rows
+  assert len(rows) == 6 + 5 + 3 + 6, rows  # softmax, sigmoid, train step, large vocabulary
   for row in rows:
     ms, ratio = (float(cell) for cell in row.split("|")[4:6])
     assert ms > 0 and ratio > 0, row

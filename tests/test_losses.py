@@ -6,6 +6,7 @@ both forms (SPEC sections 1 and 3), written here from the formulas.
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,12 +61,16 @@ def np_one_hot(t, num_classes):
   return np.eye(num_classes)[t]
 
 
-@pytest.fixture
-def data():
+def _data():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, 5)).astype(np.float32) * 3
   labels = rng.integers(0, 5, size=6)
   return logits, labels
+
+
+@pytest.fixture
+def data():
+  return _data()
 
 
 # --------------------------------------------------------------------------
@@ -172,22 +177,29 @@ def test_reference_form_collapses_soft_labels_to_argmax(data):
 # --------------------------------------------------------------------------
 
 
-def test_limits(data):
+class LimitsTest(chex.TestCase):
+  """SPEC section 1's limits, eagerly and under jit, with xi as a (traced) argument."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_limits(self):
+    logits, labels = _data()
+    cfl = self.variant(functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels,
+                                         logits, labels), static_argnames=("gamma_hc", "gamma_lc"))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    hc = cfl_jax.high_confidence_loss_with_integer_labels(logits, labels, gamma=3.0)
+    fl = cfl_jax.focal_loss_with_integer_labels(logits, labels, gamma=1.5)
+    chex.assert_trees_all_close(cfl(1.0, gamma_hc=3.0, gamma_lc=1.5), hc, rtol=1e-6)
+    chex.assert_trees_all_close(cfl(0.0, gamma_hc=3.0, gamma_lc=1.5), fl, rtol=1e-6)
+    chex.assert_trees_all_close(cfl(0.0, gamma_hc=3.0, gamma_lc=0.0), ce, rtol=1e-6)
+    chex.assert_trees_all_close(cfl(1.0, gamma_hc=0.0, gamma_lc=2.0), ce, rtol=1e-6)
+
+
+def test_limits_are_not_cross_entropy(data):
   logits, labels = data
-  cfl = functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels,
-                          logits, labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   hc = cfl_jax.high_confidence_loss_with_integer_labels(logits, labels, gamma=3.0)
   fl = cfl_jax.focal_loss_with_integer_labels(logits, labels, gamma=1.5)
-  np.testing.assert_allclose(cfl(1.0, gamma_hc=3.0, gamma_lc=1.5), hc, rtol=1e-6)
-  np.testing.assert_allclose(cfl(0.0, gamma_hc=3.0, gamma_lc=1.5), fl, rtol=1e-6)
-  np.testing.assert_allclose(cfl(0.0, gamma_hc=3.0, gamma_lc=0.0), ce, rtol=1e-6)
-  np.testing.assert_allclose(cfl(1.0, gamma_hc=0.0, gamma_lc=2.0), ce, rtol=1e-6)
-  # Traced xi hits the same limits.
-  jitted = jax.jit(lambda xi: cfl(xi, gamma_hc=3.0, gamma_lc=1.5))
-  np.testing.assert_allclose(jitted(1.0), hc, rtol=1e-6)
-  np.testing.assert_allclose(jitted(0.0), fl, rtol=1e-6)
-  # The components differ from CE for gamma > 0 (the checks above can fail).
+  # The components differ from CE for gamma > 0 (so the limit checks above can fail).
   assert np.all(np.asarray(hc) > np.asarray(ce))
   assert np.all(np.asarray(fl) < np.asarray(ce))
 
@@ -483,3 +495,29 @@ def test_traced_gamma_is_rejected_with_a_clear_message(data):
 def test_public_api_is_reexported():
   for name in losses.__all__:
     assert getattr(cfl_jax, name) is getattr(losses, name)
+
+
+@pytest.mark.parametrize("fn", [
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3),
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3, gamma_neg=2.0,
+                      label_smoothing=0.1),
+    functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, xi=0.3,
+                      label_smoothing=0.1),
+    cfl_jax.focal_loss_with_integer_labels,
+    cfl_jax.high_confidence_loss_with_integer_labels,
+], ids=["paper", "reference", "paper_smoothed", "focal", "high_confidence"])
+def test_labels_outside_the_classes_give_nan_unless_masked(data, fn):
+  logits, labels = data
+  bad = labels.copy()
+  bad[1], bad[4] = -1, logits.shape[-1]  # below and above [0, C)
+  loss = np.asarray(jax.jit(lambda z, t: fn(z, t))(logits, bad))
+  good = np.asarray(fn(logits, labels))
+  assert np.isnan(loss[[1, 4]]).all()
+  keep = np.ones(len(labels), bool)
+  keep[[1, 4]] = False
+  np.testing.assert_allclose(loss[keep], good[keep], rtol=1e-6)
+  # Masked out with `where`, the bad rows are ordinary padding: 0 loss, 0 gradient.
+  masked_grad = jax.grad(lambda z: fn(z, bad, where=jnp.asarray(keep)).sum())(logits)
+  assert np.isfinite(np.asarray(masked_grad)).all()
+  assert np.all(np.asarray(masked_grad)[~keep] == 0)
+  assert np.all(np.asarray(fn(logits, bad, where=jnp.asarray(keep)))[~keep] == 0)

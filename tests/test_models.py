@@ -19,11 +19,13 @@ _INPUTS = {
     "resnet10": (64, 3, 1000),
     "resnet50": (64, 3, 1000),
     "resnet152": (64, 3, 1000),
+    "tresnet_m": (224, 3, 1000),
 }
 
 # Published sizes in millions (He et al. 2016 table 6 for the CIFAR nets; torchvision for the
-# ImageNet nets and for ResNet-18-CIFAR as in kuangliu/pytorch-cifar) and the exact counts of the
-# PyTorch references (BatchNorm scale and bias included, running statistics excluded).
+# ImageNet nets and for ResNet-18-CIFAR as in kuangliu/pytorch-cifar; timm for TResNet-M) and the
+# exact counts of the PyTorch references (BatchNorm scale and bias included, running statistics
+# excluded).
 _PARAM_COUNTS = {
     "resnet20": (0.27, 269_722),
     "resnet32": (0.46, 464_154),
@@ -32,6 +34,7 @@ _PARAM_COUNTS = {
     "resnet10": (5.42, 5_418_792),
     "resnet50": (25.56, 25_557_032),
     "resnet152": (60.19, 60_192_808),
+    "tresnet_m": (31.39, 31_389_032),  # timm's tresnet_m; derivation in test_tresnet.py
 }
 
 
@@ -53,10 +56,11 @@ def _num_params(variables):
 
 
 def test_names_match_the_contract():
-  assert set(MODEL_NAMES) == set(_INPUTS)
+  mnist1d_models = {"mnist1d_cnn", "mnist1d_mlp", "mnist1d_logistic"}  # test_models_mnist1d.py
+  assert set(MODEL_NAMES) == set(_INPUTS) | mnist1d_models
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", sorted(_INPUTS))
 def test_output_shape_and_dtype(name):
   num_classes = _INPUTS[name][2]
   model = get_model(name, num_classes=num_classes)

@@ -1,24 +1,13 @@
-"""README's "Large vocabularies" section: the example runs, the table is the stored record."""
+"""README's "Large vocabularies" table is the stored benchmark record."""
 
 import json
 import pathlib
-import re
-import subprocess
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 SECTION = README[README.index("## Large vocabularies"):]
 SECTION = SECTION[:SECTION.index("\n## ", 1)]
 RECORD = json.loads((ROOT / "benchmarks" / "records" / "large_vocab_cpu.json").read_text())
-
-
-def test_example_runs_and_matches_the_dense_loss():
-  (code,) = re.findall(r"```python\n(.*?)```", SECTION, re.S)
-  code += "\nassert loss.shape == (2, 6) and float(loss[1, 4:].sum()) == 0.0, loss\n"
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_table_is_the_benchmark_record():

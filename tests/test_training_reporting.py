@@ -4,10 +4,12 @@ import json
 import logging
 import os
 import pty
+import select
 import sys
 
 import jax.numpy as jnp
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax.training import reporting
 
@@ -51,8 +53,80 @@ def test_run_files_drop_the_records_after_the_resumed_step(tmp_path):
   files.write_summary({"a": 1})
   assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
   silent = reporting.RunFiles(str(tmp_path / "other"), enabled=False)  # processes > 0
+  silent.keep_metrics_until(0)
   silent.append_metrics({"step": 1})
   assert not os.path.exists(tmp_path / "other")
+
+
+def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar series in ``logdir``, read by TensorBoard's own event reader."""
+  events = event_accumulator.EventAccumulator(str(logdir))
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+          for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_next_to_the_jsonl_records(tmp_path):
+  files = reporting.RunFiles(str(tmp_path), enabled=True)
+  files.keep_metrics_until(0)
+  for step in (5, 10):
+    files.append_metrics({"step": step, "epoch": step / 5, "split": "train", "loss": step / 10,
+                          "xi": 1 - step / 20, "learning_rate": 0.1})
+  files.append_metrics({"step": 10, "epoch": 2.0, "split": "eval", "test_accuracy": 0.75,
+                        "few_shot_accuracy": None, "per_class_accuracy": [0.5, 1.0]})
+  files.close()
+  scalars = _scalars(tmp_path / "tensorboard")
+  assert scalars["train/loss"] == [(5, 0.5), (10, 1.0)]
+  assert scalars["train/xi"] == [(5, 0.75), (10, 0.5)]
+  assert scalars["eval/test_accuracy"] == [(10, 0.75)]
+  assert "eval/few_shot_accuracy" not in scalars and "eval/per_class_accuracy" not in scalars
+
+
+def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_path):
+  first = reporting.RunFiles(str(tmp_path), enabled=True)
+  first.keep_metrics_until(0)
+  for step in (5, 10, 15):
+    first.append_metrics({"step": step, "split": "train", "loss": 1.0})
+  first.close()
+  resumed = reporting.RunFiles(str(tmp_path), enabled=True)
+  resumed.keep_metrics_until(10)
+  resumed.append_metrics({"step": 15, "split": "train", "loss": 2.0})
+  resumed.close()
+  assert _scalars(tmp_path / "tensorboard")["train/loss"] == [(5, 1.0), (10, 1.0), (15, 2.0)]
+
+
+def test_json_files_are_strict_json(tmp_path):
+  path = tmp_path / "deep" / "summary.json"
+  reporting.write_json(str(path), {"loss": float("nan"), "curve": [1.0, float("inf")], "n": 2})
+  text = path.read_text()
+  assert "NaN" not in text and "Infinity" not in text
+  assert json.loads(text) == {"loss": None, "curve": [1.0, None], "n": 2}
+  assert os.listdir(path.parent) == ["summary.json"]  # no temporary file left behind
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 5, "split": "train"}\n{"step": 10, "spl')
+  with caplog.at_level(logging.WARNING):
+    assert reporting.read_metrics(str(path)) == [{"step": 5, "split": "train"}]
+  assert "torn last line" in caplog.text and str(path) in caplog.text
+  path.write_text('{"step": 5, "spl\n{"step": 10, "split": "train"}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl, line 1, is not valid JSON"):
+    reporting.read_metrics(str(path))
+
+
+def _read_available(fd: int) -> str:
+  """Everything written to the pseudo-terminal ``fd`` so far (it may arrive in pieces)."""
+  chunks = []
+  while select.select([fd], [], [], 1.0)[0]:
+    try:
+      chunk = os.read(fd, 10_000)
+    except OSError:  # EIO: the terminal side is closed and everything has been read
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  return b"".join(chunks).decode()
 
 
 def test_progress_bar_on_a_terminal(monkeypatch):
@@ -63,7 +137,7 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     progress.advance()
     progress.train(3, {"loss": 0.5, "accuracy": 0.75, "xi": 0.25, "grad_norm": 1.0})
     progress.close()
-  shown = os.read(leader, 10_000).decode()
+  shown = _read_available(leader)
   os.close(leader)
   assert "3/4" in shown and "loss=0.5000" in shown and "xi=0.250" in shown
 

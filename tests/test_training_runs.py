@@ -133,17 +133,37 @@ def test_rerunning_a_finished_run_changes_nothing(uninterrupted):
 
 # Orbax leaves a coroutine of the failed read behind; harmless, but pytest reports it.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_corrupted_checkpoint_is_an_error_not_a_restart(tmp_path, uninterrupted):
+def test_a_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumed(tmp_path, uninterrupted,
+                                                                          caplog):
+  reference_dir, reference_summary = uninterrupted
   workdir = str(tmp_path / "copy")
-  shutil.copytree(uninterrupted[0], workdir)
+  shutil.copytree(reference_dir, workdir)
   for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "150", "state")):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  with pytest.raises(CheckpointError, match="150") as error:
-    train_and_evaluate(_CONFIG, workdir)
-  del error  # releases orbax's failed read: its leftover coroutine is reported here, filtered
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 155, "spl')  # a torn last line, as a kill mid-write leaves it
+  with caplog.at_level("WARNING"):
+    summary = train_and_evaluate(_CONFIG, workdir)
+  assert summary["resumed_from_step"] == 140
+  assert comparable(summary) == comparable(reference_summary)
+  aside = os.listdir(os.path.join(workdir, "damaged_checkpoints"))
+  assert len(aside) == 1 and aside[0].startswith("150-")
+  assert 150 in _checkpoint_steps(workdir)  # written again by the resumed run
+  assert "Skipped the damaged checkpoint" in caplog.text and "torn last line" in caplog.text
+  assert [r["step"] for r in read_metrics(workdir)] == [r["step"] for r in
+                                                        read_metrics(reference_dir)]
   gc.collect()
+
+
+def test_reporting_keys_may_change_on_resume(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted[0], workdir)
+  summary = train_and_evaluate({**_CONFIG, "name": "renamed", "log_every_steps": 10,
+                                "max_to_keep": 3, "eval_every_epochs": 2}, workdir)
+  assert summary["resumed_from_step"] == 150 and summary["name"] == "renamed"
+  assert summary["test_accuracy"] == uninterrupted[1]["test_accuracy"]
 
 
 def test_a_checkpoint_of_another_config_is_refused(uninterrupted):

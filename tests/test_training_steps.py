@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,8 @@ import optax
 import pytest
 
 from cfl_jax import metrics
-from cfl_jax.training import objective, sharding, steps
-from cfl_jax.training.loop import Run
+from cfl_jax.training import recipe, sharding, train
+from cfl_jax.training.train import Run
 
 _CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_focal"},
            "cyclical": {"weight_decay": {"enabled": True}, "grad_clip": {"enabled": True}}}
@@ -37,7 +38,7 @@ def _logits(state, images, train):
 
 def _trajectory(run, num_steps, schedules=None):
   """(final params on host, list of host metrics, the step) after ``num_steps`` jitted steps."""
-  train_step = steps.jit_train_step(run.mesh, loss_fn=objective.get_loss_fn(run.config.loss),
+  train_step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
                                     schedules=schedules or run.plan.schedules)
   state, history = run.fresh_state(), []
   for batch in _batches(run, num_steps):
@@ -98,7 +99,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
 def test_eval_step_counts_match_metrics_and_skip_padding():
   run = _run(eval_batch_size=512)
   state = run.fresh_state()
-  eval_step = steps.jit_eval_step(run.mesh, num_classes=10)
+  eval_step = train.jit_eval_step(run.mesh, num_classes=10)
   (batch,) = list(run.dataset.eval_batches(global_batch_size=512))
   assert batch["mask"].sum() == 500  # 12 padding rows
   counts = jax.device_get(eval_step(state, sharding.shard_batch(batch, run.mesh)))
@@ -108,6 +109,12 @@ def test_eval_step_counts_match_metrics_and_skip_padding():
   np.testing.assert_array_equal(counts["total"], np.full(10, 50))
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   assert counts["loss_sum"] == pytest.approx(float(cross_entropy[batch["mask"]].sum()), rel=1e-5)
+  # The calibration histogram counts the 500 real rows only, each in its confidence bin.
+  confidence = np.asarray(jax.nn.softmax(logits).max(-1))[batch["mask"]]
+  bins = np.minimum(np.ceil(confidence * 15).astype(int) - 1, 14)
+  np.testing.assert_array_equal(counts["bin_count"], np.bincount(bins, minlength=15))
+  np.testing.assert_allclose(counts["bin_confidence_sum"],
+                             np.bincount(bins, confidence, minlength=15), rtol=1e-5)
 
 
 def test_shard_batch_builds_a_batch_sharded_global_array():
@@ -117,3 +124,21 @@ def test_shard_batch_builds_a_batch_sharded_global_array():
   assert len(batch["x"].addressable_shards) == 8
   with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
     sharding.check_batch_size("batch_size", 12, mesh)
+
+
+def test_a_non_finite_update_is_skipped_and_counted_when_asked():
+  run = _run(optimizer={"skip_nonfinite_updates": 3})
+  step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
+                              schedules=run.plan.schedules)
+  clean, = _batches(run, 1)
+  poisoned = {**clean, "image": clean["image"].at[0].set(jnp.nan)}
+  state = run.fresh_state()
+  before = jax.device_get(state.params)
+  state, metrics = step(state, poisoned, jax.random.key(1))
+  assert int(metrics["skipped_updates"]) == 1 and not np.isfinite(float(metrics["grad_norm"]))
+  chex.assert_trees_all_equal(jax.device_get(state.params), before)  # the update was skipped
+  state, metrics = step(state, clean, jax.random.key(1))
+  assert int(metrics["skipped_updates"]) == 1 and np.isfinite(float(metrics["loss"]))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params),
+                         before)
+  assert all(jax.tree.leaves(changed))

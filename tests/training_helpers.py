@@ -33,17 +33,19 @@ def _flags(config: Mapping, prefix: str = "--config.") -> list[str]:
 
 
 def start_trainer(workdir: str | None, config: Mapping, *extra_flags: str,
-                  env: Mapping[str, str] | None = None, cwd: str = REPO) -> subprocess.Popen:
+                  env: Mapping[str, str] | None = None, cwd: str = REPO,
+                  preexec_fn=None) -> subprocess.Popen:
   """``python -m experiments.train`` with ``config`` as flag overrides, stdout+stderr piped.
 
-  ``extra_flags`` come first, so a ``--config=FILE`` among them precedes the overrides.
+  ``extra_flags`` come first, so a ``--config=FILE`` among them precedes the overrides;
+  ``preexec_fn`` runs in the child before the trainer starts (e.g. to set resource limits).
   """
   command = [sys.executable, "-m", "experiments.train", *extra_flags, *_flags(config)]
   if workdir is not None:
     command.append(f"--workdir={workdir}")
   environment = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
   return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -72,12 +74,17 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None
 
 def read_metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    return [json.loads(line, parse_constant=_refuse) for line in f]
 
 
 def read_summary(workdir: str) -> dict:
+  """``summary.json``, parsed strictly (NaN or Infinity tokens fail the test)."""
   with open(os.path.join(workdir, "summary.json")) as f:
-    return json.load(f)
+    return json.load(f, parse_constant=_refuse)
+
+
+def _refuse(token: str):
+  raise AssertionError(f"not strict JSON: {token}")
 
 
 def final_params(workdir: str) -> dict:
@@ -91,4 +98,5 @@ def final_params(workdir: str) -> dict:
 def comparable(summary: Mapping) -> dict:
   """A summary without the entries that depend on how the run was executed."""
   return {key: value for key, value in summary.items()
-          if key not in ("wall_seconds", "resumed_from_step", "num_processes")}
+          if key not in ("wall_seconds", "session_wall_seconds", "resumed_from_step",
+                         "num_processes")}

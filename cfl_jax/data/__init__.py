@@ -2,7 +2,8 @@
 
 Every dataset implements :class:`ImageClassificationData` (see ``cfl_jax/data/base.py``): host-local
 numpy batches, deterministic in ``(seed, step)``, sharded over ``jax.process_count()`` processes.
-Only the requested dataset's module is imported, so digits never imports TensorFlow.
+Only the requested dataset's module is imported, so digits and mnist1d never import
+TensorFlow.
 """
 
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from cfl_jax.data.long_tail import long_tail_counts
 # name -> (module, factory); the factory takes the dataset's keyword arguments.
 _DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("cfl_jax.data.digits", "digits"),
+    "mnist1d": ("cfl_jax.data.mnist1d", "mnist1d"),
     "cifar10": ("cfl_jax.data.cifar", "cifar10"),
     "cifar100": ("cfl_jax.data.cifar", "cifar100"),
     "imagenet2012": ("cfl_jax.data.imagenet", "imagenet2012"),
@@ -33,7 +35,27 @@ def _factory(name: str) -> Callable[..., ImageClassificationData]:
   if name not in _DATASETS:
     raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}.")
   module, function = _DATASETS[name]
-  return getattr(importlib.import_module(module), function)
+  try:
+    return getattr(importlib.import_module(module), function)
+  except ModuleNotFoundError as error:
+    raise _needs_extra(name, error) from error
+
+
+def _needs_extra(name: str, error: ModuleNotFoundError) -> ModuleNotFoundError:
+  """``error`` restated with the install command that brings the missing package."""
+  return ModuleNotFoundError(
+      f"The {name!r} dataset needs the package {error.name!r}, which the experiments extra "
+      "installs: pip install 'cfl-jax[experiments]'.", name=error.name)
+
+
+def dataset_arguments(name: str) -> tuple[str, ...]:
+  """The keyword arguments the dataset ``name`` accepts besides ``name``.
+
+  Examples:
+    >>> dataset_arguments('digits')
+    ('profile', 'max_count', 'imbalance_ratio')
+  """
+  return tuple(inspect.signature(_factory(name)).parameters)
 
 
 def get_dataset(config: Mapping[str, Any]) -> ImageClassificationData:
@@ -59,20 +81,24 @@ def get_dataset(config: Mapping[str, Any]) -> ImageClassificationData:
     raise ValueError(
         f"The dataset config needs a 'name'; known datasets: {', '.join(DATASET_NAMES)}.")
   name = kwargs.pop("name")
-  factory = _factory(name)
-  known = inspect.signature(factory).parameters
+  known = dataset_arguments(name)
   unknown = sorted(set(kwargs) - set(known))
   if unknown:
     raise ValueError(
         f"Unknown keyword(s) {', '.join(unknown)} for dataset {name!r}; it accepts: "
         f"{', '.join(known) or 'none'}.")
-  return factory(**kwargs)
+  factory = _factory(name)
+  try:
+    return factory(**kwargs)
+  except ModuleNotFoundError as error:  # imported when the data is first read
+    raise _needs_extra(name, error) from error
 
 
 __all__ = [
     "DATASET_NAMES",
     "ImageClassificationData",
     "SUBSET_NAMES",
+    "dataset_arguments",
     "get_dataset",
     "linear_counts",
     "long_tail_counts",

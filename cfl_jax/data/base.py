@@ -34,14 +34,15 @@ class ImageClassificationData(abc.ABC):
   Attributes:
     name: the registry name, e.g. ``'digits'``.
     num_classes: number of classes ``C``.
-    image_shape: ``(H, W, C)`` of the images in the batches.
+    image_shape: shape of one example in the batches: ``(H, W, C)`` for images, ``(length,
+      channels)`` for 1-D signals such as MNIST-1D.
     train_class_counts: ``[C]`` int64, training examples per class (global, all processes).
     num_eval_examples: size of the eval set (before padding).
   """
 
   name: str
   num_classes: int
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, ...]
   train_class_counts: np.ndarray
   num_eval_examples: int
 
@@ -73,7 +74,7 @@ class ImageClassificationData(abc.ABC):
       process_count: number of processes, default ``jax.process_count()``.
 
     Yields:
-      ``{'image': float32 [B_local, H, W, C], 'label': int32 [B_local]}`` with
+      ``{'image': float32 [B_local, *image_shape], 'label': int32 [B_local]}`` with
       ``B_local = global_batch_size // process_count``.
     """
 
@@ -83,7 +84,8 @@ class ImageClassificationData(abc.ABC):
     """One pass over the eval set in host-local batches padded to ``B_local`` rows.
 
     Yields:
-      ``{'image': float32 [B_local, H, W, C], 'label': int32 [B_local], 'mask': bool [B_local]}``;
+      ``{'image': float32 [B_local, *image_shape], 'label': int32 [B_local],
+      'mask': bool [B_local]}``;
       ``mask`` is False on padding rows. Every eval example has ``mask`` True exactly once over
       all batches of all processes, and every process yields the same number of batches.
     """
@@ -196,6 +198,22 @@ def eval_index_batches(num_examples: int,
     yield np.where(mask, indices, 0), mask
 
 
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """Raises a ValueError naming the first label outside ``[0, num_classes)`` and its index.
+
+  The losses turn such labels into NaN (never a silent number); this check names the bad
+  example before training starts. TFDS ``ClassLabel`` features are range-checked by TFDS.
+  """
+  labels = np.asarray(labels)
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{where} labels must be integers, got dtype {labels.dtype}.")
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise ValueError(
+        f"{where} label at index {bad[0]} is {labels[bad[0]]}, outside [0, {num_classes}) "
+        f"({bad.size} such label(s)).")
+
+
 class Augmentation(Protocol):
   """A random image transformation applied to host-local slices of a global batch.
 
@@ -212,14 +230,15 @@ class Augmentation(Protocol):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArrayDataset(ImageClassificationData):
-  """A dataset held in host memory as numpy arrays (digits, CIFAR).
+  """A dataset held in host memory as numpy arrays (digits, CIFAR, MNIST-1D).
 
   Attributes:
     name: registry name.
     num_classes: number of classes.
-    train_images: ``[N, H, W, C]`` training images in stored form (e.g. uint8).
+    train_images: ``[N, *image_shape]`` training examples in stored form (e.g. uint8 images
+      ``[N, H, W, C]``).
     train_labels: ``[N]`` integer labels.
-    eval_images: ``[M, H, W, C]`` eval images, same form.
+    eval_images: ``[M, *image_shape]`` eval examples, same form.
     eval_labels: ``[M]`` integer labels.
     normalize: maps a stored image batch to float32 model inputs.
     augment: optional training augmentation, applied before ``normalize``.
@@ -237,13 +256,14 @@ class ArrayDataset(ImageClassificationData):
   def __post_init__(self):
     for split in ("train", "eval"):
       images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-      if images.ndim != 4 or labels.shape != images.shape[:1]:
+      if images.ndim < 2 or labels.shape != images.shape[:1]:
         raise ValueError(
-            f"{split} images must be [N, H, W, C] with labels [N], got {images.shape} and "
+            f"{split} images must be [N, *image_shape] with labels [N], got {images.shape} and "
             f"{labels.shape}.")
+      check_labels(labels, self.num_classes, f"{self.name} {split}")
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
+  def image_shape(self) -> tuple[int, ...]:
     return tuple(self.train_images.shape[1:])
 
   @property

@@ -1,9 +1,9 @@
 """Image classifiers (Flax Linen) picked by name: ``get_model(name, num_classes=...)``.
 
-Every model is called as ``model.apply(variables, images, train=...)`` on NHWC images and returns
-float32 logits ``[batch, num_classes]``. BatchNorm statistics live in the ``'batch_stats'``
-collection: pass ``mutable=['batch_stats']`` when ``train=True`` and take the updated statistics
-from the second return value.
+Every model is called as ``model.apply(variables, images, train=...)`` on NHWC images (the
+MNIST-1D models on signals ``[batch, 40, 1]``) and returns float32 logits ``[batch, num_classes]``.
+BatchNorm statistics live in the ``'batch_stats'`` collection: pass ``mutable=['batch_stats']``
+when ``train=True`` and take the updated statistics from the second return value.
 """
 
 from collections.abc import Callable
@@ -12,11 +12,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cfl_jax.models import mnist1d
 from cfl_jax.models import resnet
+from cfl_jax.models import tresnet
 from cfl_jax.models.digits_cnn import DigitsCNN
+from cfl_jax.models.weights import IMPORTABLE_MODELS, import_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
+    "mnist1d_cnn": mnist1d.MNIST1DCNN,
+    "mnist1d_mlp": mnist1d.MNIST1DMLP,
+    "mnist1d_logistic": mnist1d.MNIST1DLogistic,
     "resnet20": resnet.ResNet20,
     "resnet32": resnet.ResNet32,
     "resnet56": resnet.ResNet56,
@@ -24,6 +30,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": resnet.ResNet10,
     "resnet50": resnet.ResNet50,
     "resnet152": resnet.ResNet152,
+    "tresnet_m": tresnet.TResNetM,
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -60,4 +67,13 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
   return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 
-__all__ = ["MODEL_NAMES", "DigitsCNN", "get_model", "resnet"]
+__all__ = [
+    "IMPORTABLE_MODELS",
+    "MODEL_NAMES",
+    "DigitsCNN",
+    "get_model",
+    "import_weights",
+    "mnist1d",
+    "resnet",
+    "tresnet",
+]

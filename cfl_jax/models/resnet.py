@@ -16,8 +16,9 @@ at stride 2. Every stage after the first halves the resolution in its first bloc
 
 Shortcuts where shape changes: option ``A`` (the paper's CIFAR networks) subsamples and pads the
 new channels with zeros, adding no parameters; option ``B`` projects with a 1x1 convolution and
-BatchNorm (the ImageNet networks, torchvision). Bottleneck blocks stride in their 3x3 convolution
-("ResNet v1.5", as torchvision). Parameter counts equal the published ones: ResNet-20/32/56
+BatchNorm (the ImageNet networks, torchvision); option ``D`` (ResNet-D, He et al. 2019; used by
+TResNet) average-pools before a stride-1 1x1 convolution and BatchNorm. Bottleneck blocks stride in
+their 3x3 convolution ("ResNet v1.5", as torchvision). Parameter counts equal the published ones: ResNet-20/32/56
 0.27M / 0.46M / 0.85M and ResNet-18-CIFAR 11.2M (10 classes); ResNet-10 5.4M, ResNet-50 25.6M
 and ResNet-152 60.2M (1000 classes).
 
@@ -26,6 +27,8 @@ References:
   https://arxiv.org/abs/1512.03385 (CIFAR networks: section 4.2).
   Liu, Miao, Zhan, Wang, Gong, Yu, "Large-Scale Long-Tailed Recognition in an Open World"
   (OLTR), CVPR 2019, https://arxiv.org/abs/1904.05160 (ResNet-10 backbone for ImageNet-LT).
+  He, Zhang, Zhang, Zhang, Xie, Li, "Bag of Tricks for Image Classification with Convolutional
+  Neural Networks", CVPR 2019, https://arxiv.org/abs/1812.01187 (ResNet-D shortcut, option D).
 """
 
 import functools
@@ -47,7 +50,9 @@ class Shortcut(nn.Module):
   Attributes:
     features: output channels.
     strides: spatial stride of the block.
-    option: ``'A'`` (subsample and zero-pad channels) or ``'B'`` (1x1 convolution + BatchNorm).
+    option: ``'A'`` (subsample and zero-pad channels), ``'B'`` (strided 1x1 convolution +
+      BatchNorm) or ``'D'`` (``strides`` x ``strides`` average pool in PyTorch's ceil mode, not
+      counting the padding, then a stride-1 1x1 convolution + BatchNorm).
     conv: convolution factory (:func:`layers.conv_factory`).
     norm: BatchNorm factory (:func:`layers.norm_factory`).
   """
@@ -68,7 +73,13 @@ class Shortcut(nn.Module):
       return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
     if self.option == "B":
       return self.norm(name="bn")(self.conv(self.features, 1, self.strides, name="conv")(x))
-    raise ValueError(f"Unknown shortcut option {self.option!r}; expected 'A' or 'B'.")
+    if self.option == "D":
+      if self.strides > 1:
+        window = (self.strides, self.strides)
+        ceil_padding = [(0, -size % self.strides) for size in x.shape[1:3]]
+        x = nn.avg_pool(x, window, window, ceil_padding, count_include_pad=False)
+      return self.norm(name="bn")(self.conv(self.features, 1, name="conv")(x))
+    raise ValueError(f"Unknown shortcut option {self.option!r}; expected 'A', 'B' or 'D'.")
 
 
 class ResidualBlock(nn.Module):
@@ -77,7 +88,7 @@ class ResidualBlock(nn.Module):
   Attributes:
     width: channels of the branch's inner convolutions; the output has ``expansion * width``.
     strides: spatial stride of the block.
-    shortcut: option ``'A'`` or ``'B'``, see :class:`Shortcut`.
+    shortcut: option ``'A'``, ``'B'`` or ``'D'``, see :class:`Shortcut`.
     conv: convolution factory (:func:`layers.conv_factory`).
     norm: BatchNorm factory (:func:`layers.norm_factory`).
   """

@@ -1,22 +1,64 @@
-"""Orbax checkpoints of a run: the train state plus a small JSON ``progress`` record.
+"""Orbax checkpoints of a run, and preemption notices turned into a saved, clean stop.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact and the partial one is never restored. The JSON
-record carries the resolved config (checked on resume: a checkpoint written by a different
-config is refused) and the host-side state needed to make a resumed run end exactly like an
-uninterrupted one (the partially averaged logging window).
+``progress`` record beside the state carries the resolved config (checked on resume: a
+checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the host-side state
+needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
+logging window).
+
+Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
+a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
+JAX's preemption sync manager receives the SIGTERM and agrees across hosts on one step at which
+every process stops, so all of them save the same step.
 """
 
 from collections.abc import Mapping
 import os
+import re
+import signal
+import threading
+import time
 from typing import Any
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+# Config keys that do not change the training trajectory: they may differ on resume (the new
+# values apply from there on, and the differences are logged). Every other key must match.
+NON_TRAJECTORY_KEYS = frozenset({
+    "name", "eval_batch_size", "eval_every_epochs", "log_every_steps",
+    "checkpoint_every_steps", "max_to_keep", "many_shot_min", "few_shot_max",
+})
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: corrupted, or written by another config/model."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full disk, no permission, ...); the run must stop."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
+  first line of its message."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError):
+      return str(seen)
+    seen = seen.__cause__ or seen.__context__
+  message = str(error).strip()
+  tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
+  if tensorstore:
+    return f"[Errno {tensorstore.group(2)}] {tensorstore.group(1).strip()}"
+  return (message.splitlines() or [type(error).__name__])[0]
+
+
+class _DamagedCheckpoint(CheckpointError):
+  """A checkpoint that cannot be read back; :meth:`Checkpointer.restore_latest` skips it."""
 
 
 def _config_differences(saved: Mapping, current: Mapping, path: str = "") -> list[str]:
@@ -46,19 +88,62 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "progress"))
+    self._saving_step: int | None = None
+    self._failed = False
 
   def latest_step(self) -> int | None:
     """The newest completely written step, or None if there is none."""
     return self._manager.latest_step()
 
+  def describe_latest(self) -> str:
+    """A sentence naming the newest intact checkpoint kept on disk (for error messages)."""
+    latest = self.latest_step()
+    if latest is None:
+      return "No checkpoint was written."
+    return f"The last finite checkpoint, step {latest}, is kept in {self.directory}."
+
   def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
     """Starts saving ``state`` and the JSON-serialisable ``progress`` as ``step``.
 
     Writing continues in the background; the device arrays are copied before this returns, so
-    ``state`` may be donated right after.
+    ``state`` may be donated right after. Orbax writes into a temporary directory and renames
+    it when complete, and deletes old checkpoints (beyond ``max_to_keep``) only after that, so a
+    failed save never touches the previous checkpoint.
+
+    Raises:
+      CheckpointSaveError: if this save, or the previous one still being written, failed.
     """
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
+    if self._saving_step is not None:  # the previous save must have succeeded
+      try:
+        self._manager.wait_until_finished()
+      except Exception as error:  # orbax raises many types; all mean the same here
+        raise self._save_error(error) from error
+    self._saving_step = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError as soon as a background save has failed (cheap while a save
+    is still being written; call it every step)."""
+    if self._saving_step is None or self._manager.is_saving_in_progress():
+      return
+    try:
+      self._manager.wait_until_finished()  # returns at once; raises what the save raised
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
+    self._saving_step = None
+
+  def _save_error(self, error: BaseException) -> CheckpointSaveError:
+    self._failed = True
+    where = os.path.join(self.directory, str(self._saving_step))
+    latest = self.latest_step()
+    kept = ("no earlier checkpoint exists" if latest is None else
+            f"the previous checkpoint, step {latest}, is intact in {self.directory}")
+    return CheckpointSaveError(
+        f"Could not save checkpoint {where}: {_root_cause(error)}. The run stopped; {kept}.")
 
   def restore(self, step: int, abstract_state: Any,
               config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -67,27 +152,36 @@ class Checkpointer:
     Args:
       step: a step listed by the manager (e.g. :meth:`latest_step`).
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings (see ``jax.eval_shape``).
-      config: the current resolved config as a dict; it must equal the one saved in ``progress``.
+      config: the current resolved config as a dict; its trajectory keys must equal the saved
+        ones.
 
     Returns:
       ``(state, progress)``.
 
     Raises:
-      CheckpointError: if the checkpoint cannot be read, was written by a different config, or
-        does not match ``abstract_state``.
+      CheckpointError: if the checkpoint cannot be read, was written with different
+        trajectory keys (any key but :data:`NON_TRAJECTORY_KEYS`), or does not match
+        ``abstract_state``.
     """
     where = os.path.join(self.directory, str(step))
-    advice = ("Restore the original config, or start afresh in a new workdir (or delete "
-              f"{self.directory}).")
+    advice = "Restore the original config, or start afresh in a new workdir."
     try:
       progress = self._manager.restore(
           step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
       saved_config = progress["config"]
     except Exception as error:  # orbax raises many types; all mean the same here
-      raise CheckpointError(
+      raise _DamagedCheckpoint(
           f"Checkpoint {where} is unreadable (corrupted or not written by cfl_jax): "
-          f"{error}. {advice}") from error
-    differences = _config_differences(saved_config, config)
+          f"{_root_cause(error)}") from error
+    differences = _config_differences(
+        {k: v for k, v in saved_config.items() if k not in NON_TRAJECTORY_KEYS},
+        {k: v for k, v in config.items() if k not in NON_TRAJECTORY_KEYS})
+    changed = _config_differences(
+        {k: v for k, v in saved_config.items() if k in NON_TRAJECTORY_KEYS},
+        {k: v for k, v in config.items() if k in NON_TRAJECTORY_KEYS})
+    if changed:
+      logging.info("Resuming with changed reporting keys (the trajectory is unaffected): %s",
+                   "; ".join(changed))
     if differences:
       raise CheckpointError(
           f"Checkpoint {where} was written by a different config; differing keys:\n  "
@@ -96,17 +190,93 @@ class Checkpointer:
       state = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
     except Exception as error:  # orbax raises many types; all mean the same here
-      raise CheckpointError(
+      raise _DamagedCheckpoint(
           f"Checkpoint {where} does not hold a train state matching this model and optimizer "
-          f"(corrupted or incompatible): {error}. {advice}") from error
+          f"(corrupted or incompatible): {_root_cause(error)}") from error
     return state, progress
 
+  def restore_latest(self, abstract_state: Any,
+                     config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest intact checkpoint, or returns None when there is none.
+
+    A damaged checkpoint (unreadable, or not a train state of this shape) is moved aside to
+    ``damaged_checkpoints/`` beside the checkpoint directory, with a warning naming it and why,
+    and the next older one is tried. A checkpoint written by a different config is not damaged:
+    it stops the run (see :meth:`restore`).
+
+    Raises:
+      CheckpointError: if a checkpoint was written with different trajectory keys.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state, config)
+      except _DamagedCheckpoint as damaged:
+        self._move_aside(step, damaged)
+    return None
+
+  def _move_aside(self, step: int, reason: BaseException) -> None:
+    aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+    target = os.path.join(aside, f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
+                    "the next older one, if any.", os.path.join(self.directory, str(step)),
+                    reason, target)
+    self._manager.reload()
+
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
+    """Waits for pending saves and releases the manager.
+
+    After a failed save the manager is left as it is: its background writers are broken, the
+    failure has been raised, and the process is about to stop.
+    """
+    if self._failed:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # orbax raises many types; all mean the same here
+      raise self._save_error(error) from error
     self._manager.close()
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   """``jax.ShapeDtypeStruct`` leaves with ``sharding``, for :meth:`Checkpointer.restore`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class PreemptionWatcher:
+  """Context manager answering "stop after this step?" once a preemption notice arrived.
+
+  Examples:
+    >>> with PreemptionWatcher() as watcher:
+    ...   watcher.reached(0)
+    False
+  """
+
+  def __init__(self):
+    self._notified = False
+    self._previous_handler = None
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: stopping after this step to save a checkpoint.", signum)
+    self._notified = True
+
+  def __enter__(self) -> "PreemptionWatcher":
+    if jax.process_count() > 1:
+      return self  # JAX's preemption sync manager owns SIGTERM; a Python handler would replace it
+    if threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+    else:
+      logging.warning("Not on the main thread: SIGTERM will not trigger a checkpoint.")
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+  def reached(self, step: int) -> bool:
+    """True when the run should save and stop after ``step`` (call it after every step)."""
+    return self._notified or multihost_utils.reached_preemption_sync_point(step)

@@ -5,9 +5,13 @@ disabled writers, so the loop calls them unconditionally.
 """
 
 from collections.abc import Mapping, Sequence
+import datetime
+import fcntl
 import json
+import math
 import os
 import shutil
+import socket
 import sys
 from typing import Any
 
@@ -24,13 +28,18 @@ class MetricWindow:
 
   Values stay on device until :meth:`flush` or :meth:`snapshot`, so logging does not stall the
   dispatch of further steps. Sums are accumulated step by step in float64 on the host, so a window
-  restored from a :meth:`snapshot` continues exactly as an uninterrupted one.
+  restored from a :meth:`snapshot` continues exactly as an uninterrupted one. Non-finite
+  measurements are left out of the means and counted as ``nonfinite_steps`` (reported only when
+  there were any, with the ``nonfinite_metrics`` concerned), so the loop can tell a diverged
+  window from a skipped update.
   """
 
   def __init__(self, snapshot: Mapping[str, Any] | None = None):
     snapshot = snapshot or {}
     self._sums = dict(snapshot.get("sums", {}))
-    self._count = snapshot.get("count", 0)
+    self._counts = dict(snapshot.get("counts", {}))
+    self._nonfinite = snapshot.get("nonfinite", 0)
+    self._nonfinite_metrics = set(snapshot.get("nonfinite_metrics", ()))
     self._last = dict(snapshot.get("last", {}))
     self._pending: list[dict[str, jax.Array]] = []
 
@@ -40,76 +49,225 @@ class MetricWindow:
 
   def _absorb(self) -> None:
     for metrics in jax.device_get(self._pending):
+      finite = True
       for key, value in metrics.items():
-        if key in MEASURED:
-          self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        value = float(value)
+        if key not in MEASURED:
+          self._last[key] = value
+        elif math.isfinite(value):
+          self._sums[key] = self._sums.get(key, 0.0) + value
+          self._counts[key] = self._counts.get(key, 0) + 1
         else:
-          self._last[key] = float(value)
-      self._count += 1
+          finite = False
+          self._nonfinite_metrics.add(key)
+      self._nonfinite += not finite
     self._pending = []
 
   def snapshot(self) -> dict[str, Any]:
     """A JSON-serialisable snapshot from which ``MetricWindow(snapshot)`` continues."""
     self._absorb()
-    return {"sums": dict(self._sums), "count": self._count, "last": dict(self._last)}
+    return {"sums": dict(self._sums), "counts": dict(self._counts),
+            "nonfinite": self._nonfinite, "nonfinite_metrics": sorted(self._nonfinite_metrics),
+            "last": dict(self._last)}
 
-  def flush(self) -> dict[str, float]:
-    """The window's means and last schedule values; starts a new window."""
+  def flush(self) -> dict[str, float | None]:
+    """The window's means (None for a metric with no finite value) and last schedule values;
+    starts a new window."""
     self._absorb()
-    record = {key: total / self._count for key, total in self._sums.items()}
+    record = {key: (self._sums[key] / self._counts[key] if self._counts.get(key) else None)
+              for key in MEASURED if key in self._sums or self._nonfinite}
+    if self._nonfinite:
+      record["nonfinite_steps"] = self._nonfinite
+      record["nonfinite_metrics"] = sorted(self._nonfinite_metrics)
     record.update(self._last)
-    self._sums, self._count, self._last = {}, 0, {}
+    self._sums, self._counts, self._nonfinite, self._last = {}, {}, 0, {}
+    self._nonfinite_metrics = set()
     return record
 
 
+def _strict(value: Any) -> Any:
+  """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, Mapping):
+    return {key: _strict(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(item) for item in value]
+  return value
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically.
+
+  The file is written beside its destination and renamed over it, so a reader (or a run killed
+  mid-write) sees either the old file or the new one, never a torn one.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), 'summary.json')
+    >>> write_json(path, {'loss': float('nan'), 'step': 3})
+    >>> json.load(open(path))
+    {'loss': None, 'step': 3}
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+  with open(temporary, "w") as f:
+    json.dump(_strict(value), f, indent=1, allow_nan=False)
+  os.replace(temporary, path)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl`` file, in order.
+
+  A torn last line (a run killed while appending) is dropped with a warning; a damaged line
+  anywhere else is an error naming the file and the line.
+
+  Raises:
+    ValueError: for a line before the last that is not a JSON object.
+  """
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number < len(lines):
+        raise ValueError(f"{path}, line {number}, is not valid JSON ({error}).") from None
+      logging.warning("Dropping the torn last line of %s (a run stopped while writing it).",
+                      path)
+  return records
+
+
 class RunFiles:
-  """``config.json``, ``metrics.jsonl`` (one JSON object per line) and ``summary.json``."""
+  """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
+  ``tensorboard/`` (scalars ``train/<metric>`` and ``eval/<metric>``) and ``summary.json``.
+
+  Call :meth:`keep_metrics_until` once before appending (it opens the event writer) and
+  :meth:`close` at the end.
+  """
 
   def __init__(self, workdir: str, *, enabled: bool):
     self.workdir = workdir
     self.enabled = enabled
+    self._events = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
 
   def _path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
 
-  def _write_json(self, name: str, value: Any) -> None:
-    if self.enabled:
-      temporary = self._path(f".{name}.tmp")
-      with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-      os.replace(temporary, self._path(name))
-
   def write_config(self, config: Mapping[str, Any]) -> None:
-    """Writes ``config.json`` (atomically, as every JSON file here)."""
-    self._write_json("config.json", config)
+    """Writes ``config.json`` (atomically, as every JSON file here: see :func:`write_json`)."""
+    if self.enabled:
+      write_json(self._path("config.json"), config)
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     """Writes ``summary.json``."""
-    self._write_json("summary.json", summary)
+    if self.enabled:
+      write_json(self._path("summary.json"), summary)
 
   def keep_metrics_until(self, step: int) -> None:
-    """Drops the ``metrics.jsonl`` records after ``step``, the checkpoint resumed from."""
-    path = self._path("metrics.jsonl")
-    if not self.enabled or not os.path.exists(path):
+    """Drops the records after ``step``, the checkpoint resumed from, from ``metrics.jsonl``
+    and (by TensorBoard's purge step) from the event files."""
+    if not self.enabled:
       return
-    with open(path) as f:
-      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-      f.writelines(lines)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # A file of its own per (process, start step): event file names only carry the second.
+    self._events = SummaryWriter(self._path("tensorboard"), purge_step=step + 1 if step else None,
+                                 filename_suffix=f".{os.getpid()}.{step}")
+    path = self._path("metrics.jsonl")
+    if not os.path.exists(path):
+      return
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    temporary = self._path(".metrics.jsonl.tmp")
+    with open(temporary, "w") as f:
+      f.writelines(json.dumps(_strict(record), allow_nan=False) + "\n" for record in kept)
+    os.replace(temporary, path)
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
-    """Appends one JSON line to ``metrics.jsonl``."""
-    if self.enabled:
-      with open(self._path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
+
+    ``record`` holds ``step`` and ``split`` (``'train'`` or ``'eval'``); its other numeric
+    entries become the scalars ``<split>/<key>``.
+    """
+    if not self.enabled:
+      return
+    with open(self._path("metrics.jsonl"), "a") as f:
+      f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+    if self._events is not None:
+      for key, value in record.items():
+        if key not in ("step", "split") and isinstance(value, (int, float)):
+          self._events.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+  def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
+    if self._events is not None:
+      self._events.close()
+      self._events = None
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on ``workdir/.lock`` for the duration of a run (process 0 only).
+
+  The lock is an ``flock`` on the file, which the operating system releases when its process
+  dies, so the lock of a killed run is stale at once and the next run takes it over; the file
+  itself only records who holds it (host, process id, start time) for the error message.
+
+  Raises:
+    WorkdirLocked: on entry, when another live process holds the lock.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.path = os.path.join(workdir, ".lock")
+    self.enabled = enabled
+    self._file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if not self.enabled:
+      return self
+    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    handle = open(self.path, "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "unknown process"
+      handle.close()
+      raise WorkdirLocked(
+          f"The workdir {os.path.dirname(self.path)} is in use by another run ({holder}); wait "
+          "for it to finish, or give this run its own --workdir.") from None
+    handle.seek(0)
+    handle.truncate()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def _number(value: float | None, digits: int, style: str = "f") -> str:
+  """``value`` with ``digits`` digits; None (no finite value) as n/a; non-numbers as they are."""
+  if value is None:
+    return "n/a"
+  if not isinstance(value, (int, float)):
+    return "/".join(map(str, value)) if isinstance(value, list) else str(value)
+  return format(value, f".{digits}{style}")
 
 
 def _format(record: Mapping[str, Any], keys: Sequence[str]) -> str:
   """``'key value, ...'`` for the ``keys`` present in ``record`` (None shown as n/a)."""
-  return ", ".join(f"{key} {'n/a' if record[key] is None else format(record[key], '.4g')}"
-                   for key in keys if key in record)
+  return ", ".join(f"{key} {_number(record[key], 4, 'g')}" for key in keys if key in record)
 
 
 class Progress:
@@ -135,8 +293,9 @@ class Progress:
   def train(self, step: int, record: Mapping[str, Any]) -> None:
     """Shows the train metrics of a logging window."""
     if self._bar is not None:
-      self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
-                            xi=f"{record['xi']:.3f}")
+      self._bar.set_postfix({name: _number(record[key], digits)
+                             for name, key, digits in (("loss", "loss", 4), ("acc", "accuracy", 3),
+                                                       ("xi", "xi", 3))})
     elif self._enabled:
       logging.info("step %d/%d: %s", step, self.total_steps,
                    _format(record, [*MEASURED, *sorted(set(record) - set(MEASURED))]))
@@ -145,7 +304,8 @@ class Progress:
     """Shows an evaluation's accuracies."""
     if self._enabled:
       message = _format(record, ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-                                 "medium_shot_accuracy", "few_shot_accuracy", "test_loss"))
+                                 "medium_shot_accuracy", "few_shot_accuracy", "test_loss",
+                                 "expected_calibration_error"))
       write = self._bar.write if self._bar is not None else logging.info
       write(f"eval at step {step}: {message}")
 

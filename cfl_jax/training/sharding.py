@@ -8,6 +8,7 @@ hosts after ``jax.distributed.initialize()``.
 """
 
 from collections.abc import Mapping, Sequence
+import os
 
 import jax
 from jax.sharding import NamedSharding
@@ -15,6 +16,18 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = "data"
+
+
+def use_cpu_devices(count: int) -> None:
+  """Splits CPU work over ``count`` XLA host devices, unless the environment already chose.
+
+  Call it before JAX initialises its backends. ``XLA_FLAGS`` with
+  ``--xla_force_host_platform_device_count`` or ``JAX_NUM_CPU_DEVICES`` win over ``count``;
+  GPU and TPU backends are unaffected.
+  """
+  if ("xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
+      and "JAX_NUM_CPU_DEVICES" not in os.environ):
+    jax.config.update("jax_num_cpu_devices", count)
 
 
 def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -41,7 +54,8 @@ def check_batch_size(name: str, global_batch_size: int, mesh: jax.sharding.Mesh)
     raise ValueError(
         f"{name}={global_batch_size} must be divisible by the {devices} devices of the data mesh "
         f"({jax.process_count()} process(es) x {jax.local_device_count()} local devices); on CPU "
-        "the device count comes from --xla_force_host_platform_device_count in XLA_FLAGS.")
+        "set the device count with experiments.train's --cpu_devices (or XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N), or change the batch size.")
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

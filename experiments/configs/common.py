@@ -6,7 +6,8 @@ comma-separated list of tokens (big_vision style), e.g. ``c10,ratio=100,cfl``. E
 * a loss (default ``cfl``): ``cfl`` (cyclical focal loss, paper form), ``ce`` (cross-entropy),
   ``focal`` (Lin et al., gamma 2) or ``cfl_reference`` (the authors' code: asymmetric non-target
   term, label smoothing 0.1 inside the weighted sum, epoch-wise reference xi schedule);
-* ``data_dir=PATH``: the TFDS data directory (also ``--config.dataset.data_dir=PATH``);
+* ``data_dir=PATH``: the TFDS data directory (also ``--config.dataset.data_dir=PATH``), in the
+  studies that read TFDS data;
 * ``smoke``: a few steps of a tiny model on whatever (tiny) data ``data_dir`` holds, for CI and
   laptops (see :func:`shrink_for_smoke`).
 
@@ -38,6 +39,8 @@ LOSSES = {
 #     baselines train with plain (unsmoothed) cross-entropy.
 #   ldam: CIFAR-LT with the long-tail hyper-parameters, but xi counted from epoch 0 (the reference
 #     code has no CIFAR-LT path; this keeps xi inside [0, 1]); unsmoothed, as LDAM's baselines.
+#   guidance: the author's untuned defaults (SPEC section 1: gamma_hc=2, focal gamma 2, f=4),
+#     unsmoothed, for benchmarks the papers did not run (MNIST-1D).
 # The reference loss always smooths by 0.1 (hard-wired in the authors' code: its non-target terms
 # exist only through smoothing). Focal loss always uses gamma 2 (Lin et al.).
 PROTOCOLS = {
@@ -47,6 +50,8 @@ PROTOCOLS = {
                  label_smoothing=0.0, xi_first_epoch=1),
     "ldam": dict(gamma_hc=2.0, gamma_lc=0.0, gamma_neg=4.0, cyclical_factor=2.0,
                  label_smoothing=0.0, xi_first_epoch=0),
+    "guidance": dict(gamma_hc=2.0, gamma_lc=2.0, gamma_neg=2.0, cyclical_factor=4.0,
+                     label_smoothing=0.0, xi_first_epoch=0),
 }
 FOCAL_GAMMA = 2.0
 REFERENCE_LABEL_SMOOTHING = 0.1
@@ -59,17 +64,35 @@ def _describe(choices: Mapping[str, Sequence[str]],
   return ", ".join(groups + ["smoke"] + options)
 
 
+def one_of(*options: str) -> Callable[[str], str]:
+  """A ``values`` converter for :func:`parse_arg` that accepts exactly ``options``.
+
+  Examples:
+    >>> parse_arg('model=mlp', values={'model': (one_of('cnn', 'mlp'), 'cnn')}).model
+    'mlp'
+  """
+
+  def convert(text: str) -> str:
+    if text not in options:
+      raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+    return text
+
+  convert.__name__ = "|".join(options)  # what the list of valid tokens shows
+  return convert
+
+
 def parse_arg(arg: str | None, *, choices: Mapping[str, Sequence[str]] = types.MappingProxyType({}),
-              values: Mapping[str, tuple[Callable[[str], Any], Any]] = types.MappingProxyType({})
-              ) -> types.SimpleNamespace:
+              values: Mapping[str, tuple[Callable[[str], Any], Any]] = types.MappingProxyType({}),
+              data_dir: bool = True) -> types.SimpleNamespace:
   """Reads a study's config argument, e.g. ``'c10,ratio=100,cfl_reference,smoke'``.
 
   Args:
     arg: the text after ``:`` in ``--config=FILE:ARG`` (None or empty for every default).
     choices: the study's groups of bare tokens, ``{field: (default, alternative, ...)}``; at most
       one token per group. The ``loss`` group (:data:`LOSSES`) is always added.
-    values: the study's ``key=value`` tokens, ``{key: (converter, default)}``; ``data_dir`` (str,
-      default None) is always added.
+    values: the study's ``key=value`` tokens, ``{key: (converter, default)}``.
+    data_dir: add the ``data_dir`` token (str, default None): False for studies that read no
+      TFDS data.
 
   Returns:
     A namespace with one attribute per group and key, and ``smoke`` (bool).
@@ -79,7 +102,7 @@ def parse_arg(arg: str | None, *, choices: Mapping[str, Sequence[str]] = types.M
       repeated key or a value the converter rejects.
   """
   choices = {**choices, "loss": tuple(LOSSES)}
-  values = {**values, "data_dir": (str, None)}
+  values = {**values, "data_dir": (str, None)} if data_dir else dict(values)
   parsed = {field: tokens[0] for field, tokens in choices.items()}
   parsed.update({key: default for key, (_, default) in values.items()})
   parsed["smoke"] = False
@@ -131,8 +154,8 @@ def base_config(args: types.SimpleNamespace, *, name: str, dataset: Mapping[str,
     args: from :func:`parse_arg`.
     name: run name without the loss (the loss token is appended).
     dataset: ``name`` and keyword arguments for ``cfl_jax.data.get_dataset``; ``data_dir`` comes
-      from ``args`` and can be set on the command line (``--config.dataset.data_dir=PATH``)
-      even when the argument leaves it unset.
+      from ``args`` (when it has one) and can be set on the command line
+      (``--config.dataset.data_dir=PATH``) even when the argument leaves it unset.
     model: ``cfl_jax.models`` name.
     dtype: compute dtype, ``'float32'`` or ``'bfloat16'``.
     protocol: key of :data:`PROTOCOLS` for the loss hyper-parameters.
@@ -144,8 +167,9 @@ def base_config(args: types.SimpleNamespace, *, name: str, dataset: Mapping[str,
   config = default_config()
   config.name = f"{name}_{args.loss}"
   config.dataset = ml_collections.ConfigDict(dict(dataset))
-  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
-  config.dataset.data_dir = args.data_dir
+  if hasattr(args, "data_dir"):
+    config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+    config.dataset.data_dir = args.data_dir
   config.model.name = model
   config.model.dtype = dtype
   config.loss.update(loss_config(args.loss, protocol))

@@ -1,16 +1,106 @@
-"""Tests of cfl_jax.training.optim: optimizers, learning-rate and cyclical schedules."""
+"""Tests of cfl_jax.training.recipe: losses by name, the xi, learning-rate and cyclical
+schedules, and the optimizer."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 import cfl_jax
 from cfl_jax.models import get_model
-from cfl_jax.training import optim, resolve_config
+from cfl_jax.training import LOSS_NAMES, get_loss_fn, recipe, resolve_config
+
+_LOGITS = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32) * 3
+_LABELS = np.array([0, 1, 2, 3, 1, 0])
+_HYPER = {"gamma_hc": 3.0, "gamma_lc": 1.5, "gamma_neg": 4.0, "label_smoothing": 0.1}
+
+
+def _loss(name, xi=0.3, **hyper):
+  config = resolve_config({"loss": {"name": name, **_HYPER, **hyper}}).loss
+  return jax.jit(get_loss_fn(config))(_LOGITS, _LABELS, xi)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("cross_entropy", lambda: optax.softmax_cross_entropy(
+        _LOGITS, optax.smooth_labels(jax.nn.one_hot(_LABELS, 4), 0.1))),
+    ("focal", lambda: cfl_jax.focal_loss_with_integer_labels(
+        _LOGITS, _LABELS, gamma=1.5, label_smoothing=0.1)),
+    ("high_confidence", lambda: cfl_jax.high_confidence_loss_with_integer_labels(
+        _LOGITS, _LABELS, gamma=3.0, label_smoothing=0.1)),
+    ("cyclical_focal", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        _LOGITS, _LABELS, 0.3, gamma_hc=3.0, gamma_lc=1.5, label_smoothing=0.1)),
+    ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        _LOGITS, _LABELS, 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0, label_smoothing=0.1)),
+    ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
+        _LOGITS, optax.smooth_labels(jax.nn.one_hot(_LABELS, 4), 0.1), 0.3, gamma_hc=3.0,
+        gamma_lc=1.5).sum(-1)),
+])
+def test_each_loss_by_name_binds_its_hyperparameters(name, expected):
+  np.testing.assert_allclose(_loss(name), jax.jit(expected)(), rtol=1e-6)
+
+
+def test_every_name_is_tested_and_unknown_names_fail():
+  assert set(LOSS_NAMES) == {"cross_entropy", "focal", "high_confidence", "cyclical_focal",
+                             "cyclical_focal_reference", "sigmoid_cyclical_focal"}
+  with pytest.raises(ValueError, match="Unknown loss 'x'"):
+    get_loss_fn(ml_collections.ConfigDict({"name": "x"}))
+
+
+def test_cross_entropy_without_smoothing_is_optax():
+  np.testing.assert_allclose(
+      _loss("cross_entropy", label_smoothing=0.0),
+      optax.softmax_cross_entropy_with_integer_labels(_LOGITS, _LABELS), rtol=1e-6)
+
+
+def test_only_the_cyclical_losses_read_xi():
+  for name in LOSS_NAMES:
+    changes = not np.allclose(_loss(name, xi=0.0), _loss(name, xi=1.0))
+    assert changes == ("cyclical" in name), name
+
+
+def test_sigmoid_cyclical_focal_at_xi_0_is_optax_sigmoid_focal_over_one_hot_targets():
+  np.testing.assert_allclose(
+      _loss("sigmoid_cyclical_focal", xi=0.0, label_smoothing=0.0),
+      optax.sigmoid_focal_loss(_LOGITS, jax.nn.one_hot(_LABELS, 4), gamma=1.5).sum(-1),
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_training_loss_is_nan_for_labels_outside_the_classes(name):
+  config = resolve_config({"loss": {"name": name, **_HYPER}}).loss
+  labels = _LABELS.copy()
+  labels[2], labels[4] = -1, 4
+  loss = np.asarray(jax.jit(get_loss_fn(config))(_LOGITS, labels, 0.3))
+  assert np.isnan(loss[[2, 4]]).all() and np.isfinite(loss[[0, 1, 3, 5]]).all()
+
+
+def test_cyclical_focal_limits_through_the_config():
+  np.testing.assert_allclose(_loss("cyclical_focal", xi=0.0), _loss("focal"), rtol=1e-6)
+  np.testing.assert_allclose(_loss("cyclical_focal", xi=1.0), _loss("high_confidence"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ({}, cfl_jax.xi_schedule(70, cyclical_factor=4.0)),
+    ({"xi_granularity": "epoch", "cyclical_factor": 2.0},
+     cfl_jax.xi_schedule(70, cyclical_factor=2.0, steps_per_epoch=7)),
+    ({"xi_schedule": "reference", "cyclical_factor": 2.0, "xi_first_epoch": 1},
+     cfl_jax.reference_xi_schedule(10, 7, cyclical_factor=2.0, first_epoch=1)),
+])
+def test_xi_schedule_from_the_config(loss, expected):
+  schedule = recipe.xi_schedule(resolve_config({"loss": loss}).loss, total_steps=70,
+                                   steps_per_epoch=7)
+  for step in range(0, 71, 3):
+    assert float(schedule(step)) == pytest.approx(float(expected(step))), step
+
+
+def test_reference_xi_needs_whole_epochs():
+  loss = resolve_config({"loss": {"xi_schedule": "reference"}}).loss
+  with pytest.raises(ValueError, match="whole epochs"):
+    recipe.xi_schedule(loss, total_steps=71, steps_per_epoch=7)
 
 _STEPS, _PER_EPOCH = 100, 10
 
@@ -36,7 +126,7 @@ def _run(tx, params, grads, steps):
 
 
 def test_weight_decay_mask_selects_kernels_only():
-  mask = optim.weight_decay_mask(_params())
+  mask = recipe.weight_decay_mask(_params())
   flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)}
   assert flat["conv1/kernel"] and flat["head/dense/kernel"]
   assert not flat["head/dense/bias"] and not flat["bn1/scale"] and not flat["bn1/bias"]
@@ -50,8 +140,8 @@ def test_weight_decay_mask_selects_kernels_only():
 def test_optimizers_equal_their_optax_counterparts(name, reference):
   params = _params()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-  tx = optim.build_optimizer(_optimizer_config(name=name, weight_decay=1e-2), learning_rate=0.1)
-  expected = reference(0.1, 1e-2, optim.weight_decay_mask)
+  tx = recipe.build_optimizer(_optimizer_config(name=name, weight_decay=1e-2), learning_rate=0.1)
+  expected = reference(0.1, 1e-2, recipe.weight_decay_mask)
   for ours, theirs in zip(_run(tx, params, grads, 3), _run(expected, params, grads, 3)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
 
@@ -59,11 +149,11 @@ def test_optimizers_equal_their_optax_counterparts(name, reference):
 def test_cyclical_weight_decay_follows_xi_on_weights_only():
   params = _params()
   xi = cfl_jax.xi_schedule(_STEPS, cyclical_factor=4.0)
-  schedules = optim.cyclical_schedules(
+  schedules = recipe.cyclical_schedules(
       resolve_config({"cyclical": {"weight_decay": {"enabled": True, "min": 1e-4, "max": 1e-2}}}
                      ).cyclical, xi)
   assert set(schedules) == {"weight_decay"}
-  tx = optim.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
+  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
                              learning_rate=1.0, schedules=schedules)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates = _run(tx, params, zeros, _STEPS // 4 + 1)
@@ -82,7 +172,7 @@ def test_cyclical_clipping_threshold_follows_xi():
   params = _params()
   xi = cfl_jax.xi_schedule(_STEPS, cyclical_factor=2.0)
   clip = cfl_jax.follow_xi(xi, 0.5, 5.0)
-  tx = optim.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
+  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
                              learning_rate=1.0, schedules={"grad_clip_norm": clip})
   huge = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
   updates = _run(tx, params, huge, _STEPS // 2 + 1)
@@ -92,7 +182,7 @@ def test_cyclical_clipping_threshold_follows_xi():
 
 def test_constant_clipping_from_the_config():
   params = _params()
-  tx = optim.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0,
+  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0,
                                                grad_clip_norm=2.0), learning_rate=1.0)
   huge = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
   assert float(optax.tree.norm(_run(tx, params, huge, 1)[0])) == pytest.approx(2.0, rel=1e-5)
@@ -108,7 +198,7 @@ def test_follow_xi_clips_the_reference_overshoot():
 def test_temperature_schedule_is_returned_when_enabled():
   xi = cfl_jax.xi_schedule(_STEPS)
   config = resolve_config({"cyclical": {"temperature": {"enabled": True}}}).cyclical
-  schedules = optim.cyclical_schedules(config, xi)
+  schedules = recipe.cyclical_schedules(config, xi)
   assert set(schedules) == {"temperature"}
   assert float(schedules["temperature"](0)) == pytest.approx(0.5)
   assert float(schedules["temperature"](_STEPS // 4)) == pytest.approx(2.0)
@@ -123,7 +213,7 @@ def test_temperature_schedule_is_returned_when_enabled():
     ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, {0: 0.0, 20: 0.1, 60: 0.05, 100: 0.0}),
 ])
 def test_learning_rate_schedules(overrides, expected):
-  schedule = optim.learning_rate_schedule(_optimizer_config(learning_rate=0.1, **overrides),
+  schedule = recipe.learning_rate_schedule(_optimizer_config(learning_rate=0.1, **overrides),
                                           total_steps=_STEPS, steps_per_epoch=_PER_EPOCH)
   for step, value in expected.items():
     assert float(schedule(step)) == pytest.approx(value, abs=1e-7), step
@@ -131,5 +221,5 @@ def test_learning_rate_schedules(overrides, expected):
 
 def test_warmup_must_end_before_training():
   with pytest.raises(ValueError, match="warm-up"):
-    optim.learning_rate_schedule(_optimizer_config(warmup_epochs=10.0), total_steps=_STEPS,
+    recipe.learning_rate_schedule(_optimizer_config(warmup_epochs=10.0), total_steps=_STEPS,
                                  steps_per_epoch=_PER_EPOCH)

@@ -1,0 +1,243 @@
+"""What a config asks for, built in one place: the loss by name, every schedule, the optimizer.
+
+* :func:`get_loss_fn`: the training loss named by ``config.loss.name`` as
+  ``loss_fn(logits, labels, xi) -> [batch]``.
+* :func:`xi_schedule`: the loss's xi (paper or reference form, step or epoch granular).
+* :func:`learning_rate_schedule`: warm-up then cosine / step / constant.
+* :func:`cyclical_schedules`: general cyclical training (SPEC section 4): weight decay, gradient
+  clipping threshold and softmax temperature, each ``(1 - xi) * max + xi * min`` on the run's xi,
+  so they all share the loss's cyclical factor.
+* :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``,
+  optionally skipping non-finite updates.
+* :class:`Plan`: the run's durations in steps and all of its schedules, read at ``state.step``.
+"""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import cfl_jax
+
+LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+OPTIMIZER_NAMES = ("sgd", "adamw")
+LR_SCHEDULE_NAMES = ("cosine", "step", "constant")
+
+# config.cyclical entry -> name of the hyper-parameter it drives (and of its logged metric).
+CYCLICAL_HYPERPARAMETERS = {
+    "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip_norm",
+    "temperature": "temperature",
+}
+
+
+def _nan_outside_classes(loss, logits, labels):
+  """``loss`` with NaN (as every cfl_jax loss) where a label is outside ``[0, C)``."""
+  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
+
+
+def _cross_entropy(logits, labels, *, label_smoothing):
+  """optax's cross-entropy."""
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets)
+  else:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return _nan_outside_classes(loss, logits, labels)
+
+
+def _sigmoid_cyclical_focal(logits, labels, xi, *, label_smoothing, **hyper):
+  """Multi-label (sigmoid) CFL with one positive per example: one-hot targets, loss summed over
+  the classes."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  loss = cfl_jax.sigmoid_cyclical_focal_loss(logits, targets, xi, **hyper).sum(axis=-1)
+  return _nan_outside_classes(loss, logits, labels)
+
+
+# name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
+_LOSSES = {
+    "cross_entropy": (_cross_entropy, {}),
+    "focal": (cfl_jax.focal_loss_with_integer_labels, {"gamma": "gamma_lc"}),
+    "high_confidence": (cfl_jax.high_confidence_loss_with_integer_labels, {"gamma": "gamma_hc"}),
+    "cyclical_focal": (cfl_jax.cyclical_focal_loss_with_integer_labels,
+                       {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
+    "cyclical_focal_reference": (cfl_jax.cyclical_focal_loss_with_integer_labels,
+                                 {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
+                                  "gamma_neg": "gamma_neg"}),
+    "sigmoid_cyclical_focal": (_sigmoid_cyclical_focal,
+                               {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
+}
+_CYCLICAL = ("cyclical_focal", "cyclical_focal_reference", "sigmoid_cyclical_focal")
+
+LOSS_NAMES = tuple(_LOSSES)
+
+
+def get_loss_fn(loss_config: ml_collections.ConfigDict) -> LossFn:
+  """The per-example loss named by ``loss_config.name`` with its hyper-parameters bound.
+
+  Args:
+    loss_config: the ``config.loss`` block (``name``, ``gamma_hc``, ``gamma_lc``, ``gamma_neg``,
+      ``label_smoothing``); each loss reads only the keys it uses.
+
+  Returns:
+    ``loss_fn(logits [batch, C], labels [batch] int, xi scalar) -> [batch] float32``; losses that
+    do not mix (cross-entropy, focal, high-confidence) ignore ``xi``.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if loss_config.name not in _LOSSES:
+    raise ValueError(f"Unknown loss {loss_config.name!r}; known: {', '.join(LOSS_NAMES)}.")
+  fn, keys = _LOSSES[loss_config.name]
+  bound = functools.partial(fn, label_smoothing=loss_config.label_smoothing,
+                            **{arg: loss_config[key] for arg, key in keys.items()})
+  if loss_config.name in _CYCLICAL:
+    return bound
+  return lambda logits, labels, xi: bound(logits, labels)
+
+
+def xi_schedule(loss_config: ml_collections.ConfigDict, *, total_steps: int,
+                steps_per_epoch: int) -> optax.Schedule:
+  """The xi schedule of ``loss_config``: paper or reference form, step or epoch granular.
+
+  Args:
+    loss_config: ``config.loss`` (``cyclical_factor``, ``xi_schedule``, ``xi_granularity``,
+      ``xi_first_epoch``).
+    total_steps: optimizer steps of the whole run.
+    steps_per_epoch: optimizer steps per epoch.
+
+  Returns:
+    ``step -> xi`` (float32), evaluated on ``state.step`` inside the jitted step.
+
+  Raises:
+    ValueError: for an epoch-granular schedule whose length is not a whole number of epochs.
+  """
+  factor = loss_config.cyclical_factor
+  if loss_config.xi_schedule == "reference":
+    if total_steps % steps_per_epoch:
+      raise ValueError(
+          f"loss.xi_schedule='reference' counts whole epochs, but the run's {total_steps} steps "
+          f"are not a multiple of the {steps_per_epoch} steps per epoch; set num_train_steps=-1.")
+    return cfl_jax.reference_xi_schedule(
+        total_steps // steps_per_epoch, steps_per_epoch, cyclical_factor=factor,
+        first_epoch=loss_config.xi_first_epoch)
+  by_epoch = loss_config.xi_granularity == "epoch"
+  return cfl_jax.xi_schedule(total_steps, cyclical_factor=factor,
+                             steps_per_epoch=steps_per_epoch if by_epoch else None)
+
+
+def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict, *, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from ``warmup_init_learning_rate``, then the ``lr_schedule`` of the config.
+
+  ``cosine`` decays to 0 at ``total_steps``; ``step`` multiplies the rate by ``lr_decay_factor``
+  at each epoch in ``lr_decay_epochs``; ``constant`` holds it.
+
+  Raises:
+    ValueError: if the warm-up does not end before training does.
+  """
+  c = optimizer_config
+  warmup = round(c.warmup_epochs * steps_per_epoch)
+  if warmup >= total_steps:
+    raise ValueError(f"optimizer.warmup_epochs={c.warmup_epochs} gives {warmup} warm-up steps, "
+                     f"not fewer than the run's {total_steps} steps.")
+  if c.lr_schedule == "cosine":
+    main = optax.cosine_decay_schedule(c.learning_rate, total_steps - warmup)
+  elif c.lr_schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        c.learning_rate,
+        {epoch * steps_per_epoch - warmup: c.lr_decay_factor for epoch in c.lr_decay_epochs})
+  else:
+    main = optax.constant_schedule(c.learning_rate)
+  if not warmup:
+    return main
+  ramp = optax.linear_schedule(c.warmup_init_learning_rate, c.learning_rate, warmup)
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def cyclical_schedules(cyclical_config: ml_collections.ConfigDict,
+                       xi: optax.Schedule) -> dict[str, optax.Schedule]:
+  """Schedules of the enabled ``config.cyclical`` entries, keyed as ``CYCLICAL_HYPERPARAMETERS``."""
+  return {
+      hyper: cfl_jax.follow_xi(xi, cyclical_config[entry].min, cyclical_config[entry].max)
+      for entry, hyper in CYCLICAL_HYPERPARAMETERS.items()
+      if cyclical_config[entry].enabled
+  }
+
+
+def weight_decay_mask(params) -> object:
+  """True on weight matrices and conv kernels (ndim > 1); False on biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
+                    learning_rate: optax.ScalarOrSchedule,
+                    schedules: Mapping[str, optax.Schedule] | None = None
+                    ) -> optax.GradientTransformation:
+  """The optax transformation of ``optimizer_config``.
+
+  Args:
+    optimizer_config: ``config.optimizer``.
+    learning_rate: a float or a schedule (see :func:`learning_rate_schedule`).
+    schedules: optional ``'weight_decay'`` / ``'grad_clip_norm'`` schedules that replace the
+      config's constants (see :func:`cyclical_schedules`); other keys are ignored. They are read
+      at the optimizer's own step count, which advances with ``state.step``.
+
+  Returns:
+    ``sgd``: L2 weight decay added to the gradient before (Nesterov) momentum, as in PyTorch.
+    ``adamw``: decoupled weight decay after the Adam scaling, as ``optax.adamw``.
+    Either is preceded by global-norm clipping when a threshold is set, and wrapped in
+    ``optax.apply_if_finite`` when ``skip_nonfinite_updates > 0`` (an update with a non-finite
+    gradient is skipped and counted; that many in a row are applied, so divergence still shows).
+  """
+  c, schedules = optimizer_config, schedules or {}
+  weight_decay = schedules.get("weight_decay", c.weight_decay)
+  clip = schedules.get("grad_clip_norm", c.grad_clip_norm)
+  parts = []
+  if callable(clip) or clip > 0:
+    parts.append(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=clip))
+  if c.name == "adamw":
+    parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
+  if callable(weight_decay) or weight_decay > 0:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
+  if c.name == "sgd" and c.momentum > 0:
+    parts.append(optax.trace(decay=c.momentum, nesterov=c.nesterov))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  if c.skip_nonfinite_updates:
+    return optax.apply_if_finite(optax.chain(*parts), c.skip_nonfinite_updates)
+  return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The run's durations, in steps, and its schedules (all read at ``state.step``)."""
+
+  steps_per_epoch: int
+  total_steps: int
+  eval_every_steps: int  # 0: only at the end
+  schedules: dict[str, optax.Schedule]
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, *, steps_per_epoch: int) -> "Plan":
+    """Turns the config's durations into steps and builds xi, the learning rate and the
+    cyclical hyper-parameters as schedules of the step."""
+    total_steps = (config.num_train_steps if config.num_train_steps > 0
+                   else config.num_epochs * steps_per_epoch)
+    xi = xi_schedule(config.loss, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    learning_rate = learning_rate_schedule(config.optimizer, total_steps=total_steps,
+                                           steps_per_epoch=steps_per_epoch)
+    schedules = {"xi": xi, "learning_rate": learning_rate,
+                 **cyclical_schedules(config.cyclical, xi)}
+    return cls(steps_per_epoch, total_steps, config.eval_every_epochs * steps_per_epoch,
+               schedules)
+
+  def optimizer(self, optimizer_config: ml_collections.ConfigDict
+                ) -> optax.GradientTransformation:
+    """:func:`build_optimizer` with this plan's learning rate and cyclical schedules."""
+    return build_optimizer(optimizer_config, learning_rate=self.schedules["learning_rate"],
+                           schedules=self.schedules)

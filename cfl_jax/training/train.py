@@ -1,0 +1,424 @@
+"""The train state, the train and eval steps, and ``train_and_evaluate``: one run, end to end.
+
+Read top to bottom: :class:`TrainState` and :func:`create_train_state`; :func:`train_step` and
+:func:`eval_step` with their jitted, sharded forms; :class:`Run` (the parts a config builds);
+:func:`train_and_evaluate`, the loop that calls the steps, evaluates, logs and checkpoints.
+
+The run is a pure function of the config: batch ``k`` comes from ``(seed, k)``, the step's
+randomness from ``fold_in(key(seed), step)``, and every schedule (xi, learning rate, cyclical
+hyper-parameters) from ``state.step`` inside the step, so one compiled program serves the whole run.
+Re-running with the same workdir therefore resumes from the newest checkpoint and ends exactly as
+an uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
+"""
+
+from collections.abc import Callable, Mapping
+import collections
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cfl_jax import data as data_lib
+from cfl_jax import metrics as metrics_lib
+from cfl_jax import models
+from cfl_jax.training import checkpointing
+from cfl_jax.training import config as config_lib
+from cfl_jax.training import recipe
+from cfl_jax.training import reporting
+from cfl_jax.training import sharding
+
+Batch = Mapping[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """``flax.training.train_state.TrainState`` plus the model's ``batch_stats`` collection.
+
+  ``batch_stats`` is an empty dict for models without BatchNorm.
+  """
+
+  batch_stats: Any
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  """Initialises ``model`` on a dummy batch of one ``image_shape`` image and wraps it.
+
+  Args:
+    model: a Linen classifier called as ``model.apply(variables, images, train=...)``.
+    tx: the optimizer.
+    rng: the parameter-initialisation key.
+    image_shape: ``(H, W, C)``.
+
+  Returns:
+    A :class:`TrainState` at step 0. Call it under ``jax.jit`` with ``out_shardings`` to place it
+    (see :func:`cfl_jax.training.sharding.replicated`).
+  """
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def _variables(state: TrainState, params) -> dict:
+  return {"params": params, "batch_stats": state.batch_stats}
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: recipe.LossFn,
+               schedules: Mapping[str, optax.Schedule]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: the train state.
+    batch: ``{'image': [B, H, W, C], 'label': int [B]}``.
+    rng: the run's base key; the step uses ``fold_in(rng, state.step)`` for dropout.
+    loss_fn: ``loss_fn(logits, labels, xi) -> [B]`` (see :func:`recipe.get_loss_fn`).
+    schedules: ``{'xi': ..., 'learning_rate': ..., and optionally 'temperature', 'weight_decay',
+      'grad_clip_norm'}``; each is read at ``state.step`` and returned as a metric, and a
+      ``'temperature'`` divides the training logits before the loss.
+
+  Returns:
+    The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars), plus
+    the run's ``'skipped_updates'`` so far when the optimizer skips non-finite updates.
+    ``loss`` is the mean training objective (float32, also under bfloat16 compute); ``accuracy``
+    is measured on the unscaled logits.
+  """
+  hyper = {name: schedule(state.step) for name, schedule in schedules.items()}
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    logits, updates = state.apply_fn(
+        _variables(state, params), batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": dropout_rng})
+    logits = logits.astype(jnp.float32)
+    scaled = logits / hyper["temperature"] if "temperature" in hyper else logits
+    loss = jnp.mean(loss_fn(scaled, batch["label"], hyper["xi"]))
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
+  metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **hyper}
+  if isinstance(state.opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_nonfinite_updates
+    metrics["skipped_updates"] = state.opt_state.total_notfinite
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, jax.Array]:
+  """Per-class counts and summed cross-entropy of a padded eval batch.
+
+  Args:
+    state: the train state (BatchNorm in inference mode).
+    batch: ``{'image', 'label', 'mask': bool [B]}``; masked rows are padding.
+    num_classes: length of the count vectors.
+
+  Returns:
+    ``{'correct': [C], 'total': [C], 'loss_sum': [], 'bin_count': [15],
+    'bin_confidence_sum': [15], 'bin_correct': [15]}`` (the last three: top-1 confidence
+    histogram for the expected calibration error), additive over batches.
+  """
+  logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
+  logits = logits.astype(jnp.float32)
+  counts = metrics_lib.class_counts(logits, batch["label"], num_classes, where=batch["mask"])
+  calibration = metrics_lib.calibration_counts(logits, batch["label"], where=batch["mask"])
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {**counts, **calibration,
+          "loss_sum": jnp.sum(jnp.where(batch["mask"], cross_entropy, 0.0))}
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, *, loss_fn: recipe.LossFn,
+                   schedules: Mapping[str, optax.Schedule]) -> Callable:
+  """``train_step`` jitted for ``mesh``: state and rng replicated, batch sharded, state donated."""
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, schedules=dict(schedules)),
+                 in_shardings=(replicated, batched, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def jit_eval_step(mesh: jax.sharding.Mesh, *, num_classes: int) -> Callable:
+  """``eval_step`` jitted for ``mesh``: state replicated, batch sharded, counts replicated."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(functools.partial(eval_step, num_classes=num_classes),
+                 in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                 out_shardings=replicated)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything a run needs besides its train state, built (and checked) before any compute."""
+
+  config: ml_collections.ConfigDict
+  dataset: data_lib.ImageClassificationData
+  model: Any
+  mesh: jax.sharding.Mesh
+  plan: recipe.Plan
+  tx: optax.GradientTransformation
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict | dict) -> "Run":
+    """Validates ``config`` and builds the run's parts; raises before any computation."""
+    config = config_lib.resolve_config(config)
+    try:
+      dataset = data_lib.get_dataset(config.dataset)
+      model = models.get_model(config.model.name, num_classes=dataset.num_classes,
+                               dtype=config.model.dtype)
+      mesh = sharding.make_data_mesh()
+      for key in ("batch_size", "eval_batch_size"):
+        sharding.check_batch_size(key, config[key], mesh)
+      plan = recipe.Plan.create(config,
+                                steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
+    except ValueError as error:  # bad values the schema cannot see alone (data, model, mesh)
+      raise config_lib.ConfigError(f"Invalid training config:\n  - {error}") from error
+    return cls(config, dataset, model, mesh, plan, plan.optimizer(config.optimizer))
+
+  @functools.cached_property
+  def config_json(self) -> dict[str, Any]:
+    """The resolved config as plain JSON data (saved in the workdir and every checkpoint)."""
+    return json.loads(self.config.to_json())
+
+  def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
+    """Test-set metrics of ``state`` (one pass over the eval set)."""
+    totals = None
+    for batch in self.dataset.eval_batches(global_batch_size=self.config.eval_batch_size):
+      counts = eval_step_fn(state, sharding.shard_batch(batch, self.mesh))
+      totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+    totals = jax.device_get(totals)
+    summary = metrics_lib.summarize(
+        totals["correct"], totals["total"], self.dataset.train_class_counts,
+        many_shot_min=self.config.many_shot_min, few_shot_max=self.config.few_shot_max)
+    summary["test_accuracy"] = summary.pop("top1_accuracy")
+    summary["test_loss"] = float(totals["loss_sum"] / totals["total"].sum())
+    summary["expected_calibration_error"] = metrics_lib.expected_calibration_error(totals)
+    summary["reliability"] = metrics_lib.reliability_bins(totals)
+    return summary
+
+  @functools.cached_property
+  def _init(self):
+    """The jitted state initialiser and its key."""
+    init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
+                                     image_shape=self.dataset.image_shape),
+                   out_shardings=sharding.replicated(self.mesh))
+    # RngBitGenerator keys: the init compiles in ~1 s on CPU instead of ~3.5 s with threefry,
+    # and is still a pure function of the seed.
+    return init, jax.random.key(self.config.seed, impl="rbg")
+
+  def fresh_state(self) -> TrainState:
+    """The train state at step 0, replicated over the mesh."""
+    init, rng = self._init
+    return init(rng)
+
+  def initial_state(self, checkpointer: checkpointing.Checkpointer):
+    """A fresh train state, or the newest intact checkpoint's, with its progress record (or
+    {})."""
+    init, rng = self._init
+    abstract = checkpointing.abstract_like(jax.eval_shape(init, rng),
+                                           sharding.replicated(self.mesh))
+    restored = checkpointer.restore_latest(abstract, self.config_json)
+    if restored is None:
+      return self.fresh_state(), {}
+    logging.info("Resumed from checkpoint step %d in %s.", int(restored[0].step),
+                 checkpointer.directory)
+    return restored
+
+
+class TrainingDiverged(RuntimeError):
+  """The training loss, gradient or parameters stopped being finite; the run was stopped."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _check_window(record: Mapping[str, Any], *, skipping: bool) -> str | None:
+  """Why a logged train window shows divergence, or None.
+
+  Without skipping, any non-finite loss or gradient norm is divergence; with
+  ``optimizer.skip_nonfinite_updates`` only a window in which no step was finite is.
+  """
+  nonfinite = record.get("nonfinite_steps", 0)
+  if nonfinite and not skipping:
+    return (f"{' and '.join(record['nonfinite_metrics'])} not finite in {nonfinite} of the "
+            "logging window's steps")
+  if skipping and not _is_finite(record.get("loss")):
+    return "no step of the logging window had a finite loss"
+  return None
+
+
+def _is_finite(value) -> bool:
+  return value is not None and math.isfinite(value)
+
+
+def _max_steps_in_flight() -> int | None:
+  """Steps dispatched ahead of the host: bounded on CPU only.
+
+  XLA:CPU's in-process collectives can deadlock when hundreds of multi-device steps are queued
+  (seen with jax 0.10 on 2 cores); GPU and TPU dispatch runs ahead as usual.
+  """
+  return 2 if jax.default_backend() == "cpu" else None
+
+
+def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
+           checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
+           watcher: checkpointing.PreemptionWatcher, clock: "_WallClock"):
+  """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
+
+  Returns:
+    ``(step, last_train, last_eval, preempted)``: the final step, the last train-metrics record
+    (or None), the eval of the final state (None after a preemption) and whether a preemption
+    notice stopped the loop.
+
+  Raises:
+    TrainingDiverged: at the first logging window with a non-finite loss or gradient norm (see
+      ``optimizer.skip_nonfinite_updates``), or before saving a non-finite state.
+    CheckpointSaveError: as soon as a checkpoint could not be written.
+  """
+  config, plan, mesh = run.config, run.plan, run.mesh
+  train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
+                                 schedules=plan.schedules)
+  eval_step_fn = jit_eval_step(mesh, num_classes=run.dataset.num_classes)
+  step_rng = jax.random.key(config.seed)
+  window = reporting.MetricWindow(progress.get("train_window"))
+  last_train, last_eval, preempted = progress.get("last_train"), None, False
+  step = int(state.step)
+  batches = run.dataset.train_batches(global_batch_size=config.batch_size, seed=config.seed,
+                                      start_step=step)
+  in_flight, max_in_flight = collections.deque(), _max_steps_in_flight()
+  while step < plan.total_steps and not preempted:
+    state, step_metrics = train_step_fn(state, sharding.shard_batch(next(batches), mesh),
+                                        step_rng)
+    step += 1
+    window.add(step_metrics)
+    if max_in_flight is not None:
+      in_flight.append(step_metrics["loss"])
+      if len(in_flight) > max_in_flight:
+        in_flight.popleft().block_until_ready()
+    display.advance()
+    epoch = step / plan.steps_per_epoch
+    checkpointer.check_for_errors()
+    if step % config.log_every_steps == 0 or step == plan.total_steps:
+      means = window.flush()
+      last_train = {"step": step, "epoch": epoch, "split": "train", **means}
+      files.append_metrics(last_train)
+      display.train(step, means)
+      problem = _check_window(means, skipping=config.optimizer.skip_nonfinite_updates > 0)
+      if problem:
+        raise TrainingDiverged(f"Training diverged by step {step}: {problem}. "
+                               f"{checkpointer.describe_latest()}")
+    if step == plan.total_steps or (plan.eval_every_steps
+                                    and step % plan.eval_every_steps == 0):
+      last_eval = run.evaluate(eval_step_fn, state)
+      files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
+      display.eval(step, last_eval)
+    preempted = watcher.reached(step) and step < plan.total_steps
+    periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+    if periodic or preempted or step == plan.total_steps:
+      if not _all_finite(state):  # a non-finite state is never saved
+        raise TrainingDiverged(f"Training diverged by step {step}: the parameters or optimizer "
+                               f"state are not finite. {checkpointer.describe_latest()}")
+      checkpointer.save(step, state, {"config": run.config_json,
+                                      "train_window": window.snapshot(),
+                                      "last_train": last_train,
+                                      "wall_seconds": clock.total()})
+  if last_eval is None and not preempted:  # resumed from the final checkpoint
+    last_eval = run.evaluate(eval_step_fn, state)
+  return step, last_train, last_eval, preempted
+
+
+class _WallClock:
+  """Wall time of a run across resumes: the time recorded before plus this session's."""
+
+  def __init__(self, before: float, started: float):
+    self.before, self.started = before, started
+
+  def total(self) -> float:
+    return self.before + time.time() - self.started
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates the model of ``config``, writing everything to ``workdir``.
+
+  Args:
+    config: a config over the schema of :func:`cfl_jax.training.config.default_config`.
+    workdir: gets ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/`` and
+      ``summary.json``; a workdir holding checkpoints of the same config is resumed. It is locked
+      for the run: a second run in the same workdir stops at once.
+
+  Returns:
+    The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
+    test metrics of the final state, ``loss`` (mean training objective over the last logging
+    window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
+    ``session_wall_seconds``, ``seed`` and run facts. After a preemption (SIGTERM) it returns
+    early with ``status='preempted'`` and no test metrics, having saved a checkpoint to resume
+    from.
+
+  Raises:
+    ConfigError: for a bad config, before any computation.
+    WorkdirLocked: when another run holds ``workdir``.
+    CheckpointError: for an incompatible checkpoint in ``workdir`` (damaged ones are moved aside
+      and the newest intact one is resumed).
+    CheckpointSaveError: when a checkpoint cannot be written (the run stops at once).
+    TrainingDiverged: when the loss, gradients or parameters stop being finite; ``summary.json``
+      then records ``status='diverged'`` and the reason, and no non-finite checkpoint exists.
+  """
+  session_started = time.time()
+  run = Run.create(config)
+  is_writer = jax.process_index() == 0
+  with reporting.WorkdirLock(workdir, enabled=is_writer):
+    return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
+
+
+def _train_and_evaluate_locked(run: Run, workdir: str, is_writer: bool,
+                               session_started: float) -> dict[str, Any]:
+  files = reporting.RunFiles(workdir, enabled=is_writer)
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            max_to_keep=run.config.max_to_keep)
+  summary = {"name": run.config.name, "seed": run.config.seed,
+             "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,
+             "num_devices": run.mesh.devices.size, "num_processes": jax.process_count(),
+             "device_kind": jax.devices()[0].device_kind}
+  # SIGTERM from here on (compilation included) stops the run after its next step, saved.
+  with (checkpointing.PreemptionWatcher() as watcher, contextlib.closing(checkpointer),
+        contextlib.closing(files)):
+    state, progress = run.initial_state(checkpointer)
+    start_step = int(state.step)
+    clock = _WallClock(progress.get("wall_seconds", 0.0), session_started)
+    summary["resumed_from_step"] = start_step or None
+    files.write_config(run.config_json)
+    files.keep_metrics_until(start_step)
+    display = reporting.Progress(total_steps=run.plan.total_steps, start_step=start_step,
+                                 enabled=is_writer)
+    try:
+      with contextlib.closing(display):
+        step, last_train, last_eval, preempted = _train(
+            run, state, progress, files, checkpointer, display, watcher, clock)
+    except TrainingDiverged as error:
+      files.write_summary({**summary, "status": "diverged", "error": str(error),
+                           "wall_seconds": clock.total(),
+                           "session_wall_seconds": time.time() - session_started})
+      raise
+  summary.update(train_steps=step, loss=last_train["loss"] if last_train else None,
+                 skipped_updates=(last_train or {}).get("skipped_updates"),
+                 wall_seconds=clock.total(), session_wall_seconds=time.time() - session_started)
+  if preempted:
+    logging.warning("Preempted after step %d: checkpoint saved in %s; run again to resume.",
+                    step, checkpointer.directory)
+    return {**summary, "status": "preempted", "preempted": True}
+  summary.update(last_eval, status="completed", preempted=False,
+                 train_class_counts=run.dataset.train_class_counts.tolist())
+  files.write_summary(summary)
+  return summary

@@ -1,0 +1,1 @@
+"""One config file per study: ``get_config(arg)``; ``common.py`` has the argument grammar."""

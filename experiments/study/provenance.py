@@ -1,0 +1,144 @@
+"""How a run is reproduced: its config, its ``experiments.train`` command, and the code it ran.
+
+Every printed command carries this process's JAX setup (``JAX_PLATFORMS``, ``XLA_FLAGS`` or
+``--cpu_devices``) and the cell's overrides; the runner checks it by parsing the command with
+``config_flags`` and comparing the resolved configs.
+"""
+
+from collections.abc import Mapping, Sequence
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+from typing import Any
+
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUNNER = "experiments/train.py"
+SOURCE_DIRS = ("cfl_jax",)
+
+
+def base_config(config_file: str):
+  """``get_config()`` of ``config_file`` (relative to the repository root), as the runner
+  loads it."""
+  spec = importlib.util.spec_from_file_location("_study_config", os.path.join(REPO, config_file))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def build_config(config_file: str, overrides: Mapping[str, Any]):
+  """The config of ``config_file`` with dotted-key ``overrides`` applied (type-checked)."""
+  config = base_config(config_file)
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def resolved_dict(config) -> dict[str, Any]:
+  """``config`` completed and validated by the trainer, as plain JSON values."""
+  from cfl_jax.training import resolve_config  # pylint: disable=g-import-not-at-top
+  return json.loads(resolve_config(config).to_json())
+
+
+def _flag_value(value: Any) -> str:
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def device_setup() -> tuple[dict[str, str], list[str]]:
+  """(environment prefix, runner flags) that give a fresh ``experiments.train`` this process's
+  JAX setup: platform, and on CPU the XLA host-device count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  platform = jax.devices()[0].platform
+  env = {"JAX_PLATFORMS": platform}
+  extra = []
+  if platform == "cpu":
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+      env["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
+    elif "JAX_NUM_CPU_DEVICES" in os.environ:
+      env["JAX_NUM_CPU_DEVICES"] = os.environ["JAX_NUM_CPU_DEVICES"]
+    else:
+      extra.append(f"--cpu_devices={jax.device_count()}")
+  return env, extra
+
+
+def reproduce_argv(config_file: str, overrides: Mapping[str, Any], workdir: str,
+                   extra_flags: Sequence[str]) -> list[str]:
+  """``experiments.train`` arguments (after ``python -m experiments.train``) for ``overrides``."""
+  return [f"--config={config_file}",
+          *(f"--config.{key}={_flag_value(value)}" for key, value in overrides.items()),
+          f"--workdir={workdir}", *extra_flags]
+
+
+def reproduce_command(env: Mapping[str, str], argv: Sequence[str]) -> str:
+  """The shell command (run from the repository root)."""
+  prefix = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
+  return " ".join([*prefix, "python", "-m", "experiments.train", *map(shlex.quote, argv)])
+
+
+def split_command(command: str) -> tuple[dict[str, str], list[str]]:
+  """(environment, ``experiments.train`` arguments) of a :func:`reproduce_command` command."""
+  words = shlex.split(command)
+  start = words.index("python")
+  if words[start + 1:start + 3] != ["-m", "experiments.train"]:
+    raise ValueError(f"Not an experiments.train command: {command!r}")
+  env = dict(word.split("=", 1) for word in words[:start])
+  return env, words[start + 3:]
+
+
+def parse_runner_config(argv: Sequence[str]):
+  """The config ``experiments.train`` would build from ``argv`` (its config flags only)."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  config_argv = ["experiments.train"] + [a for a in argv if a.startswith("--config")]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=values,
+                                  lock_config=True, sys_argv=config_argv)
+  cwd = os.getcwd()
+  os.chdir(REPO)  # the command's config path is relative to the repository root
+  try:
+    values(config_argv)
+  finally:
+    os.chdir(cwd)
+  return values.config
+
+
+def _source_files(config_file: str) -> list[str]:
+  paths = [RUNNER, config_file]
+  for directory in SOURCE_DIRS:
+    for root, _, names in os.walk(os.path.join(REPO, directory)):
+      paths += [os.path.relpath(os.path.join(root, n), REPO) for n in names if n.endswith(".py")]
+  return sorted(paths)
+
+
+def source_fingerprint(config_file: str) -> str:
+  """sha256 over the code a run executes (cfl_jax/**.py, the runner, the config file).
+
+  A command reproduces its run only with the code that produced it: when the fingerprint in
+  results.json differs from the checkout's, rerun the study or check the commands.
+  """
+  digest = hashlib.sha256()
+  for path in _source_files(config_file):
+    with open(os.path.join(REPO, path), "rb") as f:
+      digest.update(path.encode() + b"\0" + f.read() + b"\0")
+  return digest.hexdigest()
+
+
+def code_version(config_file: str) -> dict[str, Any]:
+  """The git commit, the code's files that differ from it, and the code's fingerprint."""
+  def git(*args):
+    try:
+      return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      return "unknown"
+  dirty = git("status", "--porcelain", "--", *SOURCE_DIRS, RUNNER, config_file)
+  return {"git_commit": git("rev-parse", "HEAD"),
+          "source_fingerprint": source_fingerprint(config_file),
+          "uncommitted_source_changes": dirty.splitlines()}

@@ -1,0 +1,140 @@
+"""The runner: trains a grid's cells in this process and keeps ``results.json`` up to date.
+
+``results.json`` is rewritten after every run, so an interrupted study resumes where it stopped;
+each entry (:data:`RUN_KEYS`) carries the command that reproduces it, which the runner checks
+before training and :func:`reproduce` reruns in a fresh process.
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from experiments.study import provenance
+from experiments.study.grid import Cell
+from experiments.study.grid import Grid
+
+# One results.json entry, in this order.
+RUN_KEYS = ("run_id", "grid", "dataset", "loss", "loss_name", "hyper_parameters", "seed",
+            "num_epochs", "test_accuracy", "balanced_accuracy", "many_shot_accuracy",
+            "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
+            "train_class_counts", "test_loss", "train_steps", "steps_per_epoch", "wall_seconds",
+            "eval_curve", "overrides", "command")
+# The keys of RUN_KEYS taken from the run's summary.json.
+_SUMMARY_KEYS = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
+                 "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
+                 "train_class_counts", "test_loss", "train_steps", "steps_per_epoch")
+
+
+def _eval_curve(workdir: str) -> list[dict[str, float]]:
+  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
+  return [{"step": r["step"], "epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
+           "few_shot_accuracy": r.get("few_shot_accuracy")}
+          for r in reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+          if r.get("split") == "eval"]
+
+
+def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
+             workdir_root: str, reproduce_root: str) -> dict[str, Any]:
+  """Trains one cell in this process and returns its results.json entry."""
+  from cfl_jax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  overrides = grid.overrides(cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs)
+  config = provenance.build_config(grid.config_file, overrides)
+  env, extra = provenance.device_setup()
+  argv = provenance.reproduce_argv(grid.config_file, overrides,
+                                   os.path.join(reproduce_root, cell.run_id), extra)
+  if (provenance.resolved_dict(provenance.parse_runner_config(argv))
+      != provenance.resolved_dict(config)):
+    raise AssertionError(f"The printed command of {cell.run_id} would not build its config.")
+  workdir = os.path.join(workdir_root, cell.run_id)
+  shutil.rmtree(workdir, ignore_errors=True)  # never resume a stale run
+  started = time.perf_counter()
+  summary = train_and_evaluate(config, workdir)
+  wall = time.perf_counter() - started
+  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+  loss_config = json.loads(config.loss.to_json())
+  values = {
+      "run_id": cell.run_id, "grid": grid.grids_of(cell), "dataset": cell.dataset,
+      "loss": cell.loss, "loss_name": loss_config["name"], "hyper_parameters": loss_config,
+      "seed": cell.seed, "num_epochs": num_epochs,
+      **{key: summary[key] for key in _SUMMARY_KEYS},
+      "wall_seconds": wall, "eval_curve": _eval_curve(workdir), "overrides": overrides,
+      "command": provenance.reproduce_command(env, argv),
+  }
+  return {key: values[key] for key in RUN_KEYS}
+
+
+def load_results(path: str) -> dict[str, Any]:
+  """The results.json at ``path``, or an empty one."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"runs": []}
+
+
+def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
+              eval_every_epochs: int, workdir_root: str, reproduce_root: str,
+              rerun: bool = False, metadata: Mapping[str, Any] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+  """Runs ``cells`` (skipping ones already in ``out/results.json`` unless ``rerun``)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, "results.json")
+  results = load_results(path)
+  old = results.get("source_fingerprint")
+  if metadata and old and old != metadata.get("source_fingerprint"):
+    # Resuming with changed code: keep the record of what earlier runs were produced with.
+    history = results.setdefault("source_fingerprint_history", [])
+    history.append({"source_fingerprint": old, "git_commit": results.get("git_commit"),
+                    "runs": len(results["runs"])})
+  results.update(metadata or {})
+  results.update({"jax_version": jax.__version__, "device_kind": jax.devices()[0].device_kind,
+                  "num_devices": jax.device_count()})
+  done = {run["run_id"]: i for i, run in enumerate(results["runs"])}
+  todo = [cell for cell in cells if rerun or cell.run_id not in done
+          or results["runs"][done[cell.run_id]]["num_epochs"] != num_epochs]
+  bar = tqdm(todo, unit="run", disable=not progress, dynamic_ncols=True)
+  for cell in bar:
+    bar.set_description(cell.run_id)
+    entry = run_cell(grid, cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs,
+                     workdir_root=workdir_root, reproduce_root=reproduce_root)
+    bar.set_postfix(acc=f"{entry['test_accuracy']:.3f}", s=f"{entry['wall_seconds']:.1f}")
+    i = done.get(cell.run_id)
+    if i is None:
+      done[cell.run_id] = len(results["runs"])
+      results["runs"].append(entry)
+    else:
+      results["runs"][i] = entry
+    reporting.write_json(path, results)
+  reporting.write_json(path, results)
+  return results
+
+
+def reproduce(entry: Mapping[str, Any], *, timeout: float = 600,
+              extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """Reruns ``entry['command']`` in a fresh process (repository root) and compares.
+
+  The command runs with this interpreter (``sys.executable``) in place of its ``python``, with
+  its environment prefix added to the inherited environment, as is ``extra_env`` (tests pass a
+  compilation cache there; a cached executable is the same program, so it cannot change the
+  result).
+  """
+  env, argv = provenance.split_command(entry["command"])
+  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  shutil.rmtree(os.path.join(provenance.REPO, workdir), ignore_errors=True)
+  started = time.perf_counter()
+  subprocess.run([sys.executable, "-m", "experiments.train", *argv], cwd=provenance.REPO,
+                 check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                 env={**os.environ, **env, **(extra_env or {})})
+  with open(os.path.join(provenance.REPO, workdir, "summary.json")) as f:
+    summary = json.load(f)
+  return {"run_id": entry["run_id"], "original_test_accuracy": entry["test_accuracy"],
+          "reproduced_test_accuracy": summary["test_accuracy"],
+          "difference_pp": 100 * (summary["test_accuracy"] - entry["test_accuracy"]),
+          "original_test_loss": entry["test_loss"], "reproduced_test_loss": summary["test_loss"],
+          "wall_seconds": time.perf_counter() - started}
