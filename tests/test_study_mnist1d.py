@@ -130,6 +130,7 @@ def test_report_holm_verdicts_and_baseline_table(tmp_path):
   assert "| `logistic` | 32.0 | 31.5 +- 1.3 | 30.0 - 33.0 | 4 | -0.5 |" in table
   assert "| `cnn` | 94.0 | 91.5 +- 1.3 | 90.0 - 93.0 | 4 | -2.5 |" in table
   assert "ECE %" in text and "6,000" in table and "batch 100, 50 steps" in text
+  assert "**Shortened schedule:** every main-grid run trained 50 steps" in text
   paths = plots.make_plots(GRID, report.reportable(_fake_results()), str(tmp_path))
   assert str(tmp_path / "reliability.png") in paths
   assert (tmp_path / "reliability.png").stat().st_size > 1000

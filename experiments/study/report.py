@@ -249,6 +249,18 @@ def _win_range(grid: Grid, results, datasets: Sequence[str], test_images: int) -
           f"{test_images * high:.0f} of the {test_images} test images")
 
 
+def _length_lines(grid: Grid, results) -> list[str]:
+  """A warning paragraph when the study shortened the config file's recipe."""
+  steps, recipe_steps = results.get("num_train_steps"), provenance.base_config(
+      grid.config_file).num_train_steps
+  if not steps or steps == recipe_steps:
+    return []
+  return [f"**Shortened schedule:** every main-grid run trained {steps:,} steps "
+          f"(`--num_train_steps={steps}`, the same for every loss and dataset), where "
+          f"`{grid.config_file}` trains {recipe_steps:,}" + (
+              "; the baselines part keeps its own length." if grid.baselines else "."), ""]
+
+
 def _code_text(results) -> str:
   changes = results.get("uncommitted_source_changes")
   return (
@@ -401,6 +413,7 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
       f"The test set has {test_images} images of {data.num_classes} classes. Each run reports "
       "the final model (no early stopping or checkpoint selection on the test set).", "",
       _code_text(results), "",
+      *_length_lines(grid, results),
       f"Differences are paired by seed: loss minus `{grid.baseline}` (CE), in percentage "
       "points, with a two-sided 95% Student-t interval over the seeds. **win**: the interval "
       "lies above 0; **loss**: below 0; **tie**: it covers 0. The intervals are per comparison "
