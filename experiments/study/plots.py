@@ -11,6 +11,8 @@ from experiments.study.grid import Grid
 
 # Class counts spanning at least this factor are drawn on a log axis.
 _LOG_COUNT_RATIO = 5.0
+# Reliability bins with fewer test predictions (pooled over seeds) are too noisy to draw.
+_MIN_BIN_COUNT = 20
 
 
 def _save(fig, out: str, name: str) -> str:
@@ -138,14 +140,14 @@ def _reliability(grid: Grid, results, datasets: Sequence[str]):
       cell = [r for r in stats.runs_of(results, dataset, loss).values() if r.get("reliability")]
       if cell:
         count, conf, acc = _pooled_reliability(cell)
-        keep = count > 0
+        keep = count >= _MIN_BIN_COUNT
         ax.plot(conf[keep], acc[keep], marker="o", ms=3, label=loss)
     ax.set_title(dataset)
     ax.set_xlabel("top-1 confidence (bin mean)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("test accuracy in the bin (pooled over seeds)")
+  axes[0][0].set_ylabel(f"test accuracy in the bin (pooled over seeds, >= {_MIN_BIN_COUNT})")
   axes[0][-1].legend(fontsize=7, loc="upper left")
   fig.tight_layout()
   return fig
