@@ -155,6 +155,7 @@ def test_shards_merge_in_grid_order_without_training(tmp_path):
                           num_train_steps=50, workdir_root=str(tmp_path / "w"),
                           reproduce_root=str(tmp_path / "r"), progress=False)
   assert [r["run_id"] for r in results["runs"]] == [c.run_id for c in cells]
+  assert [(s["shard"], s["runs"]) for s in results["shards"]] == [("0_of_2", 3), ("1_of_2", 3)]
   assert not (tmp_path / "w").exists()  # nothing was trained
 
 

@@ -158,7 +158,8 @@ def main(argv):
       grid, cells, out=out, num_epochs=num_epochs, eval_every_epochs=_EVAL_EVERY.value,
       workdir_root=_WORKDIR_ROOT.value or f"runs/study_{grid.name}",
       reproduce_root=_REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}",
-      num_train_steps=_NUM_TRAIN_STEPS.value, rerun=_RERUN.value or bool(_ONLY.value), metadata=metadata)
+      num_train_steps=_NUM_TRAIN_STEPS.value, rerun=_RERUN.value or bool(_ONLY.value),
+      metadata=metadata)
   if _ONLY.value:
     entry = next(r for r in results["runs"] if r["run_id"] == cells[0].run_id)
     print(json.dumps({k: entry[k] for k in (
@@ -166,12 +167,14 @@ def main(argv):
         "medium_shot_accuracy", "few_shot_accuracy", "test_loss", "expected_calibration_error",
         "wall_seconds", "command")}, indent=1))
     return
-  if shard:
-    return
-  # Accumulated over resumed invocations of the same study.
+  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
+  # Accumulated over resumed invocations of the same study (or shard).
   results["study_wall_seconds"] = results.get("study_wall_seconds", 0.0) + time.time() - started
   results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
+  if shard:
+    reporting.write_json(os.path.join(out, "results.json"), results)
+    return
   now = provenance.source_fingerprint(grid.config_file)
   if now != results.get("source_fingerprint"):
     logging.warning("The source changed during the study (fingerprint %s -> %s): the commands "
@@ -180,7 +183,6 @@ def main(argv):
   results["source_fingerprint_at_verification"] = now
   if _VERIFY.value:
     results["reproduction_checks"] = _verify(results, cells, _VERIFY.value)
-  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   reporting.write_json(os.path.join(out, "results.json"), results)
   if _REPORT.value:
     print(report.write_report(grid, results, out))

@@ -235,7 +235,7 @@ def summary_sentence(grid: Grid, results, datasets: Sequence[str], test_images: 
           + ("; " + "; ".join(others) if others else "") + ": "
           + ("consistent with the paper's claim." if consistent else
              f"the paper's claim of a consistent gain over `{grid.baseline}` is not reproduced "
-             f"here; the wins are small ({_win_range(grid, results, datasets, test_images)})."))
+             f"here; the wins range over {_win_range(grid, results, datasets, test_images)}."))
 
 
 def _win_range(grid: Grid, results, datasets: Sequence[str], test_images: int) -> str:
@@ -259,6 +259,19 @@ def _length_lines(grid: Grid, results) -> list[str]:
           f"(`--num_train_steps={steps}`, the same for every loss and dataset), where "
           f"`{grid.config_file}` trains {recipe_steps:,}" + (
               "; the baselines part keeps its own length." if grid.baselines else "."), ""]
+
+
+def _shard_lines(results) -> list[str]:
+  """Which parallel shards the runs came from, with their wall times, if any."""
+  shards = results.get("shards")
+  if not shards:
+    return []
+  walls = ", ".join(f"{s['shard']}: {s['runs']} runs, " + (
+      f"{s['study_wall_seconds'] / 60:.1f} min" if s["study_wall_seconds"] is not None
+      else "wall time not recorded") for s in shards)
+  return [f"The runs ran in {len(shards)} parallel shards (`--shard=K/N`, e.g. "
+          f"`{shards[0]['study_command']}`), merged into `results.json` in grid order by the "
+          f"study command above ({walls}).", ""]
 
 
 def _code_text(results) -> str:
@@ -413,6 +426,7 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
       f"The test set has {test_images} images of {data.num_classes} classes. Each run reports "
       "the final model (no early stopping or checkpoint selection on the test set).", "",
       _code_text(results), "",
+      *_shard_lines(results),
       *_length_lines(grid, results),
       f"Differences are paired by seed: loss minus `{grid.baseline}` (CE), in percentage "
       "points, with a two-sided 95% Student-t interval over the seeds. **win**: the interval "

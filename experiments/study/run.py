@@ -84,13 +84,21 @@ def load_results(path: str) -> dict[str, Any]:
 
 
 def merge_shards(results: dict[str, Any], out: str) -> None:
-  """Adds the runs of ``out/shards/*/results.json`` that ``results`` lacks (shards in name order)."""
+  """Adds the runs of ``out/shards/*/results.json`` that ``results`` lacks (shards in name
+  order) and lists the shards in ``results['shards']`` (name, command, runs, wall time)."""
   known = {r["run_id"] for r in results["runs"]}
+  shards = []
   for path in sorted(glob.glob(os.path.join(out, "shards", "*", "results.json"))):
-    for entry in load_results(path)["runs"]:
+    shard = load_results(path)
+    shards.append({"shard": os.path.basename(os.path.dirname(path)),
+                   "study_command": shard.get("study_command"), "runs": len(shard["runs"]),
+                   "study_wall_seconds": shard.get("study_wall_seconds")})
+    for entry in shard["runs"]:
       if entry["run_id"] not in known:
         known.add(entry["run_id"])
         results["runs"].append(entry)
+  if shards:
+    results["shards"] = shards
 
 
 def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
