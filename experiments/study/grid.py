@@ -150,7 +150,7 @@ class Grid:
     return cells
 
   def grids_of(self, cell: Cell) -> list[str]:
-    """The grids ('main', 'ablation') that ``cell`` belongs to."""
+    """The grids ('main', 'ablation', 'baselines') that ``cell`` belongs to."""
     grids = []
     if cell.dataset in self.datasets and cell.loss in self.losses:
       grids.append("main")
