@@ -197,7 +197,8 @@ def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study
 def test_mnist1d_each_loss_resolves(loss):
   config = resolve_config(_get_config("mnist1d", loss))
   assert config.name == f"mnist1d_standard_cnn_{loss}" and config.loss.name == common.LOSSES[loss]
-  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "standard"}  # no data_dir
+  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "standard",  # no data_dir
+                                      "imbalance_ratio": 1.0}
   smoke = resolve_config(_get_config("mnist1d", f"{loss},model=logistic,smoke"))
   assert smoke.name.endswith(f"_{loss}_smoke") and smoke.model.name == "mnist1d_logistic"
 
