@@ -63,6 +63,19 @@ class _QuietLogs(python_logging.Filter):
     return not from_orbax and not record.getMessage().startswith("Unable to initialize backend")
 
 
+def _ignore_closed_event_loops() -> None:
+  """Drops the "Event loop is closed" reports of writes that finish after orbax gave up on a
+  failed save (TensorStore sends them through ``sys.excepthook``); the failure itself stops
+  the run with one message. Every other uncaught exception is reported as usual."""
+  report = sys.excepthook
+
+  def hook(kind, value, traceback):
+    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+      report(kind, value, traceback)
+
+  sys.excepthook = hook
+
+
 def _fail(message: str, status: int) -> None:
   """Ends the run with ``message`` on stderr and no traceback."""
   print(f"experiments.train: error: {message}", file=sys.stderr)
@@ -157,6 +170,7 @@ def main(argv):
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (overrides look like "
           "--config.loss.gamma_hc=3)", 2)
   logging.get_absl_handler().addFilter(_QuietLogs())
+  _ignore_closed_event_loops()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   _configure_devices()
