@@ -65,15 +65,22 @@ class _QuietLogs(python_logging.Filter):
 
 def _ignore_closed_event_loops() -> None:
   """Drops the "Event loop is closed" reports of writes that finish after orbax gave up on a
-  failed save (TensorStore sends them through ``sys.excepthook``); the failure itself stops
-  the run with one message. Every other uncaught exception is reported as usual."""
-  report = sys.excepthook
+  failed save (TensorStore sends them through ``sys.excepthook`` or ``sys.unraisablehook``);
+  the failure itself stops the run with one message. Everything else is reported as usual."""
+  report, report_unraisable = sys.excepthook, sys.unraisablehook
+
+  def closed_loop(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
 
   def hook(kind, value, traceback):
-    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+    if not closed_loop(kind, value):
       report(kind, value, traceback)
 
-  sys.excepthook = hook
+  def unraisable_hook(unraisable):
+    if not closed_loop(unraisable.exc_type, unraisable.exc_value):
+      report_unraisable(unraisable)
+
+  sys.excepthook, sys.unraisablehook = hook, unraisable_hook
 
 
 def _fail(message: str, status: int) -> None:
