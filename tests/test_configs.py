@@ -13,7 +13,6 @@ import sys
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 from ml_collections import config_flags
 import numpy as np
 import optax
@@ -129,28 +128,6 @@ def test_command_line_argument_and_override(monkeypatch):
 
 
 # Smoke runs on tiny data in the real formats.
-
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module's smoke runs, restored afterwards.
-
-  Runs over the same number of classes compile identical initialisation and eval programs (and
-  identical train steps for the same recipe and loss); the cache compiles each once, and
-  compilation dominates a two-step run on the CPU.
-  """
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-  for name, value in zip(_CACHE_OPTIONS, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
-    jax.config.update(name, value)
-  compilation_cache_lib.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache_lib.reset_cache()
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
