@@ -26,8 +26,10 @@ def compilation_cache(tmp_path_factory):
   compilation dominates a few-step run on the CPU.
   """
   # Imported here: JAX must not initialise before XLA_FLAGS above is set.
-  import jax as jax_lib  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cache_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax as jax_lib
+  from jax.experimental.compilation_cache import compilation_cache as cache_lib
+  # pylint: enable=g-import-not-at-top
   saved = {name: getattr(jax_lib.config, name) for name in _CACHE_OPTIONS}
   for name, value in zip(_CACHE_OPTIONS, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
     jax_lib.config.update(name, value)

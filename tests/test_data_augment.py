@@ -4,13 +4,15 @@ pipeline (cfl_jax.data.array_stream) and augmentation in the ImageNet stream."""
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from cfl_jax.data import base
+from cfl_jax.data import get_dataset
 
-from cfl_jax.data import base  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfl_jax.data import get_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfl_jax.data.array_stream import StreamedArrayDataset  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfl_jax.data.keras_augment import RandAugment, RandomErasing  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tfds_fakes  # pylint: disable=g-import-not-at-top,wrong-import-position
+tf = pytest.importorskip("tensorflow")
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from cfl_jax.data.array_stream import StreamedArrayDataset
+from cfl_jax.data.keras_augment import RandAugment, RandomErasing
+import tfds_fakes
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RNG = np.random.default_rng(0)
 _IMAGE = tf.constant(_RNG.integers(0, 256, (32, 32, 3)), tf.float32)

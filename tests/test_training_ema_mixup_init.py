@@ -95,7 +95,7 @@ def test_mixup_labels_are_the_same_convex_combination_as_the_images():
   weight = float(targets[1, 1])  # example 1 (class 1) is mixed with example 4 (class 4)
   assert 0 < weight < 1 and targets[1, 4] == pytest.approx(1 - weight)
   np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[::-1], rtol=1e-5)
-  again, other = mix(jax.random.key(2), images, labels)[1], mix(jax.random.key(3), images, labels)[1]
+  again, other = (mix(jax.random.key(k), images, labels)[1] for k in (2, 3))
   assert np.array_equal(again, targets) and not np.array_equal(other, targets)
 
 

@@ -204,7 +204,7 @@ class Run:
                                 steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
       if config.model.init_from:
         _check_weights_file(config.model)
-    except (ValueError, FileNotFoundError) as error:  # bad values the schema cannot see alone (data, model, mesh)
+    except ValueError as error:  # bad values the schema cannot see alone (data, model, mesh)
       raise config_lib.ConfigError(f"Invalid training config:\n  - {error}") from error
     return cls(config, dataset, model, mesh, plan, plan.optimizer(config.optimizer))
 
@@ -281,15 +281,15 @@ class Run:
 
 
 def _check_weights_file(model_config: ml_collections.ConfigDict) -> None:
-  """Raises for ``model.init_from`` on a model without importable weights, or a missing file
-  (saying where the model's weights are published)."""
+  """Raises ValueError for ``model.init_from`` on a model without importable weights, or a
+  missing file (saying where the model's weights are published)."""
   name, path = model_config.name, model_config.init_from
   if name not in models.IMPORTABLE_MODELS:
     raise ValueError(f"model.init_from is set, but {name!r} has no weights naming; importable "
                      f"models: {', '.join(models.IMPORTABLE_MODELS)}.")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"model.init_from={path!r} is not a file; {name}'s ImageNet "
-                            f"weights are {models.WEIGHTS_SOURCES[name]}.")
+    raise ValueError(f"model.init_from={path!r} is not a file; {name}'s ImageNet weights are "
+                     f"{models.WEIGHTS_SOURCES[name]}.")
 
 
 class TrainingDiverged(RuntimeError):
@@ -421,8 +421,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
 
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
-    test metrics of the final state, ``loss`` (mean training objective over the last logging
-    window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
+    test metrics of the final state (and ``ema_test_accuracy`` / ``ema_test_loss`` of its
+    averaged weights when ``ema_decay > 0``), ``loss`` (mean training objective over the last
+    logging window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
     ``session_wall_seconds``, ``seed`` and run facts. After a preemption (SIGTERM) it returns
     early with ``status='preempted'`` and no test metrics, having saved a checkpoint to resume
     from.
