@@ -56,6 +56,19 @@ def test_each_loss_resolves(study, loss):
   assert resolve_config(_get_config(study, f"{loss},smoke")).name.endswith(f"_{loss}_smoke")
 
 
+@pytest.mark.parametrize("study", STUDIES)
+def test_smoke_keeps_the_input_pipeline_and_training_path(study):
+  full, smoke = (resolve_config(_get_config(study, arg)) for arg in ("cfl", "cfl,smoke"))
+  drop = lambda dataset: {k: v for k, v in dataset.items() if k != "shuffle_buffer"}
+  assert drop(smoke.dataset.to_dict()) == drop(full.dataset.to_dict())
+  for key in ("ema_decay", "mixup_alpha"):
+    assert smoke[key] == full[key]
+  for key in ("name", "learning_rate", "head_learning_rate", "weight_decay", "weight_decay_on",
+              "lr_schedule", "min_learning_rate", "lr_decay_epochs"):
+    assert smoke.optimizer[key] == full.optimizer[key], key
+  assert smoke.loss == full.loss and smoke.batch_size < full.batch_size
+
+
 @pytest.mark.parametrize("study, protocol", [
     ("cifar10", "timm"), ("cifar_4k", "timm"), ("imagenet", "timm"), ("cifar_lt", "ldam"),
     ("imagenet_lt", "oltr"), ("places_lt", "oltr")])
