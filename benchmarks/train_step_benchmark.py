@@ -14,6 +14,7 @@ machine's load.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
 import time
 
@@ -23,6 +24,7 @@ import numpy as np
 import cfl_jax
 from cfl_jax.models import get_model
 from cfl_jax.training import recipe, resolve_config, sharding, train
+from record import write_record
 
 # config.loss overrides of each candidate; the first is the baseline.
 LOSSES = {
@@ -96,6 +98,7 @@ def main():
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--rounds", type=int, default=30)
   parser.add_argument("--steps_per_round", type=int, default=10)
+  parser.add_argument("--record", type=pathlib.Path, help="also write the results as JSON here")
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}) x {jax.device_count()}, "
@@ -105,6 +108,12 @@ def main():
                       args.steps_per_round)
   for name, (seconds, ratio) in results.items():
     print(f"  {name:38s} {seconds * 1e3:9.3f} ms/step   x{ratio:.4f} vs cross_entropy")
+  if args.record:
+    case = f"{args.model} batch {args.batch_size} {args.dtype}"
+    write_record(args.record, title="whole train step",
+                 args={k: v for k, v in vars(args).items() if k != "record"},
+                 rows=[{"case": case, "loss": name, "ms": seconds * 1e3, "x_ce": ratio}
+                       for name, (seconds, ratio) in results.items()])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from cfl_jax.losses import (
     high_confidence_loss,
     high_confidence_loss_with_integer_labels,
 )
+from cfl_jax.linear_losses import linear_cyclical_focal_loss_with_integer_labels
 from cfl_jax.schedules import cyclical_schedule, follow_xi, reference_xi_schedule, xi_schedule
+from cfl_jax.sigmoid_losses import sigmoid_cyclical_focal_loss, sigmoid_high_confidence_loss
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,9 @@ __all__ = [
     "focal_loss_with_integer_labels",
     "high_confidence_loss",
     "high_confidence_loss_with_integer_labels",
+    "linear_cyclical_focal_loss_with_integer_labels",
     "reference_xi_schedule",
+    "sigmoid_cyclical_focal_loss",
+    "sigmoid_high_confidence_loss",
     "xi_schedule",
 ]

@@ -3,6 +3,7 @@
 The flag must be set before JAX initialises its backends, hence at conftest import time.
 Single-device code is unaffected: unsharded arrays live on device 0.
 """
+import contextlib
 import os
 
 import pytest
@@ -13,28 +14,44 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
+@contextlib.contextmanager
+def _persistent_compilation_cache(directory):
+  """JAX's persistent compilation cache in ``directory`` (every program cached), restored after.
 
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for a module's runs, restored afterwards.
-
-  Runs over the same number of classes compile identical initialisation and eval programs (and
-  identical train steps for the same recipe and loss); the cache compiles each once, and
-  compilation dominates a few-step run on the CPU.
+  Yields the settings as environment variables, for subprocesses.
   """
   # Imported here: JAX must not initialise before XLA_FLAGS above is set.
   # pylint: disable=g-import-not-at-top
-  import jax as jax_lib
+  import jax
   from jax.experimental.compilation_cache import compilation_cache as cache_lib
   # pylint: enable=g-import-not-at-top
-  saved = {name: getattr(jax_lib.config, name) for name in _CACHE_OPTIONS}
-  for name, value in zip(_CACHE_OPTIONS, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
-    jax_lib.config.update(name, value)
+  settings = {"jax_compilation_cache_dir": str(directory),
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": -1}
+  saved = {key: getattr(jax.config, key) for key in settings}
+  for key, value in settings.items():
+    jax.config.update(key, value)
   cache_lib.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax_lib.config.update(name, value)
-  cache_lib.reset_cache()
+  try:
+    yield {key.upper(): str(value) for key, value in settings.items()}
+  finally:
+    for key, value in saved.items():
+      jax.config.update(key, value)
+    cache_lib.reset_cache()
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """A persistent compilation cache shared by this process and its subprocesses (test speed:
+  the rerun loads the programs the in-process run compiled instead of compiling them again)."""
+  with _persistent_compilation_cache(tmp_path / "xla_cache") as environment:
+    yield environment
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for all of a module's in-process runs: runs over the same
+  number of classes compile identical initialisation and eval programs (and identical train steps
+  for the same recipe and loss), and compilation dominates a few-step run on the CPU."""
+  with _persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")) as environment:
+    yield environment

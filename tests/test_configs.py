@@ -237,9 +237,10 @@ def data_dir(tmp_path_factory):
     ("imagenet_lt", "cfl_reference,smoke", 8),  # two whole epochs of 32 images at batch 8
     ("places_lt", "smoke", 2),
 ])
-def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study, arg, steps):
+def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path, study, arg,
+                                    steps):
   """The recipe's data pipeline at its input size, augmentation, EMA and mixup, tiny model."""
-  del compilation_cache  # used for its effect
+  del module_compilation_cache  # used for its effect
   config = _get_config(study, f"{arg},data_dir={data_dir}")
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["train_steps"] == steps and not summary["preempted"]
@@ -254,7 +255,8 @@ def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study
 def test_mnist1d_each_loss_resolves(loss):
   config = resolve_config(_get_config("mnist1d", loss))
   assert config.name == f"mnist1d_standard_cnn_{loss}" and config.loss.name == common.LOSSES[loss]
-  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "standard"}  # no data_dir
+  assert config.dataset.to_dict() == {"name": "mnist1d", "profile": "standard",  # no data_dir
+                                      "imbalance_ratio": 1.0}
   smoke = resolve_config(_get_config("mnist1d", f"{loss},model=logistic,smoke"))
   assert smoke.name.endswith(f"_{loss}_smoke") and smoke.model.name == "mnist1d_logistic"
 
@@ -309,8 +311,8 @@ def test_mnist1d_bad_arguments(arg, message):
     _get_config("mnist1d", arg)
 
 
-def test_mnist1d_smoke_trains_and_evaluates(compilation_cache, tmp_path):
-  del compilation_cache  # used for its effect
+def test_mnist1d_smoke_trains_and_evaluates(module_compilation_cache, tmp_path):
+  del module_compilation_cache  # used for its effect
   summary = train_and_evaluate(_get_config("mnist1d", "ce,smoke"), str(tmp_path))
   assert summary["train_steps"] == 2 and summary["train_class_counts"] == np.bincount(
       get_dataset({"name": "mnist1d"}).train_labels).tolist()

@@ -5,14 +5,20 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PYTHON_EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
 
 
-def test_python_example_runs_and_trains():
-  blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-  assert blocks, "README.md has no python example"
-  code = blocks[0] + "\nassert float(loss) < 1.0, float(loss)\n"
+def test_readme_has_python_examples():
+  assert len(PYTHON_EXAMPLES) >= 2, "README.md lost its softmax or multi-label example"
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_EXAMPLES)))
+def test_python_example_runs_and_trains(index):
+  code = PYTHON_EXAMPLES[index] + "\nassert float(loss) < 1.0, float(loss)\n"
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -184,6 +184,7 @@ def _fake_results(seeds=(0, 1, 2)):
               "cyclical_factor": 4.0, "xi_granularity": "step"}
         runs.append({
             "run_id": f"{dataset}/{loss}/{seed}", "dataset": dataset, "loss": loss,
+            "grid": GRID.grids_of(grid_lib.Cell(dataset, loss, seed)),
             "loss_name": hp["name"], "hyper_parameters": hp, "seed": seed, "num_epochs": 4,
             "test_accuracy": acc, "balanced_accuracy": acc, "many_shot_accuracy": acc,
             "medium_shot_accuracy": acc, "few_shot_accuracy": None if dataset == "balanced"
@@ -249,27 +250,6 @@ def test_unknown_study_is_a_usage_error():
                           cwd=provenance.REPO)
   assert result.returncode != 0
   assert "experiments/study/nope.py defines no GRID" in result.stderr
-
-
-@pytest.fixture
-def compilation_cache(tmp_path):
-  """A persistent compilation cache shared by this process and its subprocesses (test speed:
-  the rerun loads the programs the in-process run compiled instead of compiling them again)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  settings = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": -1}
-  saved = {key: getattr(jax.config, key) for key in settings}
-  for key, value in settings.items():
-    jax.config.update(key, value)
-  cc.reset_cache()
-  try:
-    yield {key.upper(): str(value) for key, value in settings.items()}
-  finally:
-    for key, value in saved.items():
-      jax.config.update(key, value)
-    cc.reset_cache()
 
 
 def test_spot_check_schema_and_command_reproduces(tmp_path, compilation_cache):

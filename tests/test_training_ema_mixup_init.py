@@ -24,7 +24,7 @@ from training_helpers import comparable, tiny_config
 
 _DECAY = 0.9
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 def test_ema_follows_the_numpy_recurrence():

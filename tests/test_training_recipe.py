@@ -35,6 +35,9 @@ def _loss(name, xi=0.3, **hyper):
         _LOGITS, _LABELS, 0.3, gamma_hc=3.0, gamma_lc=1.5, label_smoothing=0.1)),
     ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
         _LOGITS, _LABELS, 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0, label_smoothing=0.1)),
+    ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
+        _LOGITS, optax.smooth_labels(jax.nn.one_hot(_LABELS, 4), 0.1), 0.3, gamma_hc=3.0,
+        gamma_lc=1.5).sum(-1)),
 ])
 def test_each_loss_by_name_binds_its_hyperparameters(name, expected):
   np.testing.assert_allclose(_loss(name), jax.jit(expected)(), rtol=1e-6)
@@ -42,7 +45,7 @@ def test_each_loss_by_name_binds_its_hyperparameters(name, expected):
 
 def test_every_name_is_tested_and_unknown_names_fail():
   assert set(LOSS_NAMES) == {"cross_entropy", "focal", "high_confidence", "cyclical_focal",
-                             "cyclical_focal_reference"}
+                             "cyclical_focal_reference", "sigmoid_cyclical_focal"}
   with pytest.raises(ValueError, match="Unknown loss 'x'"):
     get_loss_fn(ml_collections.ConfigDict({"name": "x"}))
 
@@ -56,7 +59,23 @@ def test_cross_entropy_without_smoothing_is_optax():
 def test_only_the_cyclical_losses_read_xi():
   for name in LOSS_NAMES:
     changes = not np.allclose(_loss(name, xi=0.0), _loss(name, xi=1.0))
-    assert changes == name.startswith("cyclical"), name
+    assert changes == ("cyclical" in name), name
+
+
+def test_sigmoid_cyclical_focal_at_xi_0_is_optax_sigmoid_focal_over_one_hot_targets():
+  np.testing.assert_allclose(
+      _loss("sigmoid_cyclical_focal", xi=0.0, label_smoothing=0.0),
+      optax.sigmoid_focal_loss(_LOGITS, jax.nn.one_hot(_LABELS, 4), gamma=1.5).sum(-1),
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_training_loss_is_nan_for_labels_outside_the_classes(name):
+  config = resolve_config({"loss": {"name": name, **_HYPER}}).loss
+  labels = _LABELS.copy()
+  labels[2], labels[4] = -1, 4
+  loss = np.asarray(jax.jit(get_loss_fn(config))(_LOGITS, labels, 0.3))
+  assert np.isnan(loss[[2, 4]]).all() and np.isfinite(loss[[0, 1, 3, 5]]).all()
 
 
 def test_cyclical_focal_limits_through_the_config():
@@ -265,6 +284,9 @@ _PROBABILITIES = np.asarray(jax.nn.softmax(np.random.default_rng(1).normal(size=
         _LOGITS, _PROBABILITIES, gamma=3.0, label_smoothing=0.1)),
     ("cyclical_focal", lambda: cfl_jax.cyclical_focal_loss(
         _LOGITS, _PROBABILITIES, 0.3, gamma_hc=3.0, gamma_lc=1.5, label_smoothing=0.1)),
+    ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
+        _LOGITS, optax.smooth_labels(_PROBABILITIES, 0.1), 0.3, gamma_hc=3.0,
+        gamma_lc=1.5).sum(axis=-1)),
     # The reference form collapses probability labels to their argmax (SPEC section 3).
     ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
         _LOGITS, _PROBABILITIES.argmax(-1), 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0,

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +124,21 @@ def test_shard_batch_builds_a_batch_sharded_global_array():
   assert len(batch["x"].addressable_shards) == 8
   with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
     sharding.check_batch_size("batch_size", 12, mesh)
+
+
+def test_a_non_finite_update_is_skipped_and_counted_when_asked():
+  run = _run(optimizer={"skip_nonfinite_updates": 3})
+  step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
+                              schedules=run.plan.schedules)
+  clean, = _batches(run, 1)
+  poisoned = {**clean, "image": clean["image"].at[0].set(jnp.nan)}
+  state = run.fresh_state()
+  before = jax.device_get(state.params)
+  state, metrics = step(state, poisoned, jax.random.key(1))
+  assert int(metrics["skipped_updates"]) == 1 and not np.isfinite(float(metrics["grad_norm"]))
+  chex.assert_trees_all_equal(jax.device_get(state.params), before)  # the update was skipped
+  state, metrics = step(state, clean, jax.random.key(1))
+  assert int(metrics["skipped_updates"]) == 1 and np.isfinite(float(metrics["loss"]))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params),
+                         before)
+  assert all(jax.tree.leaves(changed))

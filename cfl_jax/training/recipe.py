@@ -40,16 +40,31 @@ CYCLICAL_HYPERPARAMETERS = {
 }
 
 
+def _nan_outside_classes(loss, logits, labels):
+  """``loss`` with NaN (as every cfl_jax loss) where a label is outside ``[0, C)``."""
+  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
+
+
 def _cross_entropy(logits, labels, *, label_smoothing):
-  """optax's cross-entropy, NaN (as every cfl_jax loss) for labels outside ``[0, C)``."""
-  if labels.ndim == logits.ndim:  # class probabilities (mixup)
+  """optax's cross-entropy, for integer labels or class probabilities (mixup)."""
+  if labels.ndim == logits.ndim:
     return optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, label_smoothing))
   if label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets)
   else:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.where((labels >= 0) & (labels < logits.shape[-1]), loss, jnp.nan)
+  return _nan_outside_classes(loss, logits, labels)
+
+
+def _sigmoid_cyclical_focal(logits, labels, xi, *, label_smoothing, **hyper):
+  """Multi-label (sigmoid) CFL with one positive per example: one-hot targets (or the class
+  probabilities of mixup), loss summed over the classes."""
+  probabilities = labels.ndim == logits.ndim
+  targets = labels if probabilities else jax.nn.one_hot(labels, logits.shape[-1])
+  loss = cfl_jax.sigmoid_cyclical_focal_loss(
+      logits, optax.smooth_labels(targets, label_smoothing), xi, **hyper).sum(axis=-1)
+  return loss if probabilities else _nan_outside_classes(loss, logits, labels)
 
 
 def _by_label_kind(integer_fn, probability_fn):
@@ -77,8 +92,10 @@ _LOSSES = {
     "cyclical_focal": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
     "cyclical_focal_reference": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
                                                    "gamma_neg": "gamma_neg"}),
+    "sigmoid_cyclical_focal": (_sigmoid_cyclical_focal,
+                               {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
 }
-_CYCLICAL = ("cyclical_focal", "cyclical_focal_reference")
+_CYCLICAL = ("cyclical_focal", "cyclical_focal_reference", "sigmoid_cyclical_focal")
 
 LOSS_NAMES = tuple(_LOSSES)
 

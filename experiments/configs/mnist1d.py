@@ -69,9 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "gamma_hc": (float, None),
   }, data_dir=False)
   _check(args)
-  dataset = {"name": "mnist1d", "profile": args.profile}
-  if args.ratio is not None:
-    dataset["imbalance_ratio"] = args.ratio
+  # Ratio 1 (no imbalance) outside long_tail: the key exists, so a command line can set it.
+  dataset = {"name": "mnist1d", "profile": args.profile,
+             "imbalance_ratio": 1.0 if args.ratio is None else args.ratio}
   config = common.base_config(args, name=_run_name(args), dataset=dataset,
                               model=f"mnist1d_{args.model}", dtype="float32",
                               protocol="guidance")

@@ -3,6 +3,8 @@ r"""Runs a study's grid, then writes ``results.json``, ``REPORT.md`` and the plo
   python -m experiments.study --grid=all --seeds=5          # the whole study
   python -m experiments.study --only=long_tail_10/cfl_hc2/0 --num_epochs=5   # one cell, seconds
   python -m experiments.study --report_only                 # tables and plots from results.json
+  python -m experiments.study --shard=0/2 & python -m experiments.study --shard=1/2; wait
+  python -m experiments.study                               # merges the shards, then reports
 
 ``--study=NAME`` picks the grid file ``experiments/study/NAME.py`` (default ``digits``). The study
 sets up JAX as ``experiments/train.py`` does (``--cpu_devices`` XLA host devices unless the
@@ -33,6 +35,9 @@ _GRID = flags.DEFINE_enum("grid", "all", list(grid_lib.GRID_NAMES), "Which grid 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds 0 .. N-1, the same for every loss (paired).")
 _NUM_EPOCHS = flags.DEFINE_integer(
     "num_epochs", None, "Training epochs of every run (default: the config file's).")
+_NUM_TRAIN_STEPS = flags.DEFINE_integer(
+    "num_train_steps", None, "Training steps of every main and ablation run, over --num_epochs "
+    "(default: the config file's length); baseline variants may fix their own.", lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", 2, "Test-set evaluation period (curves).")
 _ONLY = flags.DEFINE_string(
     "only", None, "Run one cell DATASET/LOSS/SEED (e.g. long_tail_10/cfl_hc2/0) and print it; "
@@ -58,6 +63,10 @@ _VERIFY = flags.DEFINE_integer(
     "record the reproduced accuracies.")
 _REPORT_ONLY = flags.DEFINE_boolean("report_only", False, "Only rebuild REPORT.md and plots.")
 _REPORT = flags.DEFINE_boolean("report", True, "Write REPORT.md and plots after the grid.")
+_SHARD = flags.DEFINE_string(
+    "shard", None, "K/N: run only every N-th cell from the K-th (K from 0) into "
+    "<out>/shards/K_of_N/results.json, without checks or report; a later run without --shard "
+    "merges the shards into <out>/results.json.")
 
 
 def load_grid(study: str) -> grid_lib.Grid:
@@ -83,6 +92,16 @@ def configure_jax(cpu_devices: int, cache_dir: str) -> None:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def _shard() -> tuple[int, int] | None:
+  """(K, N) of ``--shard=K/N``, or None."""
+  if not _SHARD.value:
+    return None
+  k, _, n = _SHARD.value.partition("/")
+  if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+    raise app.UsageError(f"--shard must be K/N with 0 <= K < N, got {_SHARD.value!r}")
+  return int(k), int(n)
 
 
 def _cells(grid: grid_lib.Grid) -> list[grid_lib.Cell]:
@@ -123,29 +142,39 @@ def main(argv):
   if provenance.source_fingerprint(grid.config_file) != fingerprint:
     raise RuntimeError("The source changed while the study was importing it; start again.")
   cells = _cells(grid)
+  shard = _shard()
+  if shard:
+    cells = cells[shard[0]::shard[1]]
+    out = os.path.join(out, "shards", f"{shard[0]}_of_{shard[1]}")
   num_epochs = _NUM_EPOCHS.value or provenance.base_config(grid.config_file).num_epochs
   started = time.time()
   command = " ".join(["python", "-m", "experiments.study", *map(shlex.quote, sys.argv[1:])])
   metadata = {} if _ONLY.value else {
       "study_command": command, "study": _STUDY.value, "grid": _GRID.value,
       "seeds": list(range(_SEEDS.value)), "num_epochs": num_epochs,
+      "num_train_steps": _NUM_TRAIN_STEPS.value,
       "eval_every_epochs": _EVAL_EVERY.value, **provenance.code_version(grid.config_file)}
   results = run.run_study(
       grid, cells, out=out, num_epochs=num_epochs, eval_every_epochs=_EVAL_EVERY.value,
       workdir_root=_WORKDIR_ROOT.value or f"runs/study_{grid.name}",
       reproduce_root=_REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}",
-      rerun=_RERUN.value or bool(_ONLY.value), metadata=metadata)
+      num_train_steps=_NUM_TRAIN_STEPS.value, rerun=_RERUN.value or bool(_ONLY.value),
+      metadata=metadata)
   if _ONLY.value:
     entry = next(r for r in results["runs"] if r["run_id"] == cells[0].run_id)
     print(json.dumps({k: entry[k] for k in (
         "run_id", "test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-        "medium_shot_accuracy", "few_shot_accuracy", "test_loss", "wall_seconds", "command")},
-        indent=1))
+        "medium_shot_accuracy", "few_shot_accuracy", "test_loss", "expected_calibration_error",
+        "wall_seconds", "command")}, indent=1))
     return
-  # Accumulated over resumed invocations of the same study.
+  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
+  # Accumulated over resumed invocations of the same study (or shard).
   results["study_wall_seconds"] = results.get("study_wall_seconds", 0.0) + time.time() - started
   results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
+  if shard:
+    reporting.write_json(os.path.join(out, "results.json"), results)
+    return
   now = provenance.source_fingerprint(grid.config_file)
   if now != results.get("source_fingerprint"):
     logging.warning("The source changed during the study (fingerprint %s -> %s): the commands "
@@ -154,7 +183,6 @@ def main(argv):
   results["source_fingerprint_at_verification"] = now
   if _VERIFY.value:
     results["reproduction_checks"] = _verify(results, cells, _VERIFY.value)
-  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   reporting.write_json(os.path.join(out, "results.json"), results)
   if _REPORT.value:
     print(report.write_report(grid, results, out))

@@ -1,8 +1,9 @@
-"""What a study is: a grid of datasets x losses x seeds, an optional ablation, and its comparisons.
+"""What a study is: a grid of datasets x losses x seeds, an optional ablation, optional baselines
+set beside published numbers, and its comparisons.
 
-A study file (e.g. ``digits.py``) defines one :class:`Grid` named ``GRID``. Datasets and losses are
-named sets of config overrides (dotted keys, as on the runner's command line) laid over the
-study's config file; everything else comes from that file.
+A study file (e.g. ``digits.py``) defines one :class:`Grid` named ``GRID``. Datasets, losses and
+baseline variants are named sets of config overrides (dotted keys, as on the runner's command
+line) laid over the study's config file; everything else comes from that file.
 """
 
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 Overrides = Mapping[str, Any]
 
-GRID_NAMES = ("main", "ablation", "all")
+GRID_NAMES = ("main", "ablation", "baselines", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,22 @@ class Ablation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Baselines:
+  """Variants (e.g. models) run on one dataset and reported beside published test accuracies.
+
+  A variant's overrides may fix its own length (e.g. ``num_train_steps``): they are laid over the
+  study's length, so a published recipe keeps its length when the main grid is shortened.
+  """
+
+  dataset: str
+  variants: Mapping[str, Overrides]  # label -> overrides; labels differ from the grid's losses
+  published: Mapping[str, float]  # label -> published test accuracy (fraction)
+  source: str  # where the published numbers come from
+  seeds: int  # the variants run on the first ``seeds`` of the study's seeds
+  note: str = ""  # read with the table
+
+
+@dataclasses.dataclass(frozen=True)
 class Grid:
   """A study: its runs, the config file they override, and the comparisons its report makes.
 
@@ -52,6 +69,9 @@ class Grid:
     compared: the losses under test (the claims the study checks).
     versus: further baselines for ``compared`` -> why the report compares against them.
     ablation: optional ablation on one dataset.
+    baselines: optional variants beside published numbers.
+    controls: compared loss -> a further baseline it is tested against in the Holm family
+      (e.g. a label-smoothed CFL against label-smoothed CE).
     notes: paragraphs the report shows under the recipe (what the grid's labels mean).
     caveats: the report's caveats.
   """
@@ -66,11 +86,13 @@ class Grid:
   compared: tuple[str, ...]
   versus: Mapping[str, str] = dataclasses.field(default_factory=dict)
   ablation: Ablation | None = None
+  baselines: Baselines | None = None
+  controls: Mapping[str, str] = dataclasses.field(default_factory=dict)
   notes: tuple[str, ...] = ()
   caveats: tuple[str, ...] = ()
 
   def __post_init__(self):
-    for loss in (self.baseline, *self.compared, *self.versus):
+    for loss in (self.baseline, *self.compared, *self.versus, *self.controls.values()):
       if loss not in self.losses:
         raise ValueError(f"Grid {self.name!r}: {loss!r} is not one of its losses.")
     if self.ablation is not None:
@@ -81,6 +103,16 @@ class Grid:
         if loss in self.losses and self.losses[loss] != overrides:
           raise ValueError(f"Grid {self.name!r}: ablation loss {loss!r} differs from the main "
                            "grid's loss of that name.")
+    if not set(self.controls) <= set(self.compared):
+      raise ValueError(f"Grid {self.name!r}: controls must map compared losses.")
+    if self.baselines is not None:
+      if self.baselines.dataset not in self.datasets:
+        raise ValueError(f"Grid {self.name!r}: unknown baselines dataset "
+                         f"{self.baselines.dataset!r}.")
+      clash = set(self.baselines.variants) & set(self.all_losses)
+      if clash or not set(self.baselines.published) <= set(self.baselines.variants):
+        raise ValueError(f"Grid {self.name!r}: baseline variants must have their own labels "
+                         f"(clash: {sorted(clash)}) and published numbers only for them.")
 
   @property
   def ablation_losses(self) -> tuple[str, ...]:
@@ -91,8 +123,13 @@ class Grid:
     """Every loss label of the main grid and the ablation."""
     return {**self.losses, **(self.ablation.losses if self.ablation else {})}
 
+  @property
+  def all_labels(self) -> dict[str, Overrides]:
+    """Every loss label and baseline variant label, with its overrides."""
+    return {**self.all_losses, **(self.baselines.variants if self.baselines else {})}
+
   def cells(self, grid: str, seeds: Sequence[int]) -> list[Cell]:
-    """The runs of ``grid`` ('main', 'ablation' or 'all'), seed-major, no duplicates.
+    """The runs of ``grid`` ('main', 'ablation', 'baselines' or 'all'), seed-major, no duplicates.
 
     Seed-major order spreads slow periods of a shared machine evenly over the losses and leaves
     complete paired seeds behind if the study is interrupted.
@@ -105,16 +142,24 @@ class Grid:
     if grid in ("ablation", "all") and self.ablation:
       pairs += [(self.ablation.dataset, l) for l in (self.baseline, *self.ablation.losses)]
     pairs = list(dict.fromkeys(pairs))
-    return [Cell(d, l, s) for s in seeds for d, l in pairs]
+    cells = []
+    for i, seed in enumerate(seeds):
+      cells += [Cell(d, l, seed) for d, l in pairs]
+      if grid in ("baselines", "all") and self.baselines and i < self.baselines.seeds:
+        cells += [Cell(self.baselines.dataset, v, seed) for v in self.baselines.variants]
+    return cells
 
   def grids_of(self, cell: Cell) -> list[str]:
-    """The grids ('main', 'ablation') that ``cell`` belongs to."""
+    """The grids ('main', 'ablation', 'baselines') that ``cell`` belongs to."""
     grids = []
     if cell.dataset in self.datasets and cell.loss in self.losses:
       grids.append("main")
     if (self.ablation and cell.dataset == self.ablation.dataset
         and cell.loss in (self.baseline, *self.ablation.losses)):
       grids.append("ablation")
+    if (self.baselines and cell.dataset == self.baselines.dataset
+        and cell.loss in self.baselines.variants):
+      grids.append("baselines")
     return grids
 
   def parse_only(self, only: str) -> Cell:
@@ -125,23 +170,27 @@ class Grid:
     dataset, loss, seed = parts
     if dataset not in self.datasets:
       raise ValueError(f"Unknown dataset {dataset!r}; known: {', '.join(self.datasets)}")
-    if loss not in self.all_losses:
-      raise ValueError(f"Unknown loss {loss!r}; known: {', '.join(self.all_losses)}")
+    if loss not in self.all_labels:
+      raise ValueError(f"Unknown loss {loss!r}; known: {', '.join(self.all_labels)}")
     return Cell(dataset, loss, int(seed))
 
-  def overrides(self, cell: Cell, *, num_epochs: int, eval_every_epochs: int) -> dict[str, Any]:
+  def overrides(self, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
+                num_train_steps: int | None = None) -> dict[str, Any]:
     """The overrides of the config file that define the run of ``cell``.
 
-    Only what makes the cell: its name, seed, length, dataset and loss, and the study's
-    evaluation, logging and checkpoint cadence; the recipe is the config file's.
+    Only what makes the cell: its name, seed, length (``num_train_steps``, when given, wins over
+    ``num_epochs``), dataset and loss, and the study's evaluation, logging and checkpoint
+    cadence; the recipe is the config file's.
     """
     name = f"{self.name}_{cell.dataset}_{cell.loss}_s{cell.seed}".replace(".", "p")
+    steps = {"num_train_steps": num_train_steps} if num_train_steps else {}
     return {
         "name": name,
         "seed": cell.seed,
         "num_epochs": num_epochs,
+        **steps,
         **self.datasets[cell.dataset],
-        **self.all_losses[cell.loss],
+        **self.all_labels[cell.loss],
         "eval_every_epochs": eval_every_epochs,
         "log_every_steps": 100,  # few host syncs
         "checkpoint_every_steps": 0,  # only the final checkpoint

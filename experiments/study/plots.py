@@ -1,4 +1,5 @@
-"""The study's figures: xi schedules, test-accuracy curves, per-class accuracy vs training count."""
+"""The study's figures: xi schedules, test-accuracy curves, per-class accuracy vs training count,
+reliability diagrams."""
 
 from collections.abc import Sequence
 import os
@@ -10,6 +11,11 @@ from experiments.study.grid import Grid
 
 # Class counts spanning at least this factor are drawn on a log axis.
 _LOG_COUNT_RATIO = 5.0
+# Training sets whose class counts span less than this factor count as balanced (no per-class
+# panel): MNIST-1D's standard split has 394 to 411 per class.
+_IMBALANCED_RATIO = 1.1
+# Reliability bins with fewer test predictions (pooled over seeds) are too noisy to draw.
+_MIN_BIN_COUNT = 20
 
 
 def _save(fig, out: str, name: str) -> str:
@@ -34,10 +40,9 @@ def _xi_schedules(grid: Grid, runs: Sequence[dict]):
     hp = r["hyper_parameters"]
     curves.setdefault((hp["cyclical_factor"], hp["xi_granularity"]), []).append(loss)
   on = grid.ablation.dataset if grid.ablation else next(iter(grid.datasets))
-  spe = next((r["steps_per_epoch"] for r in runs if r["dataset"] == on),
-             runs[0]["steps_per_epoch"])
-  epochs = runs[0]["num_epochs"]
-  total = spe * epochs
+  ref = next((r for r in runs if r["dataset"] == on and r["loss"] in shown),
+             next(iter(shown.values())))
+  spe, total = ref["steps_per_epoch"], ref["train_steps"]
   steps = np.arange(total + 1)
   for (factor, granularity), losses in sorted(curves.items()):
     schedule = recipe.xi_schedule(
@@ -48,7 +53,7 @@ def _xi_schedules(grid: Grid, runs: Sequence[dict]):
     ax.plot(steps / spe, values, label=f"f={factor:g}, per {granularity}: " + ", ".join(losses))
   ax.set_xlabel("epoch")
   ax.set_ylabel("xi (1 = high-confidence loss, 0 = focal)")
-  ax.set_title(f"xi schedules used ({epochs} epochs, {spe} steps/epoch as on {on})")
+  ax.set_title(f"xi schedules used ({total / spe:g} epochs, {spe} steps/epoch as on {on})")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   return fig
@@ -114,6 +119,43 @@ def _per_class_accuracy(grid: Grid, results, datasets: Sequence[str]):
   return fig
 
 
+def _pooled_reliability(runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(count, confidence, accuracy) per bin, pooled over ``runs`` (NaN for empty bins)."""
+  count = np.zeros(len(runs[0]["reliability"]["count"]))
+  conf, acc = np.zeros_like(count), np.zeros_like(count)
+  for r in runs:
+    bins = r["reliability"]
+    n = np.asarray(bins["count"], np.float64)
+    count += n
+    conf += n * np.asarray([c or 0.0 for c in bins["confidence"]])
+    acc += n * np.asarray([a or 0.0 for a in bins["accuracy"]])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return count, conf / count, acc / count
+
+
+def _reliability(grid: Grid, results, datasets: Sequence[str]):
+  """Test accuracy against top-1 confidence per bin, pooled over seeds, one panel per dataset."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 4.2), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+    for loss in grid.losses:
+      cell = [r for r in stats.runs_of(results, dataset, loss).values() if r.get("reliability")]
+      if cell:
+        count, conf, acc = _pooled_reliability(cell)
+        keep = count >= _MIN_BIN_COUNT
+        ax.plot(conf[keep], acc[keep], marker="o", ms=3, label=loss)
+    ax.set_title(dataset)
+    ax.set_xlabel("top-1 confidence (bin mean)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel(f"test accuracy in the bin (pooled over seeds, >= {_MIN_BIN_COUNT})")
+  axes[0][-1].legend(fontsize=7, loc="upper left")
+  fig.tight_layout()
+  return fig
+
+
 def make_plots(grid: Grid, results, out: str) -> list[str]:
   """Writes the figures of ``results`` to ``out``; returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -130,10 +172,17 @@ def make_plots(grid: Grid, results, out: str) -> list[str]:
     # Zoomed last half, where the losses differ.
     paths.append(_save(_accuracy_curves(grid, results, datasets, second_half=True), out,
                        "test_accuracy_curves_zoom.png"))
-  imbalanced = [d for d in datasets if len(set(next(iter(
-      stats.runs_of(results, d, grid.baseline).values()))["train_class_counts"])) > 1]
+  def spread(dataset):
+    counts = next(iter(stats.runs_of(results, dataset, grid.baseline).values()))[
+        "train_class_counts"]
+    return max(counts) / min(counts)
+  imbalanced = [d for d in datasets if spread(d) >= _IMBALANCED_RATIO]
   if imbalanced:
     paths.append(_save(_per_class_accuracy(grid, results, imbalanced), out,
                        "per_class_accuracy_vs_count.png"))
+  calibrated = [d for d in datasets if any(
+      r.get("reliability") for r in stats.runs_of(results, d, grid.baseline).values())]
+  if calibrated:
+    paths.append(_save(_reliability(grid, results, calibrated), out, "reliability.png"))
   plt.close("all")
   return paths

@@ -21,14 +21,19 @@ def _pct(x: float | None) -> str:
   return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def _diff_text(c: Mapping[str, Any] | None, is_baseline: bool = False) -> str:
+# Verdict words for a metric where lower is better (a 'win' of the difference means higher).
+LOWER_IS_BETTER = {"win": "higher", "tie": "tie", "loss": "lower"}
+
+
+def _diff_text(c: Mapping[str, Any] | None, is_baseline: bool = False,
+               words: Mapping[str, str] | None = None) -> str:
   if is_baseline:
     return "(baseline)"
   if c is None or "diff" not in c:
     return "n/a (fewer than 2 paired seeds)"
   d = c["diff"]
   return (f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] "
-          f"**{c['verdict']}**")
+          f"**{(words or {}).get(c['verdict'], c['verdict'])}**")
 
 
 def _phrase(loss: str, dataset: str, c: Mapping[str, Any]) -> str:
@@ -45,13 +50,20 @@ def _train_step_time(results, dataset: str, loss: str) -> float | None:
   return float(np.median([r["wall_seconds"] / r["train_steps"] for r in runs.values()]))
 
 
+def _has(results, dataset: str, metric: str) -> bool:
+  return any(r["dataset"] == dataset and r.get(metric) is not None for r in results["runs"])
+
+
 def dataset_table(results, dataset: str, losses: Sequence[str], baseline: str) -> list[str]:
-  """One row per loss: accuracy, paired difference to ``baseline``, few-shot if any, time."""
-  few_shot = any(r["dataset"] == dataset and r["few_shot_accuracy"] is not None
-                 for r in results["runs"])
+  """One row per loss: accuracy and paired difference to ``baseline``, the same for few-shot
+  accuracy and calibration error where the runs have them, time."""
+  few_shot = _has(results, dataset, "few_shot_accuracy")
+  ece = _has(results, dataset, "expected_calibration_error")
   header = ["loss", "n", "test acc % (mean +- std)", "diff vs CE, pp [95% CI]"]
   if few_shot:
     header += ["few-shot acc %", "few-shot diff vs CE, pp [95% CI]"]
+  if ece:
+    header += ["ECE %", "ECE diff vs CE, pp [95% CI]"]
   header += ["median s/run"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for loss in losses:
@@ -64,6 +76,10 @@ def dataset_table(results, dataset: str, losses: Sequence[str], baseline: str) -
     if few_shot:
       f = stats.compare(results, dataset, loss, baseline, "few_shot_accuracy")
       row += [f"{_pct(f['mean'])} +- {_pct(f['std'])}" if f else "n/a", _diff_text(f, is_base)]
+    if ece:
+      e = stats.compare(results, dataset, loss, baseline, "expected_calibration_error")
+      row += [f"{_pct(e['mean'])} +- {_pct(e['std'])}" if e else "n/a",
+              _diff_text(e, is_base, LOWER_IS_BETTER)]
     row.append(f"{c['wall']:.1f}")
     lines.append("| " + " | ".join(row) + " |")
   return lines
@@ -102,10 +118,14 @@ def statements(results, datasets: Sequence[str], losses: Sequence[str], baseline
 
 
 def reportable(results: Mapping[str, Any]) -> dict[str, Any]:
-  """``results`` restricted to the study's seeds and epochs (drops spot checks and extras)."""
+  """``results`` restricted to the study's seeds and length (drops spot checks and extras;
+  baseline variants keep their own length)."""
   seeds, epochs = results.get("seeds"), results.get("num_epochs")
+  steps = results.get("num_train_steps")
   runs = [r for r in results["runs"] if (seeds is None or r["seed"] in seeds)
-          and (epochs is None or r["num_epochs"] == epochs)]
+          and ("baselines" in r["grid"] or (
+              (epochs is None or r["num_epochs"] == epochs)
+              and r["overrides"].get("num_train_steps") == steps))]
   return {**results, "runs": runs}
 
 
@@ -137,25 +157,59 @@ def recipe_text(config) -> str:
            f"weight decay {opt.weight_decay:g}"]
   if opt.grad_clip_norm:
     parts.append(f"gradient clipping at norm {opt.grad_clip_norm:g}")
-  parts += [f"batch {config.batch_size}", f"{config.num_epochs} epochs"]
+  length = (f"{config.num_train_steps:,} steps" if config.num_train_steps > 0
+            else f"{config.num_epochs} epochs")
+  parts += [f"batch {config.batch_size}", length]
   return ", ".join(parts)
 
 
 def _overrides_table(grid: Grid) -> list[str]:
   lines = ["| label | overrides of `" + grid.config_file + "` |", "|---|---|"]
-  for label, overrides in (*grid.datasets.items(), *grid.all_losses.items()):
+  for label, overrides in (*grid.datasets.items(), *grid.all_labels.items()):
     lines.append(f"| `{label}` | " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + " |")
   return lines
 
 
+def holm_family(results, datasets: Sequence[str],
+                grid: Grid) -> list[tuple[str, str, str, dict[str, Any], float]]:
+  """(loss, against, dataset, :func:`stats.compare`, Holm-adjusted p) of the family: every
+  compared loss vs the baseline, and vs its control (``grid.controls``), on every dataset."""
+  family = [(loss, grid.baseline, dataset, c) for loss, dataset, c in
+            comparisons(results, datasets, grid.compared, grid.baseline)]
+  for loss, control in grid.controls.items():
+    family += [(loss, control, dataset, c) for _, dataset, c in
+               comparisons(results, datasets, (loss,), control)]
+  adjusted = stats.holm([c["diff"]["p"] for *_, c in family])
+  return [(*f, p) for f, p in zip(family, adjusted)]
+
+
+def holm_verdict(c: Mapping[str, Any], adjusted_p: float, alpha: float = 0.05) -> str:
+  """'win' / 'loss' if significant for the family at ``alpha``, else 'tie'."""
+  if adjusted_p > alpha:
+    return "tie"
+  return "win" if c["diff"]["mean"] > 0 else "loss"
+
+
+def holm_table(family, dataset: str) -> list[str]:
+  """The family's comparisons on ``dataset``: difference, raw and Holm-adjusted p, verdict."""
+  lines = ["| comparison | diff pp [95% CI] | p | Holm p | Holm verdict |", "|---|---|---|---|---|"]
+  for loss, against, d, c, p in family:
+    if d == dataset:
+      diff = c["diff"]
+      lines.append(f"| `{loss}` vs `{against}` | {100 * diff['mean']:+.2f} "
+                   f"[{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}] | {diff['p']:.3f} | "
+                   f"{p:.3f} | **{holm_verdict(c, p)}** |")
+  return lines
+
+
 def holm_text(results, datasets: Sequence[str], grid: Grid, alpha: float = 0.05) -> str:
-  """Which of the compared-vs-baseline verdicts survive Holm's correction over the family."""
-  family = comparisons(results, datasets, grid.compared, grid.baseline)
+  """Which verdicts of the family (:func:`holm_family`) survive Holm's correction."""
+  family = holm_family(results, datasets, grid)
   if not family:
     return ""
-  adjusted = stats.holm([c["diff"]["p"] for _, _, c in family])
-  kept = [f"{_phrase(loss, dataset, c)}, adjusted p {p:.3f}"
-          for (loss, dataset, c), p in zip(family, adjusted) if p <= alpha]
+  kept = [f"{_phrase(loss, dataset, c)}" + (f" vs `{against}`" if against != grid.baseline
+                                             else "") + f", adjusted p {p:.3f}"
+          for loss, against, dataset, c, p in family if p <= alpha]
   return (f"With Holm's correction over these {len(family)} comparisons (family-wise error "
           f"{alpha:g}), {len(kept)} differences remain significant"
           + (": " + "; ".join(kept) + "." if kept else "."))
@@ -181,7 +235,7 @@ def summary_sentence(grid: Grid, results, datasets: Sequence[str], test_images: 
           + ("; " + "; ".join(others) if others else "") + ": "
           + ("consistent with the paper's claim." if consistent else
              f"the paper's claim of a consistent gain over `{grid.baseline}` is not reproduced "
-             f"here; the wins are small ({_win_range(grid, results, datasets, test_images)})."))
+             f"here; the wins range over {_win_range(grid, results, datasets, test_images)}."))
 
 
 def _win_range(grid: Grid, results, datasets: Sequence[str], test_images: int) -> str:
@@ -193,6 +247,31 @@ def _win_range(grid: Grid, results, datasets: Sequence[str], test_images: int) -
   low, high = min(means), max(means)
   return (f"+{100 * low:.1f} to +{100 * high:.1f} pp, i.e. {test_images * low:.0f} to "
           f"{test_images * high:.0f} of the {test_images} test images")
+
+
+def _length_lines(grid: Grid, results) -> list[str]:
+  """A warning paragraph when the study shortened the config file's recipe."""
+  steps, recipe_steps = results.get("num_train_steps"), provenance.base_config(
+      grid.config_file).num_train_steps
+  if not steps or steps == recipe_steps:
+    return []
+  return [f"**Shortened schedule:** every main-grid run trained {steps:,} steps "
+          f"(`--num_train_steps={steps}`, the same for every loss and dataset), where "
+          f"`{grid.config_file}` trains {recipe_steps:,}" + (
+              "; the baselines part keeps its own length." if grid.baselines else "."), ""]
+
+
+def _shard_lines(results) -> list[str]:
+  """Which parallel shards the runs came from, with their wall times, if any."""
+  shards = results.get("shards")
+  if not shards:
+    return []
+  walls = ", ".join(f"{s['shard']}: {s['runs']} runs, " + (
+      f"{s['study_wall_seconds'] / 60:.1f} min" if s["study_wall_seconds"] is not None
+      else "wall time not recorded") for s in shards)
+  return [f"The runs ran in {len(shards)} parallel shards (`--shard=K/N`, e.g. "
+          f"`{shards[0]['study_command']}`), merged into `results.json` in grid order by the "
+          f"study command above ({walls}).", ""]
 
 
 def _code_text(results) -> str:
@@ -230,6 +309,29 @@ def _time_table(grid: Grid, results, datasets: Sequence[str]) -> list[str]:
   lines.append("| geometric mean | " + " | ".join(
       f"{math.exp(np.mean(np.log(v))):.2f}" if v else "n/a" for v in ratios.values()) + " |")
   return lines
+
+
+def _baselines_lines(grid: Grid, results) -> list[str]:
+  """The reproduced baseline variants beside their published test accuracies."""
+  part = grid.baselines
+  cells = {v: stats.runs_of(results, part.dataset, v) for v in part.variants} if part else {}
+  if not any(cells.values()):
+    return []
+  lines = [f"## Published baselines on {part.dataset}", "",
+           f"{part.note} Published: {part.source}.", "",
+           "| variant | published test acc % | reproduced % (mean +- std) | min - max | n | "
+           "reproduced - published, pp |", "|---|---|---|---|---|---|"]
+  for variant, runs in cells.items():
+    if not runs:
+      continue
+    acc = [r["test_accuracy"] for r in runs.values()]
+    mean, std = stats.mean_std(acc)
+    published = part.published.get(variant)
+    lines.append(f"| `{variant}` | {_pct(published)} | {_pct(mean)} +- {_pct(std)} | "
+                 f"{_pct(min(acc))} - {_pct(max(acc))} | {len(acc)} | "
+                 + (f"{100 * (mean - published):+.1f}" if published is not None else "n/a")
+                 + " |")
+  return lines + [""]
 
 
 def _ablation_lines(grid: Grid, results) -> list[str]:
@@ -324,6 +426,8 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
       f"The test set has {test_images} images of {data.num_classes} classes. Each run reports "
       "the final model (no early stopping or checkpoint selection on the test set).", "",
       _code_text(results), "",
+      *_shard_lines(results),
+      *_length_lines(grid, results),
       f"Differences are paired by seed: loss minus `{grid.baseline}` (CE), in percentage "
       "points, with a two-sided 95% Student-t interval over the seeds. **win**: the interval "
       "lies above 0; **loss**: below 0; **tie**: it covers 0. The intervals are per comparison "
@@ -333,13 +437,19 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
       "The grid's labels, as overrides of the config file:", "",
       *_overrides_table(grid), "",
   ]
+  lines += _baselines_lines(grid, results)
   datasets = [d for d in grid.datasets if stats.runs_of(results, d, grid.baseline)]
+  family = holm_family(results, datasets, grid)
   for dataset in datasets:
     counts = next(iter(stats.runs_of(results, dataset, grid.baseline).values()))[
         "train_class_counts"]
     lines += [f"## {dataset}", "",
               f"Training images per class: {counts} (total {sum(counts)}).", ""]
     lines += dataset_table(results, dataset, tuple(grid.losses), grid.baseline) + [""]
+    if grid.controls and any(f[2] == dataset for f in family):
+      lines += [f"Test-accuracy comparisons of the Holm family ({len(family)} over all "
+                "datasets) on this dataset:", ""]
+      lines += holm_table(family, dataset) + [""]
 
   for baseline, why in grid.versus.items() if datasets else ():
     lines += [f"## CFL against `{baseline}`", "",

@@ -2,10 +2,13 @@
 
 ``results.json`` is rewritten after every run, so an interrupted study resumes where it stopped;
 each entry (:data:`RUN_KEYS`) carries the command that reproduces it, which the runner checks
-before training and :func:`reproduce` reruns in a fresh process.
+before training and :func:`reproduce` reruns in a fresh process. Disjoint shards of a grid may
+run in parallel processes, each into ``<out>/shards/<K>_of_<N>/results.json``; a later run over
+``out`` merges them (:func:`merge_shards`).
 """
 
 from collections.abc import Mapping, Sequence
+import glob
 import json
 import os
 import shutil
@@ -22,12 +25,14 @@ from experiments.study.grid import Grid
 RUN_KEYS = ("run_id", "grid", "dataset", "loss", "loss_name", "hyper_parameters", "seed",
             "num_epochs", "test_accuracy", "balanced_accuracy", "many_shot_accuracy",
             "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
-            "train_class_counts", "test_loss", "train_steps", "steps_per_epoch", "wall_seconds",
-            "eval_curve", "overrides", "command")
+            "train_class_counts", "test_loss", "expected_calibration_error", "reliability",
+            "train_steps", "steps_per_epoch", "wall_seconds", "eval_curve", "overrides",
+            "command")
 # The keys of RUN_KEYS taken from the run's summary.json.
 _SUMMARY_KEYS = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
                  "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
-                 "train_class_counts", "test_loss", "train_steps", "steps_per_epoch")
+                 "train_class_counts", "test_loss", "expected_calibration_error", "reliability",
+                 "train_steps", "steps_per_epoch")
 
 
 def _eval_curve(workdir: str) -> list[dict[str, float]]:
@@ -39,10 +44,12 @@ def _eval_curve(workdir: str) -> list[dict[str, float]]:
 
 
 def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
-             workdir_root: str, reproduce_root: str) -> dict[str, Any]:
+             workdir_root: str, reproduce_root: str,
+             num_train_steps: int | None = None) -> dict[str, Any]:
   """Trains one cell in this process and returns its results.json entry."""
   from cfl_jax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  overrides = grid.overrides(cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs)
+  overrides = grid.overrides(cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs,
+                             num_train_steps=num_train_steps)
   config = provenance.build_config(grid.config_file, overrides)
   env, extra = provenance.device_setup()
   argv = provenance.reproduce_argv(grid.config_file, overrides,
@@ -76,16 +83,37 @@ def load_results(path: str) -> dict[str, Any]:
   return {"runs": []}
 
 
+def merge_shards(results: dict[str, Any], out: str) -> None:
+  """Adds the runs of ``out/shards/*/results.json`` that ``results`` lacks (shards in name
+  order) and lists the shards in ``results['shards']`` (name, command, runs, wall time)."""
+  known = {r["run_id"] for r in results["runs"]}
+  shards = []
+  for path in sorted(glob.glob(os.path.join(out, "shards", "*", "results.json"))):
+    shard = load_results(path)
+    shards.append({"shard": os.path.basename(os.path.dirname(path)),
+                   "study_command": shard.get("study_command"), "runs": len(shard["runs"]),
+                   "study_wall_seconds": shard.get("study_wall_seconds")})
+    for entry in shard["runs"]:
+      if entry["run_id"] not in known:
+        known.add(entry["run_id"])
+        results["runs"].append(entry)
+  if shards:
+    results["shards"] = shards
+
+
 def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
               eval_every_epochs: int, workdir_root: str, reproduce_root: str,
-              rerun: bool = False, metadata: Mapping[str, Any] | None = None,
+              num_train_steps: int | None = None, rerun: bool = False,
+              metadata: Mapping[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
-  """Runs ``cells`` (skipping ones already in ``out/results.json`` unless ``rerun``)."""
+  """Runs ``cells`` (skipping ones already in ``out/results.json`` or its shards, unless
+  ``rerun`` or their overrides changed); the runs of ``cells`` end up in grid order."""
   import jax  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   path = os.path.join(out, "results.json")
   results = load_results(path)
+  merge_shards(results, out)
   old = results.get("source_fingerprint")
   if metadata and old and old != metadata.get("source_fingerprint"):
     # Resuming with changed code: keep the record of what earlier runs were produced with.
@@ -95,14 +123,18 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
   results.update(metadata or {})
   results.update({"jax_version": jax.__version__, "device_kind": jax.devices()[0].device_kind,
                   "num_devices": jax.device_count()})
+  def overrides(cell):
+    return grid.overrides(cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs,
+                          num_train_steps=num_train_steps)
   done = {run["run_id"]: i for i, run in enumerate(results["runs"])}
   todo = [cell for cell in cells if rerun or cell.run_id not in done
-          or results["runs"][done[cell.run_id]]["num_epochs"] != num_epochs]
+          or results["runs"][done[cell.run_id]]["overrides"] != overrides(cell)]
   bar = tqdm(todo, unit="run", disable=not progress, dynamic_ncols=True)
   for cell in bar:
     bar.set_description(cell.run_id)
     entry = run_cell(grid, cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs,
-                     workdir_root=workdir_root, reproduce_root=reproduce_root)
+                     workdir_root=workdir_root, reproduce_root=reproduce_root,
+                     num_train_steps=num_train_steps)
     bar.set_postfix(acc=f"{entry['test_accuracy']:.3f}", s=f"{entry['wall_seconds']:.1f}")
     i = done.get(cell.run_id)
     if i is None:
@@ -111,6 +143,8 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
     else:
       results["runs"][i] = entry
     reporting.write_json(path, results)
+  order = {cell.run_id: i for i, cell in enumerate(cells)}
+  results["runs"].sort(key=lambda r: order.get(r["run_id"], len(order)))  # stable for others
   reporting.write_json(path, results)
   return results
 

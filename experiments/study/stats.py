@@ -87,14 +87,14 @@ def compare(results: Mapping[str, Any], dataset: str, loss: str, baseline: str,
             metric: str = "test_accuracy") -> dict[str, Any] | None:
   """Mean/std of ``loss`` and its paired difference to ``baseline`` over their common seeds."""
   runs, base = runs_of(results, dataset, loss), runs_of(results, dataset, baseline)
-  values = [runs[s][metric] for s in sorted(runs) if runs[s][metric] is not None]
+  values = [runs[s][metric] for s in sorted(runs) if runs[s].get(metric) is not None]
   if not values:
     return None
   mean, std = mean_std(values)
   out = {"mean": mean, "std": std, "n": len(values), "wall": float(np.median(
       [runs[s]["wall_seconds"] for s in runs]))}
   paired = [s for s in sorted(set(runs) & set(base))
-            if runs[s][metric] is not None and base[s][metric] is not None]
+            if runs[s].get(metric) is not None and base[s].get(metric) is not None]
   if loss != baseline and len(paired) >= 2:
     out["diff"] = paired_t_interval([runs[s][metric] for s in paired],
                                     [base[s][metric] for s in paired])

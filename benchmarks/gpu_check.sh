@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One check of every benchmark at its GPU sizes (about 5 minutes on one GPU, within 8), ending in one
+# table with the device name. `--small` runs the same at CPU-sized shapes (what tests/test_gpu_check.py
+# runs). Uses $PYTHON (default: python) and this checkout's cfl_jax.
+#
+#   bash benchmarks/gpu_check.sh            # on the GPU machine
+#   bash benchmarks/gpu_check.sh --small    # anywhere, in under a minute
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+records="$(mktemp -d)"
+trap 'rm -rf "$records"' EXIT
+
+if [[ "${1:-}" == "--small" ]]; then
+  loss_args=(--shapes 256x1000:float32 --sigmoid_shapes 256x1000:float32 --rounds 3)
+  train_args=(--model digits_cnn --batch_size 16 --rounds 2 --steps_per_round 2)
+  vocab_args=(--batch 128 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024)
+elif [[ -z "${1:-}" ]]; then
+  loss_args=(--shapes 8192x32768:float32 8192x32768:bfloat16 --sigmoid_shapes 8192x32768:float32
+             --rounds 50)
+  train_args=(--model resnet18_cifar --dtype bfloat16 --batch_size 256 --rounds 10
+              --steps_per_round 10)
+  vocab_args=(--batch 8192 --dim 4096 --vocab 131072 --dtype bfloat16 --rounds 10)
+else
+  echo "usage: $0 [--small]" >&2
+  exit 2
+fi
+
+"$python" benchmarks/loss_benchmark.py "${loss_args[@]}" --record "$records/1_loss.json"
+"$python" benchmarks/train_step_benchmark.py "${train_args[@]}" --record "$records/2_train_step.json"
+"$python" benchmarks/large_vocab_benchmark.py "${vocab_args[@]}" --record "$records/3_large_vocab.json"
+
+"$python" - "$records" <<'PY'
+import json, pathlib, sys
+
+records = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))]
+print(f"\ngpu_check: {records[0]['device']} ({records[0]['backend']}), jax {records[0]['jax']}")
+print(f"| {'benchmark':<44} | {'case':<34} | {'loss':<34} | {'ms':>10} | {'x CE':>5} | {'temp MiB':>8} |")
+print(f"|{'-' * 46}|{'-' * 36}|{'-' * 36}|{'-' * 12}|{'-' * 7}|{'-' * 10}|")
+for record in records:
+  for row in record["rows"]:
+    temp = f"{row['temp_mib']:.0f}" if "temp_mib" in row else ""
+    print(f"| {record['title']:<44} | {row['case']:<34} | {row['loss']:<34} | "
+          f"{row['ms']:>10.2f} | {row['x_ce']:>5.2f} | {temp:>8} |")
+PY

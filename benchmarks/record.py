@@ -1,0 +1,18 @@
+"""The JSON record each benchmark writes with ``--record PATH`` (read by gpu_check.sh, tests)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+
+
+def write_record(path: pathlib.Path, *, title: str, args: dict, rows: list[dict]) -> None:
+  """Writes ``{device, backend, jax, title, args, rows}``; each row names a ``loss``."""
+  device = jax.devices()[0]
+  record = {"device": device.device_kind, "backend": jax.default_backend(),
+            "jax": jax.__version__, "title": title, "args": args, "rows": rows}
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(record, indent=1) + "\n")

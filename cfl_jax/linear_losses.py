@@ -1,0 +1,356 @@
+r"""Cyclical focal loss fused with the output projection, for large vocabularies.
+
+``linear_cyclical_focal_loss_with_integer_labels(h, w, t, xi)`` equals
+``cyclical_focal_loss_with_integer_labels(h @ w + b, t, xi)`` but never holds the
+``[N, V]`` logits: it streams over chunks of the vocabulary (``lax.scan``).
+
+Every quantity the loss needs is a per-row sum over classes of an elementwise
+function of the logits, taken relative to a shift :math:`m` (the row maximum):
+the non-target exponential sum :math:`s = \sum_{j \ne t} e^{z_j - m}`, the
+target logit :math:`z_t` and, for the reference form with label smoothing,
+:math:`\sum_{j \ne t} z_j`, :math:`\sum_{j \ne t} e^{g (z_j - m)}` and
+:math:`\sum_{j \ne t} e^{g (z_j - m)} z_j`. The forward pass keeps them as
+running sums, rescaling the exponential ones whenever the running maximum
+grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
+only. The backward pass (a ``jax.custom_vjp``) recomputes each chunk's logits,
+turns the sums' cotangents into the chunk's logit gradient and accumulates the
+gradients of the embeddings, the kernel and the bias chunk by chunk. Memory
+beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
+
+References:
+  Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
+  <https://arxiv.org/abs/2411.09009>`_, 2024.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cfl_jax.losses import (
+    _EXP_OFFSET,
+    _SUM_FLOOR,
+    _focal_weight,
+    _gamma,
+    _mix,
+    _smoothing,
+    _static_xi,
+)
+
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = ["linear_cyclical_focal_loss_with_integer_labels"]
+
+_CHUNK_BYTES = 8192  # default chunk: 2,048 classes in float32, 4,096 in bfloat16
+
+
+class _Sums(NamedTuple):
+  """Per-row sums over classes ``[N]``, relative to the shift (the row maximum)."""
+  shift: jax.Array          # m, the running maximum of the logits
+  target_logit: jax.Array   # z_t (0 if the label is outside [0, V))
+  exp: jax.Array            # sum_{j != t} e^{z_j - m + K}
+  logit: jax.Array | None   # sum_{j != t} z_j                (reference form)
+  power: jax.Array | None   # sum_{j != t} e^{g (z_j - m)}     (reference form, g > 0)
+  power_logit: jax.Array | None  # sum_{j != t} e^{g (z_j - m)} z_j
+
+
+class _Plan(NamedTuple):
+  """Static description of the streamed computation."""
+  num_classes: int
+  chunk_size: int
+  sum_logits: bool      # track sum_{j != t} z_j
+  gamma_neg: float      # > 0: track the two power sums
+  dtype: jnp.dtype      # float32, or float64 for float64 inputs
+
+
+def _chunk_sums(logits, labels, columns, is_new, shift, plan: _Plan) -> _Sums:
+  """The sums of one chunk ``[N, c]`` of logits whose class indices are ``columns``.
+
+  ``is_new`` marks the columns this chunk counts (the last chunk may overlap the
+  one before it); ``shift`` is held fixed.
+  """
+  is_target = (columns == labels[:, None]) & is_new
+  non_target = is_new & ~is_target
+  shifted = logits - shift[:, None]
+
+  def total(values):
+    return jnp.sum(jnp.where(non_target, values, 0.0), axis=-1)
+
+  logit = power = power_logit = None
+  if plan.sum_logits:
+    logit = total(logits)
+  if plan.gamma_neg > 0:
+    powers = jnp.exp(jnp.where(non_target, plan.gamma_neg * shifted, -jnp.inf))
+    power, power_logit = total(powers), total(powers * logits)
+  return _Sums(
+      shift=shift,
+      target_logit=jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1),
+      # Masking the exponent (not the exponential) keeps inf * 0 out of the gradient.
+      exp=jnp.sum(jnp.exp(jnp.where(non_target, shifted + _EXP_OFFSET, -jnp.inf)), axis=-1),
+      logit=logit, power=power, power_logit=power_logit)
+
+
+def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
+  """The exponential sums re-expressed relative to a larger shift."""
+  decay = new_shift - sums.shift
+  power_scale = None if sums.power is None else jnp.exp(-plan.gamma_neg * decay)
+  return sums._replace(
+      shift=new_shift, exp=sums.exp * jnp.exp(-decay),
+      power=None if sums.power is None else sums.power * power_scale,
+      power_logit=None if sums.power is None else sums.power_logit * power_scale)
+
+
+def _chunk(embeddings, kernel, bias, index, plan: _Plan):
+  """Chunk ``index``: logits ``[N, c]``, kernel slice, start, columns, new-column mask."""
+  start = jnp.minimum(index * plan.chunk_size, plan.num_classes - plan.chunk_size)
+  columns = start + jnp.arange(plan.chunk_size)
+  kernel_chunk = jax.lax.dynamic_slice_in_dim(kernel, start, plan.chunk_size, axis=1)
+  logits = jnp.dot(embeddings, kernel_chunk, preferred_element_type=plan.dtype)
+  if bias is not None:
+    logits += jax.lax.dynamic_slice_in_dim(bias, start, plan.chunk_size).astype(plan.dtype)
+  return logits, kernel_chunk, start, columns, columns >= index * plan.chunk_size
+
+
+def _num_chunks(plan: _Plan) -> int:
+  return -(-plan.num_classes // plan.chunk_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _streamed_sums(embeddings, kernel, bias, labels, plan: _Plan) -> _Sums:
+  return _streamed_sums_fwd(embeddings, kernel, bias, labels, plan)[0]
+
+
+def _streamed_sums_fwd(embeddings, kernel, bias, labels, plan: _Plan):
+  rows = embeddings.shape[0]
+
+  def step(sums, index):
+    logits, _, _, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
+    chunk_max = jnp.max(jnp.where(is_new, logits, -jnp.inf), axis=-1)
+    sums = _rescaled(sums, jnp.maximum(sums.shift, chunk_max), plan)
+    chunk = _chunk_sums(logits, labels, columns, is_new, sums.shift, plan)
+    return jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk), None
+
+  zeros = jnp.zeros((rows,), plan.dtype)
+  initial = _Sums(
+      # Not -inf: the first rescaling would compute e^{-inf - (-inf)}.
+      shift=jnp.full((rows,), jnp.finfo(plan.dtype).min), target_logit=zeros, exp=zeros,
+      logit=zeros if plan.sum_logits else None,
+      power=zeros if plan.gamma_neg > 0 else None,
+      power_logit=zeros if plan.gamma_neg > 0 else None)
+  sums, _ = jax.lax.scan(step, initial, jnp.arange(_num_chunks(plan)))
+  return sums, (embeddings, kernel, bias, labels, sums.shift)
+
+
+def _streamed_sums_bwd(plan: _Plan, residuals, cotangents: _Sums):
+  embeddings, kernel, bias, labels, shift = residuals
+  cotangents = cotangents._replace(shift=jnp.zeros_like(shift))  # the shift is held fixed
+  replicated = jax.typeof(embeddings).sharding.update(spec=jax.sharding.PartitionSpec())
+
+  def step(carry, index):
+    d_embeddings, d_kernel, d_bias = carry
+    logits, kernel_chunk, start, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
+    _, vjp = jax.vjp(lambda z: _chunk_sums(z, labels, columns, is_new, shift, plan), logits)
+    (d_logits,) = vjp(cotangents)
+    d_low = d_logits.astype(kernel.dtype)
+    d_embeddings += jnp.dot(d_low, kernel_chunk.T, preferred_element_type=plan.dtype)
+    # Overlapping columns of the last chunk get a zero gradient: adding is exact.
+    # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
+    d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
+                      out_sharding=replicated)
+    d_kernel = jax.lax.dynamic_update_slice_in_dim(
+        d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, start, plan.chunk_size, axis=1)
+        + d_chunk.astype(kernel.dtype), start, axis=1)
+    if bias is not None:
+      d_bias = jax.lax.dynamic_update_slice_in_dim(
+          d_bias, jax.lax.dynamic_slice_in_dim(d_bias, start, plan.chunk_size)
+          + jnp.sum(d_logits, axis=0).astype(bias.dtype), start, axis=0)
+    return (d_embeddings, d_kernel, d_bias), None
+
+  initial = (jnp.zeros(embeddings.shape, plan.dtype), jnp.zeros_like(kernel),
+             None if bias is None else jnp.zeros_like(bias))
+  (d_embeddings, d_kernel, d_bias), _ = jax.lax.scan(
+      step, initial, jnp.arange(_num_chunks(plan)))
+  return d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, None
+
+
+_streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
+
+
+def _loss_from_sums(sums: _Sums, *, num_classes, xi, gamma_hc, gamma_lc, gamma_neg,
+                    label_smoothing):
+  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`)."""
+  shift = jax.lax.stop_gradient(sums.shift)
+  margin = sums.target_logit - shift
+  log_sum = jnp.log(sums.exp + _SUM_FLOOR) - _EXP_OFFSET
+  log_p_target = -jnp.logaddexp(0.0, log_sum - margin)
+  weight = _focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
+                         xi, gamma_hc, gamma_lc)
+  target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
+  loss = -target_mass * weight * log_p_target
+  if sums.logit is None:
+    return loss
+  log_normalizer = jnp.logaddexp(margin, log_sum)
+  lse = shift + log_normalizer
+
+  def log_p_sum():
+    return sums.logit - (num_classes - 1) * lse
+
+  def focal_log_p_sum():
+    return jnp.exp(-gamma_neg * log_normalizer) * (sums.power_logit - lse * sums.power)
+
+  non_target = log_p_sum() if gamma_neg == 0 else _mix(xi, log_p_sum, focal_log_p_sum)
+  return loss - (label_smoothing / num_classes) * non_target
+
+
+def _chunk_size(value, num_classes: int, dtype) -> int:
+  if value is None:
+    return min(num_classes, _CHUNK_BYTES // jnp.dtype(dtype).itemsize)
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"chunk_size must be a positive int or None, got {value!r}.")
+  return min(int(value), num_classes)
+
+
+def _check_float(name: str, array: jax.Array):
+  if not jnp.issubdtype(array.dtype, jnp.floating):
+    raise ValueError(f"{name} must be floating point, got dtype {array.dtype}.")
+
+
+def linear_cyclical_focal_loss_with_integer_labels(
+    embeddings: ArrayLike,
+    kernel: ArrayLike,
+    labels: ArrayLike,
+    xi: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    gamma_hc: float = 2.0,
+    gamma_lc: float = 2.0,
+    gamma_neg: float | None = None,
+    label_smoothing: float = 0.0,
+    where: ArrayLike | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+  r"""Cyclical focal loss of ``embeddings @ kernel + bias``, without the ``[N, V]`` logits.
+
+  Equals :func:`cfl_jax.cyclical_focal_loss_with_integer_labels` on the logits
+  :math:`z = h W + b`,
+
+  .. math::
+    \ell = -\left[\xi (1 + p_t)^{\gamma_{hc}}
+           + (1 - \xi)(1 - p_t)^{\gamma_{lc}}\right] \log p_t
+           \;-\; \frac{\epsilon}{V} \sum_{j \ne t}
+           \left[\xi + (1 - \xi) p_j^{\gamma_{neg}}\right] \log p_j ,
+
+  (the second sum only in the reference form), computed in one streamed pass
+  over vocabulary chunks of ``chunk_size`` classes: compiled temporaries are a
+  few ``[N, chunk_size]`` float32 arrays whatever the vocabulary size ``V``. The
+  backward pass recomputes each chunk's logits. ``gamma_hc = gamma_lc = 0``
+  gives a fused cross-entropy. Logits are accumulated in float32 (also for
+  bfloat16 inputs); values and gradients are finite for every :math:`\gamma \ge 0`
+  at any logits (:math:`\log(1 - p_t)` comes from the non-target log-sum-exp).
+
+  Args:
+    embeddings: ``[batch..., D]`` float (e.g. ``[B, T, D]`` token embeddings).
+    kernel: ``[D, V]`` float output projection.
+    labels: ``[batch...]`` integer class indices; a label outside ``[0, V)``
+      gives a NaN loss for its example (mask it with ``where`` to ignore it).
+    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced.
+    bias: optional ``[V]`` float bias.
+    gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0`.
+    gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0`.
+    gamma_neg: ``None`` for the paper form; a number :math:`\ge 0` for the
+      reference-code form (non-target weight :math:`\xi + (1 - \xi) p_j^{g}`).
+    label_smoothing: :math:`\epsilon \in [0, 1)`, inside the weighted sum; the
+      paper form supports only ``0`` here (its smoothed sum needs every
+      :math:`p_j`, not a streamed statistic), the reference form any value.
+    where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
+      padding token) has loss 0 and contributes 0 gradient, whatever its label.
+    chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,
+      4,096 for bfloat16 (capped at ``V``).
+
+  Returns:
+    The loss of each example, ``[batch...]``, float32 (float64 for float64 inputs).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import cfl_jax
+    >>> h = jax.random.normal(jax.random.key(0), (2, 3, 8))    # [B, T, D]
+    >>> w = jax.random.normal(jax.random.key(1), (8, 100))     # [D, V]
+    >>> labels = jnp.array([[5, 7, 0], [99, 3, 0]])
+    >>> padding = jnp.array([[True, True, False], [True, True, False]])
+    >>> loss = cfl_jax.linear_cyclical_focal_loss_with_integer_labels(
+    ...     h, w, labels, xi=0.5, where=padding, chunk_size=32)
+    >>> dense = cfl_jax.cyclical_focal_loss_with_integer_labels(
+    ...     h @ w, labels, xi=0.5, where=padding)
+    >>> print(loss.shape, bool(jnp.allclose(loss, dense, rtol=1e-5, atol=1e-5)))
+    (2, 3) True
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+    Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
+    <https://arxiv.org/abs/2411.09009>`_, 2024.
+  """
+  gamma_hc = _gamma("gamma_hc", gamma_hc)
+  gamma_lc = _gamma("gamma_lc", gamma_lc)
+  gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
+  label_smoothing = _smoothing(label_smoothing)
+  if gamma_neg is None and label_smoothing:
+    raise ValueError(
+        "label_smoothing > 0 needs the reference form (gamma_neg set) in the fused "
+        "loss; for the paper form with smoothing use cyclical_focal_loss_with_integer_labels "
+        "on the logits.")
+  embeddings, kernel, labels = map(jnp.asarray, (embeddings, kernel, labels))
+  _check_float("embeddings", embeddings)
+  _check_float("kernel", kernel)
+  if embeddings.ndim < 1:
+    raise ValueError("embeddings must have a feature axis [..., D], got a scalar.")
+  if kernel.ndim != 2 or kernel.shape[0] != embeddings.shape[-1]:
+    raise ValueError(
+        f"kernel must have shape [D, V] with D = {embeddings.shape[-1]} (the embeddings' "
+        f"last axis), got {kernel.shape}.")
+  num_classes = kernel.shape[1]
+  if num_classes < 2:
+    raise ValueError(f"kernel needs at least 2 classes (V >= 2), got V = {num_classes}.")
+  batch_shape = embeddings.shape[:-1]
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}.")
+  if labels.shape != batch_shape:
+    raise ValueError(
+        f"labels shape {labels.shape} does not match the embeddings' batch shape "
+        f"{batch_shape}.")
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    _check_float("bias", bias)
+    if bias.shape != (num_classes,):
+      raise ValueError(f"bias must have shape ({num_classes},), got {bias.shape}.")
+  dtype = jnp.promote_types(jnp.result_type(embeddings, kernel), jnp.float32)
+  static = _static_xi(xi)
+  xi = jnp.asarray(xi, dtype)
+  if xi.ndim and xi.shape != batch_shape:
+    raise ValueError(f"xi must be a scalar or have the batch shape {batch_shape}, got {xi.shape}.")
+  if where is not None:
+    where = jnp.asarray(where, bool)
+    if where.shape != batch_shape:
+      raise ValueError(f"where must have the batch shape {batch_shape}, got {where.shape}.")
+    # Double-where: masked rows may hold garbage; keep their gradient exactly 0.
+    embeddings = jnp.where(where[..., None], embeddings, 0)
+  plan = _Plan(num_classes=num_classes,
+               chunk_size=_chunk_size(chunk_size, num_classes, kernel.dtype),
+               sum_logits=gamma_neg is not None and label_smoothing > 0,
+               gamma_neg=gamma_neg if gamma_neg is not None and label_smoothing > 0 else 0.0,
+               dtype=dtype)
+  rows = math.prod(batch_shape)
+  sums = _streamed_sums(embeddings.reshape(rows, -1), kernel, bias,
+                        labels.reshape(rows).astype(jnp.int32), plan)
+  if static is None:
+    static = xi.reshape(rows) if xi.ndim else xi
+  loss = _loss_from_sums(sums, num_classes=num_classes, xi=static, gamma_hc=gamma_hc,
+                         gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+                         label_smoothing=label_smoothing).reshape(batch_shape)
+  loss = jnp.where((labels < 0) | (labels >= num_classes), jnp.nan, loss)
+  return loss if where is None else jnp.where(where, loss, 0.0)

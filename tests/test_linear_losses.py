@@ -1,0 +1,230 @@
+"""Tests for cfl_jax.linear_losses: the fused projection + cyclical focal loss.
+
+The oracle is the dense loss, ``cfl_jax.cyclical_focal_loss_with_integer_labels(h @ w + b, ...)``
+(itself tested against float64 numpy in test_losses.py), and finite differences in float64.
+Tolerance: float32 inputs agree with the dense loss to rtol = atol = 1e-5 in value and gradient
+(both accumulate in float32; only the summation order differs).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
+
+import cfl_jax
+
+fused = cfl_jax.linear_cyclical_focal_loss_with_integer_labels
+dense = cfl_jax.cyclical_focal_loss_with_integer_labels
+
+FORMS = {
+    "paper": dict(gamma_hc=3.0, gamma_lc=2.0),
+    "paper_fractional": dict(gamma_hc=0.5, gamma_lc=0.25),
+    "reference_eps0": dict(gamma_hc=3.0, gamma_lc=2.0, gamma_neg=2.0),
+    "reference": dict(gamma_hc=3.0, gamma_lc=2.0, gamma_neg=2.0, label_smoothing=0.1),
+    "reference_gneg_1.5": dict(gamma_hc=2.0, gamma_lc=0.0, gamma_neg=1.5, label_smoothing=0.2),
+    "reference_gneg_0": dict(gamma_hc=2.0, gamma_lc=2.0, gamma_neg=0.0, label_smoothing=0.1),
+}
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make_inputs(batch=(6,), dim=5, vocab=37, dtype=jnp.float32, scale=2.0, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  h = jax.random.normal(keys[0], (*batch, dim), dtype)
+  w = (scale * jax.random.normal(keys[1], (dim, vocab))).astype(dtype)
+  b = jax.random.normal(keys[2], (vocab,), dtype)
+  labels = jax.random.randint(keys[3], batch, 0, vocab)
+  return h, w, b, labels
+
+
+def dense_on_projection(h, w, labels, xi, *, bias=None, **kw):
+  logits = jnp.dot(h, w, preferred_element_type=jnp.float32)
+  return dense(logits if bias is None else logits + bias, labels, xi, **kw)
+
+
+def assert_matches_dense(form, chunk_size):
+  """Per-example losses and gradients w.r.t. embeddings, kernel and bias equal the dense ones."""
+  h, w, b, labels = make_inputs()
+  xi = jnp.linspace(0.0, 1.0, 6)  # per-example xi, 0 and 1 included
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def losses_and_grads(loss_fn, h, w, b):
+    per_example = lambda h, w, b: loss_fn(h, w, labels, xi, bias=b, **FORMS[form])
+    weights = jnp.arange(1.0, 7.0)  # distinct cotangents per example
+    return per_example(h, w, b), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
+                                          argnums=(0, 1, 2))(h, w, b)
+
+  got = losses_and_grads(functools.partial(fused, chunk_size=chunk_size), h, w, b)
+  expected = losses_and_grads(dense_on_projection, h, w, b)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, **TOL), got, expected)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_value_and_gradients_match_dense(form):
+  """37 classes in chunks of 8: the last chunk overlaps the one before it."""
+  assert_matches_dense(form, chunk_size=8)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 36, 37, 64, None])
+def test_any_chunk_size_gives_the_same_loss(chunk_size):
+  assert_matches_dense("reference", chunk_size)
+
+
+@pytest.mark.parametrize("form", ["paper", "reference", "reference_gneg_1.5"])
+def test_gradients_match_finite_differences_in_float64(form):
+  with jax.enable_x64(True):
+    h, w, b, labels = make_inputs(batch=(3,), dim=4, vocab=11, dtype=jnp.float64)
+    fn = lambda h, w, b: fused(h, w, labels, 0.4, bias=b, chunk_size=4, **FORMS[form])
+    assert fn(h, w, b).dtype == jnp.float64
+    check_grads(fn, (h, w, b), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_gamma_zero_is_cross_entropy():
+  h, w, b, labels = make_inputs()
+  got = fused(h, w, labels, 0.3, bias=b, gamma_hc=0.0, gamma_lc=0.0, chunk_size=8)
+  np.testing.assert_allclose(
+      got, optax.softmax_cross_entropy_with_integer_labels(h @ w + b, labels), **TOL)
+
+
+def test_token_batch_with_padding_mask():
+  """[B, T, D] tokens: a padded token has loss 0 and gradient 0, even with garbage inputs."""
+  h, w, _, labels = make_inputs(batch=(2, 5))
+  mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+  h = h.at[1, 3].set(jnp.nan).at[1, 4].set(jnp.inf)
+  labels = labels.at[1, 4].set(-100)  # an "ignore index" under the mask
+  xi = jnp.float32(0.7)
+
+  loss = jax.jit(fused, static_argnames=("chunk_size", *FORMS["reference"]))(
+      h, w, labels, xi, where=mask, chunk_size=8, **FORMS["reference"])
+  assert loss.shape == (2, 5)
+  np.testing.assert_array_equal(loss[1, 3:], 0.0)
+  np.testing.assert_allclose(loss[mask], dense_on_projection(
+      h[mask], w, labels[mask], xi, **FORMS["reference"]), **TOL)
+
+  grad_h, grad_w = jax.jit(jax.grad(
+      lambda h, w: fused(h, w, labels, xi, where=mask, chunk_size=8,
+                         **FORMS["reference"]).sum(), argnums=(0, 1)))(h, w)
+  np.testing.assert_array_equal(grad_h[1, 3:], 0.0)
+  assert np.isfinite(grad_w).all()
+  expected_w = jax.jit(jax.grad(lambda w: dense_on_projection(
+      h[mask], w, labels[mask], xi, **FORMS["reference"]).sum()))(w)
+  np.testing.assert_allclose(grad_w, expected_w, **TOL)
+
+
+def test_labels_outside_the_vocabulary_give_nan():
+  h, w, _, labels = make_inputs()
+  labels = labels.at[1].set(-1).at[4].set(37)
+  loss = fused(h, w, labels, 0.5, chunk_size=8)
+  assert np.isnan(loss[np.array([1, 4])]).all()
+  keep = np.array([0, 2, 3, 5])
+  np.testing.assert_allclose(loss[keep], dense_on_projection(h[keep], w, labels[keep], 0.5), **TOL)
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+  """bf16 embeddings and kernel: float32 loss equal to the dense loss on the float32 product."""
+  h, w, b, labels = make_inputs(dtype=jnp.bfloat16)
+  loss = fused(h, w, labels, 0.3, bias=b, chunk_size=8, **FORMS["reference"])
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(loss, dense_on_projection(
+      h.astype(jnp.float32), w.astype(jnp.float32), labels, 0.3, bias=b.astype(jnp.float32),
+      **FORMS["reference"]), **TOL)
+  grad_h, grad_w = jax.grad(lambda h, w: fused(h, w, labels, 0.3, chunk_size=8).sum(),
+                            argnums=(0, 1))(h, w)
+  assert grad_h.dtype == grad_w.dtype == jnp.bfloat16
+  expected_h, expected_w = jax.grad(
+      lambda h, w: dense_on_projection(h, w, labels, 0.3).sum(),
+      argnums=(0, 1))(h.astype(jnp.float32), w.astype(jnp.float32))
+  # bf16 rounding of the logit gradient and of the result: about 3 significant digits.
+  np.testing.assert_allclose(grad_h.astype(jnp.float32), expected_h, rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(grad_w.astype(jnp.float32), expected_w, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 1.0, 2.0])
+def test_finite_at_extreme_logits(gamma):
+  """Logits up to +-1e4 (p_t rounds to 1 or to 0): finite value and gradient, both forms."""
+  h, w, b, labels = make_inputs(scale=1e4)
+  for form in (dict(), dict(gamma_neg=gamma, label_smoothing=0.1)):
+    fn = lambda h, w, b: fused(h, w, labels, 0.5, bias=b, gamma_hc=gamma, gamma_lc=gamma,
+                               chunk_size=8, **form).sum()
+    value, grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(h, w, b)
+    assert np.isfinite(value)
+    for g in grads:
+      assert np.isfinite(g).all()
+
+
+def test_traced_xi_and_its_gradient_under_jit():
+  h, w, b, labels = make_inputs()
+  fn = jax.jit(lambda xi: fused(h, w, labels, xi, bias=b, chunk_size=8,
+                                **FORMS["reference"]).sum())
+  expected = lambda xi: dense_on_projection(h, w, labels, xi, bias=b, **FORMS["reference"]).sum()
+  np.testing.assert_allclose(fn(0.25), expected(0.25), **TOL)
+  np.testing.assert_allclose(jax.grad(fn)(0.25), jax.grad(expected)(0.25), **TOL)
+
+
+@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
+def test_sharded_batch_matches_unsharded(axis_type):
+  """Batch over an 8-device ('data',) mesh, kernel replicated: same value and gradients."""
+  h, w, b, labels = make_inputs(batch=(16,), dim=8, vocab=50)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+  step = jax.jit(jax.value_and_grad(
+      lambda h, w, b, t: fused(h, w, t, 0.3, bias=b, chunk_size=16,
+                               **FORMS["reference"]).mean(), argnums=(0, 1, 2)))
+  rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  sharded = step(jax.device_put(h, rows), jax.device_put(w, replicated),
+                 jax.device_put(b, replicated), jax.device_put(labels, rows))
+  assert sharded[1][0].sharding.is_equivalent_to(rows, 2)
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6),
+               sharded, step(h, w, b, labels))
+
+
+def compiled_temporaries(vocab, **kw):
+  """Temp bytes of value + grad (h, w) of the mean loss at N=256, D=64, chunks of 256."""
+  fn = jax.jit(jax.value_and_grad(
+      lambda h, w, t: fused(h, w, t, 0.3, chunk_size=256, **kw).mean(), argnums=(0, 1)))
+  shapes = (jax.ShapeDtypeStruct((256, 64), jnp.float32),
+            jax.ShapeDtypeStruct((64, vocab), jnp.float32),
+            jax.ShapeDtypeStruct((256,), jnp.int32))
+  return fn.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_compiled_temporaries_do_not_grow_with_the_vocabulary(form):
+  small, large = compiled_temporaries(2048, **FORMS[form]), compiled_temporaries(
+      16384, **FORMS[form])
+  logits_bytes = 256 * 16384 * 4  # one [N, V] float32 array at the larger vocabulary
+  assert abs(large - small) < 16 * 1024, (small, large)
+  assert large < logits_bytes / 4, (large, logits_bytes)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(chunk_size=2.5), "chunk_size"),
+    (dict(chunk_size=True), "chunk_size"),
+    (dict(bias=jnp.zeros(36)), "bias"),
+    (dict(where=jnp.ones(5, bool)), "where"),
+    (dict(gamma_lc=-1.0), "gamma_lc"),
+    (dict(gamma_neg=2.0, label_smoothing=1.0), "label_smoothing"),
+    (dict(label_smoothing=0.1), "reference form"),
+])
+def test_bad_arguments_name_the_problem(kwargs, message):
+  h, w, _, labels = make_inputs()
+  with pytest.raises(ValueError, match=message):
+    fused(h, w, labels, 0.5, **kwargs)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((jnp.ones((6, 4)), jnp.ones((5, 37)), jnp.zeros(6, int)), "kernel must have shape"),
+    ((jnp.ones((6, 5)), jnp.ones((5, 37, 1)), jnp.zeros(6, int)), "kernel must have shape"),
+    ((jnp.ones((6, 5)), jnp.ones((5, 1)), jnp.zeros(6, int)), "at least 2 classes"),
+    ((jnp.ones((6, 5)), jnp.ones((5, 37)), jnp.zeros(6)), "integer"),
+    ((jnp.ones((6, 5)), jnp.ones((5, 37)), jnp.zeros(5, int)), "labels shape"),
+    ((jnp.ones((6, 5), int), jnp.ones((5, 37)), jnp.zeros(6, int)), "embeddings must be floating"),
+    ((jnp.ones((6, 5)), jnp.ones((5, 37), int), jnp.zeros(6, int)), "kernel must be floating"),
+])
+def test_bad_shapes_and_dtypes_name_the_problem(args, message):
+  with pytest.raises(ValueError, match=message):
+    fused(*args, 0.5)
