@@ -3,6 +3,7 @@
 The flag must be set before JAX initialises its backends, hence at conftest import time.
 Single-device code is unaffected: unsharded arrays live on device 0.
 """
+import contextlib
 import os
 
 import pytest
@@ -13,22 +14,44 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@pytest.fixture
-def compilation_cache(tmp_path):
-  """A persistent compilation cache shared by this process and its subprocesses (test speed:
-  the rerun loads the programs the in-process run compiled instead of compiling them again)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  settings = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
+@contextlib.contextmanager
+def _persistent_compilation_cache(directory):
+  """JAX's persistent compilation cache in ``directory`` (every program cached), restored after.
+
+  Yields the settings as environment variables, for subprocesses.
+  """
+  # Imported here: JAX must not initialise before XLA_FLAGS above is set.
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache_lib
+  # pylint: enable=g-import-not-at-top
+  settings = {"jax_compilation_cache_dir": str(directory),
               "jax_persistent_cache_min_compile_time_secs": 0.0,
               "jax_persistent_cache_min_entry_size_bytes": -1}
   saved = {key: getattr(jax.config, key) for key in settings}
   for key, value in settings.items():
     jax.config.update(key, value)
-  cc.reset_cache()
+  cache_lib.reset_cache()
   try:
     yield {key.upper(): str(value) for key, value in settings.items()}
   finally:
     for key, value in saved.items():
       jax.config.update(key, value)
-    cc.reset_cache()
+    cache_lib.reset_cache()
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """A persistent compilation cache shared by this process and its subprocesses (test speed:
+  the rerun loads the programs the in-process run compiled instead of compiling them again)."""
+  with _persistent_compilation_cache(tmp_path / "xla_cache") as environment:
+    yield environment
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for all of a module's in-process runs: runs over the same
+  number of classes compile identical initialisation and eval programs (and identical train steps
+  for the same recipe and loss), and compilation dominates a few-step run on the CPU."""
+  with _persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")) as environment:
+    yield environment

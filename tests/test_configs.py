@@ -13,7 +13,6 @@ import sys
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 from ml_collections import config_flags
 import numpy as np
 import optax
@@ -31,7 +30,13 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "
 STUDIES = ("cifar10", "cifar100", "cifar_4k", "cifar_lt", "imagenet", "imagenet_lt", "places_lt")
 
 
+# Arguments a study requires (checked by test_places_lt_fine_tunes_imagenet_weights).
+_REQUIRED = {"places_lt": "init_from=/weights/resnet152.safetensors"}
+
+
 def _get_config(study, arg=None):
+  if study in _REQUIRED and "smoke" not in (arg or "") and "init_from" not in (arg or ""):
+    arg = ",".join(filter(None, (arg, _REQUIRED[study])))
   return importlib.import_module(f"experiments.configs.{study}").get_config(arg)
 
 
@@ -49,6 +54,19 @@ def test_each_loss_resolves(study, loss):
   assert config.name.endswith(f"_{loss}") and config.num_train_steps == -1
   assert config.dataset.data_dir is None
   assert resolve_config(_get_config(study, f"{loss},smoke")).name.endswith(f"_{loss}_smoke")
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_smoke_keeps_the_input_pipeline_and_training_path(study):
+  full, smoke = (resolve_config(_get_config(study, arg)) for arg in ("cfl", "cfl,smoke"))
+  drop = lambda dataset: {k: v for k, v in dataset.items() if k != "shuffle_buffer"}
+  assert drop(smoke.dataset.to_dict()) == drop(full.dataset.to_dict())
+  for key in ("ema_decay", "mixup_alpha"):
+    assert smoke[key] == full[key]
+  for key in ("name", "learning_rate", "head_learning_rate", "weight_decay", "weight_decay_on",
+              "lr_schedule", "min_learning_rate", "lr_decay_epochs"):
+    assert smoke.optimizer[key] == full.optimizer[key], key
+  assert smoke.loss == full.loss and smoke.batch_size < full.batch_size
 
 
 @pytest.mark.parametrize("study, protocol", [
@@ -73,7 +91,8 @@ def test_cifar_lt_is_the_ldam_protocol():
   assert config.dataset.to_dict() == {"name": "cifar100", "imbalance_ratio": 50.0,
                                       "data_dir": None}
   assert (config.model.name, config.batch_size, config.num_epochs) == ("resnet32", 128, 200)
-  assert (config.optimizer.weight_decay, config.optimizer.nesterov) == (2e-4, False)
+  assert (config.optimizer.weight_decay, config.optimizer.weight_decay_on,
+          config.optimizer.nesterov) == (2e-4, "all", False)
   steps_per_epoch = 10847 // 128  # CIFAR-100-LT at rho=100 has 10,847 images
   lr = recipe.learning_rate_schedule(config.optimizer, total_steps=200 * steps_per_epoch,
                                     steps_per_epoch=steps_per_epoch)
@@ -81,10 +100,67 @@ def test_cifar_lt_is_the_ldam_protocol():
   np.testing.assert_allclose(values, [0.02, 0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)
 
 
+def _lr_at_epochs(config, num_examples, epochs):
+  steps_per_epoch = num_examples // config.batch_size
+  lr = recipe.learning_rate_schedule(config.optimizer,
+                                     total_steps=config.num_epochs * steps_per_epoch,
+                                     steps_per_epoch=steps_per_epoch)
+  return [float(lr(round(epoch * steps_per_epoch))) for epoch in epochs]
+
+
+@pytest.mark.parametrize("study, arg", [("cifar10", None), ("cifar100", None),
+                                        ("cifar_4k", "c100,sampler6_2")])
+def test_cifar_studies_are_the_timm_tresnet_recipe(study, arg):
+  """SPEC section 5: TResNet-M at 224, batch 384, SGD Nesterov 0.9, lr 0.15 cosine, 3 warm-up
+  epochs from 0.01, 200 + 1 cool-down epochs, wd 5e-4 not on biases/norms, RandAugment m9,
+  erasing 0.6."""
+  config = resolve_config(_get_config(study, arg))
+  assert (config.model.name, config.model.init_from, config.batch_size,
+          config.num_epochs) == ("tresnet_m", "", 384, 201)
+  assert {key: config.dataset[key] for key in ("image_size", "rand_augment",
+                                               "random_erasing")} == {
+      "image_size": 224, "rand_augment": 9, "random_erasing": 0.6}
+  opt = config.optimizer
+  assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.weight_decay_on,
+          opt.head_learning_rate) == ("sgd", 0.9, True, 5e-4, "kernels", 0.0)
+  assert (config.ema_decay, config.mixup_alpha) == (0.0, 0.0)
+  # 50,000 / 384 = 130 steps per epoch: warm-up over epochs 0-3, cosine over 3-200, floor after.
+  values = _lr_at_epochs(config, 50_000, (0, 1.5, 3, 3 + 197 / 2, 200, 200.5))
+  np.testing.assert_allclose(values, [0.01, 0.08, 0.15, (0.15 + 1e-5) / 2, 1e-5, 1e-5],
+                             rtol=1e-3)
+
+
+def test_imagenet_is_the_timm_recipe_with_ema_and_mixup():
+  config = resolve_config(_get_config("imagenet", "cfl"))
+  assert (config.model.name, config.batch_size, config.num_epochs) == ("tresnet_m", 1536, 201)
+  assert (config.dataset.rand_augment, config.dataset.random_erasing) == (9, 0.4)
+  assert (config.optimizer.learning_rate, config.optimizer.weight_decay,
+          config.optimizer.nesterov) == (0.6, 2e-5, True)
+  assert (config.ema_decay, config.mixup_alpha) == (0.9998, 0.2)
+
+
+def test_places_lt_fine_tunes_imagenet_weights():
+  with pytest.raises(ValueError, match=r"init_from=PATH.*resnet152-394f9c45\.pth"):
+    importlib.import_module("experiments.configs.places_lt").get_config("cfl")
+  config = resolve_config(_get_config("places_lt", "ce,init_from=/w/r152.safetensors"))
+  assert (config.model.name, config.model.init_from) == ("resnet152", "/w/r152.safetensors")
+  opt = config.optimizer
+  assert (opt.learning_rate, opt.head_learning_rate, opt.weight_decay_on) == (0.001, 0.1, "all")
+  assert (config.num_epochs, config.batch_size, opt.lr_decay_epochs) == (30, 128, (10, 20))
+  steps_per_epoch = 62_500 // 128
+  lr = recipe.learning_rate_schedule(opt, total_steps=30 * steps_per_epoch,
+                                     steps_per_epoch=steps_per_epoch)
+  np.testing.assert_allclose([float(lr(e * steps_per_epoch)) for e in (0, 9, 10, 20, 29)],
+                             [1e-3, 1e-3, 1e-4, 1e-5, 1e-5], rtol=1e-5)
+
+
 def test_imagenet_lt_reference_xi_is_the_long_tail_path():
   config = resolve_config(_get_config("imagenet_lt", "cfl_reference"))
   assert (config.model.name, config.num_epochs, config.batch_size) == ("resnet10", 30, 128)
-  assert config.optimizer.lr_decay_epochs == (10, 20)
+  assert (config.optimizer.learning_rate, config.optimizer.weight_decay,
+          config.optimizer.weight_decay_on) == (0.1, 5e-4, "all")
+  np.testing.assert_allclose(_lr_at_epochs(config, 115_846, (0, 9, 10, 19, 20, 29)),
+                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
   steps_per_epoch = 115846 // 128
   xi = recipe.xi_schedule(config.loss, total_steps=30 * steps_per_epoch,
                              steps_per_epoch=steps_per_epoch)
@@ -97,8 +173,9 @@ def test_cifar_4k_subsets():
            for dataset in ("c10", "c100") for subset in ("balanced", "sampler6_2", "sampler5_3")}
   names["c10", "intended"] = _get_config("cifar_4k", "sampler5_3_intended").dataset.subset
   assert set(names.values()) == set(SUBSET_NAMES)
-  assert _get_config("cifar_4k").dataset.to_dict() == {"name": "cifar10", "subset": "first_4000",
-                                                       "data_dir": None}
+  dataset = _get_config("cifar_4k").dataset.to_dict()
+  assert {key: dataset[key] for key in ("name", "subset", "data_dir")} == {
+      "name": "cifar10", "subset": "first_4000", "data_dir": None}
   with pytest.raises(ValueError, match="c10 only"):
     _get_config("cifar_4k", "c100,sampler5_3_intended")
 
@@ -130,28 +207,6 @@ def test_command_line_argument_and_override(monkeypatch):
 
 # Smoke runs on tiny data in the real formats.
 
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module's smoke runs, restored afterwards.
-
-  Runs over the same number of classes compile identical initialisation and eval programs (and
-  identical train steps for the same recipe and loss); the cache compiles each once, and
-  compilation dominates a two-step run on the CPU.
-  """
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-  for name, value in zip(_CACHE_OPTIONS, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
-    jax.config.update(name, value)
-  compilation_cache_lib.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache_lib.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   pytest.importorskip("tensorflow_datasets")
@@ -179,15 +234,18 @@ def data_dir(tmp_path_factory):
     ("cifar100", "focal,smoke", 2),
     ("cifar_lt", "c10,ratio=10,smoke", 2),
     ("imagenet", "ce,smoke", 2),
-    ("imagenet_lt", "cfl_reference,smoke", 4),  # two whole epochs of 32 images at batch 16
+    ("imagenet_lt", "cfl_reference,smoke", 8),  # two whole epochs of 32 images at batch 8
     ("places_lt", "smoke", 2),
 ])
-def test_smoke_trains_and_evaluates(compilation_cache, data_dir, tmp_path, study, arg, steps):
-  del compilation_cache  # used for its effect
+def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path, study, arg,
+                                    steps):
+  """The recipe's data pipeline at its input size, augmentation, EMA and mixup, tiny model."""
+  del module_compilation_cache  # used for its effect
   config = _get_config(study, f"{arg},data_dir={data_dir}")
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["train_steps"] == steps and not summary["preempted"]
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])
+  assert ("ema_test_accuracy" in summary) == (config.ema_decay > 0)
   assert os.path.isfile(os.path.join(tmp_path, "summary.json"))
 
 
@@ -253,8 +311,8 @@ def test_mnist1d_bad_arguments(arg, message):
     _get_config("mnist1d", arg)
 
 
-def test_mnist1d_smoke_trains_and_evaluates(compilation_cache, tmp_path):
-  del compilation_cache  # used for its effect
+def test_mnist1d_smoke_trains_and_evaluates(module_compilation_cache, tmp_path):
+  del module_compilation_cache  # used for its effect
   summary = train_and_evaluate(_get_config("mnist1d", "ce,smoke"), str(tmp_path))
   assert summary["train_steps"] == 2 and summary["train_class_counts"] == np.bincount(
       get_dataset({"name": "mnist1d"}).train_labels).tolist()

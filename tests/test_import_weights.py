@@ -7,9 +7,7 @@ must import into exactly the Flax models' variables, and the imported models mus
 independent numpy (NCHW, float64) forward pass computes with the same tensors.
 """
 
-import json
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,32 +17,8 @@ import safetensors.numpy
 
 from cfl_jax.models import IMPORTABLE_MODELS, get_model, import_weights
 
+import checkpoint_fakes
 import numpy_nchw as nchw
-
-_DATA = pathlib.Path(__file__).with_name("data")
-
-
-def _key_shapes(name):
-  return json.loads((_DATA / f"checkpoint_keys_{name}.json").read_text())
-
-
-def _random_tensors(name, seed=0):
-  """Random tensors for every key, scaled so activations stay of order one."""
-  rng = np.random.default_rng(seed)
-  tensors = {}
-  for key, shape in _key_shapes(name).items():
-    if key.endswith("num_batches_tracked"):
-      tensors[key] = np.array(100, np.int64)
-    elif key.endswith(("running_var", "bn.weight", "bn1.weight", "bn2.weight", "bn3.weight",
-                       "downsample.1.weight")):
-      tensors[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    elif key.endswith("weight"):
-      fan_in = int(np.prod(shape[1:]))
-      tensors[key] = (rng.standard_normal(shape, np.float32) / np.sqrt(fan_in)).astype(np.float32)
-    else:  # biases and running means
-      tensors[key] = (0.1 * rng.standard_normal(shape, np.float32)).astype(np.float32)
-  return tensors
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -54,7 +28,7 @@ def checkpoints(tmp_path_factory):
 
   def get(name):
     if name not in cache:
-      tensors = _random_tensors(name)
+      tensors = checkpoint_fakes.random_tensors(name)
       path = directory / f"{name}.safetensors"
       safetensors.numpy.save_file(tensors, str(path))
       cache[name] = (path, tensors)
@@ -87,11 +61,11 @@ def test_key_lists_hold_the_published_parameter_counts():
   """The key lists are the real checkpoints: their trainable sizes are timm's / torchvision's."""
   published = {"tresnet_m": 31_389_032, "resnet50": 25_557_032, "resnet152": 60_192_808}
   for name, total in published.items():
-    shapes = _key_shapes(name)
+    shapes = checkpoint_fakes.key_shapes(name)
     trainable = [s for k, s in shapes.items() if not k.endswith(
         ("running_mean", "running_var", "num_batches_tracked"))]
     assert sum(int(np.prod(s)) for s in trainable) == total
-  assert {name: len(_key_shapes(name)) for name in published} == {
+  assert {name: len(checkpoint_fakes.key_shapes(name)) for name in published} == {
       "tresnet_m": 434, "resnet50": 320, "resnet152": 932}
 
 

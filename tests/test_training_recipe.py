@@ -211,6 +211,12 @@ def test_temperature_schedule_is_returned_when_enabled():
     ({"lr_schedule": "constant", "warmup_epochs": 2.0, "warmup_init_learning_rate": 0.01},
      {0: 0.01, 10: 0.055, 20: 0.1, 90: 0.1}),
     ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, {0: 0.0, 20: 0.1, 60: 0.05, 100: 0.0}),
+    # timm's CIFAR form: warm-up from 0.01 over 20 steps, cosine over 60 to the floor 0.01,
+    # cool-down at the floor over the last 20: 0.01 + 0.09 * (1 + cos(pi * t / 60)) / 2.
+    ({"lr_schedule": "cosine", "warmup_epochs": 2.0, "warmup_init_learning_rate": 0.01,
+      "min_learning_rate": 0.01, "cooldown_epochs": 2.0},
+     {0: 0.01, 10: 0.055, 20: 0.1, 35: 0.01 + 0.045 * (1 + np.cos(np.pi / 4)), 50: 0.055,
+      79: 0.01 + 0.045 * (1 + np.cos(np.pi * 59 / 60)), 80: 0.01, 99: 0.01}),
 ])
 def test_learning_rate_schedules(overrides, expected):
   schedule = recipe.learning_rate_schedule(_optimizer_config(learning_rate=0.1, **overrides),
@@ -219,7 +225,76 @@ def test_learning_rate_schedules(overrides, expected):
     assert float(schedule(step)) == pytest.approx(value, abs=1e-7), step
 
 
-def test_warmup_must_end_before_training():
+@pytest.mark.parametrize("overrides", [{"warmup_epochs": 10.0},
+                                       {"warmup_epochs": 5.0, "cooldown_epochs": 5.0}])
+def test_warmup_and_cooldown_must_leave_steps(overrides):
   with pytest.raises(ValueError, match="warm-up"):
-    recipe.learning_rate_schedule(_optimizer_config(warmup_epochs=10.0), total_steps=_STEPS,
+    recipe.learning_rate_schedule(_optimizer_config(**overrides), total_steps=_STEPS,
                                  steps_per_epoch=_PER_EPOCH)
+
+
+def test_weight_decay_on_all_parameters_equals_unmasked_optax():
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  tx = recipe.build_optimizer(_optimizer_config(weight_decay=1e-2, weight_decay_on="all"),
+                              learning_rate=0.1)
+  expected = optax.chain(optax.add_decayed_weights(1e-2),
+                         optax.sgd(0.1, momentum=0.9, nesterov=True))
+  for ours, theirs in zip(_run(tx, params, grads, 3), _run(expected, params, grads, 3)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
+  masked = _run(recipe.build_optimizer(_optimizer_config(weight_decay=1e-2), learning_rate=0.1),
+                params, grads, 1)[0]
+  assert not np.allclose(masked["head"]["dense"]["bias"], ours["head"]["dense"]["bias"])
+
+
+def test_parameter_groups_put_the_head_apart():
+  groups = jax.tree_util.tree_leaves_with_path(recipe.parameter_groups(_params()))
+  heads = {"/".join(k.key for k in path) for path, group in groups if group == "head"}
+  assert heads == {"head/dense/kernel", "head/dense/bias"} and len(groups) > len(heads)
+
+
+def test_head_learning_rate_scales_the_head_schedule_only():
+  """Places-LT: backbone 0.001, classifier 0.1, both following one step schedule."""
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  config = _optimizer_config(learning_rate=0.001, head_learning_rate=0.1, weight_decay=5e-4,
+                             lr_schedule="step", lr_decay_epochs=(1,), nesterov=False)
+  schedule = recipe.learning_rate_schedule(config, total_steps=_STEPS, steps_per_epoch=2)
+  tx = recipe.build_optimizer(config, learning_rate=schedule)
+  for rate, group in ((0.001, lambda tree: {k: v for k, v in tree.items() if k != "head"}),
+                      (0.1, lambda tree: {"head": tree["head"]})):
+    reference = optax.chain(
+        optax.add_decayed_weights(5e-4, recipe.weight_decay_mask),
+        optax.sgd(optax.piecewise_constant_schedule(rate, {2: 0.1}), momentum=0.9))
+    expected = _run(reference, group(params), group(grads), 4)
+    for ours, theirs in zip(_run(tx, params, grads, 4), expected):
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), group(ours), theirs)
+
+
+_PROBABILITIES = np.asarray(jax.nn.softmax(np.random.default_rng(1).normal(size=(6, 4))),
+                            np.float32)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("cross_entropy", lambda: optax.softmax_cross_entropy(
+        _LOGITS, optax.smooth_labels(_PROBABILITIES, 0.1))),
+    ("focal", lambda: cfl_jax.focal_loss(_LOGITS, _PROBABILITIES, gamma=1.5,
+                                         label_smoothing=0.1)),
+    ("high_confidence", lambda: cfl_jax.high_confidence_loss(
+        _LOGITS, _PROBABILITIES, gamma=3.0, label_smoothing=0.1)),
+    ("cyclical_focal", lambda: cfl_jax.cyclical_focal_loss(
+        _LOGITS, _PROBABILITIES, 0.3, gamma_hc=3.0, gamma_lc=1.5, label_smoothing=0.1)),
+    ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
+        _LOGITS, optax.smooth_labels(_PROBABILITIES, 0.1), 0.3, gamma_hc=3.0,
+        gamma_lc=1.5).sum(axis=-1)),
+    # The reference form collapses probability labels to their argmax (SPEC section 3).
+    ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        _LOGITS, _PROBABILITIES.argmax(-1), 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0,
+        label_smoothing=0.1)),
+])
+def test_probability_labels_take_the_probability_variants(name, expected):
+  config = resolve_config({"loss": {"name": name, **_HYPER}}).loss
+  ours = jax.jit(get_loss_fn(config))(_LOGITS, _PROBABILITIES, 0.3)
+  np.testing.assert_allclose(ours, jax.jit(expected)(), rtol=1e-5)
+  one_hot = jax.nn.one_hot(_LABELS, 4)
+  np.testing.assert_allclose(get_loss_fn(config)(_LOGITS, one_hot, 0.3), _loss(name), rtol=1e-5)

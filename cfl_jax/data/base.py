@@ -26,6 +26,7 @@ Batch = dict[str, np.ndarray]
 _PERMUTATION_STREAM = 0
 _AUGMENTATION_STREAM = 1
 _TF_DATA_EPOCH_STREAM = 2
+_TF_DATA_STEP_STREAM = 3
 
 
 class ImageClassificationData(abc.ABC):
@@ -144,6 +145,12 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 def epoch_seed(seed: int, epoch: int) -> int:
   """A 32-bit seed for the shuffling and augmentation of one epoch of a tf.data pipeline."""
   sequence = np.random.SeedSequence([_TF_DATA_EPOCH_STREAM, _check_seed(seed), epoch])
+  return int(sequence.generate_state(1)[0])
+
+
+def step_seed(seed: int, step: int) -> int:
+  """A 32-bit seed for the augmentation of global batch ``step`` in a tf.data pipeline."""
+  sequence = np.random.SeedSequence([_TF_DATA_STEP_STREAM, _check_seed(seed), step])
   return int(sequence.generate_state(1)[0])
 
 

@@ -8,8 +8,11 @@ Training sets (``train`` split, put in original order by the ``id`` feature ``'t
   ``n_c`` from :func:`~cfl_jax.data.long_tail.long_tail_counts` (head class 0, ``n_max`` = the
   largest class, 5,000 / 500).
 
-The eval set is always the balanced ``test`` split. Training batches get random crop (pad 4) and
-horizontal flip; all images are standardised per channel with the training-set statistics.
+The eval set is always the balanced ``test`` split. All images are standardised per channel with
+the training-set statistics. At the native 32 px the arrays are served as they are and training
+batches get random crop (pad 4) and horizontal flip. With ``image_size`` (e.g. 224, the paper's
+TResNet-M recipe), ``rand_augment`` or ``random_erasing`` the images are resized and augmented
+per batch in tf.data instead (:mod:`cfl_jax.data.array_stream`).
 
 Examples::
 
@@ -72,7 +75,8 @@ def _select_training(name: str, indices: np.ndarray, labels: np.ndarray, subset:
 
 def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
           imbalance_ratio: float | None = None, long_tail_profile: str = "exponential",
-          augment: bool = True) -> base.ArrayDataset:
+          augment: bool = True, image_size: int = 32, rand_augment: int | None = None,
+          random_erasing: float = 0.0) -> base.ImageClassificationData:
   """CIFAR-10 or CIFAR-100 with one of the training sets of the module docstring.
 
   Args:
@@ -81,15 +85,20 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
     subset: a name from ``cifar_subsets.SUBSET_NAMES`` for the 4,000-image subsets.
     imbalance_ratio: ``n_max / n_min`` for CIFAR-LT (10, 50 or 100 in the papers).
     long_tail_profile: ``'exponential'`` or ``'step'`` (CIFAR-LT only).
-    augment: random crop (pad 4) and flip on training batches.
+    augment: random crop (pad 4) and flip on training batches (32-px arrays only).
+    image_size: side of the model inputs; other than 32, batches are streamed (see above).
+    rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
+    random_erasing: random erasing probability; 0: off.
 
   Returns:
-    An :class:`~cfl_jax.data.base.ArrayDataset` with ``image_shape == (32, 32, 3)``.
+    An :class:`~cfl_jax.data.base.ArrayDataset` with ``image_shape == (32, 32, 3)``, or, when
+    resizing or augmenting beyond crop and flip, a
+    :class:`~cfl_jax.data.array_stream.StreamedArrayDataset` of ``image_size`` px.
 
   Raises:
     FileNotFoundError: if the TFDS data is not in ``data_dir`` (nothing is downloaded).
-    ValueError: for an unknown subset, a subset of the other dataset, or both subset and
-      imbalance_ratio.
+    ValueError: for an unknown subset, a subset of the other dataset, both subset and
+      imbalance_ratio, or augment=False with streamed batches.
   """
   if name not in _NUM_CLASSES:
     raise ValueError(f"Unknown CIFAR dataset {name!r}; known: {', '.join(_NUM_CLASSES)}.")
@@ -102,11 +111,24 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
     long_tail.long_tail_counts(_NUM_CLASSES[name], 1, imbalance_ratio, long_tail_profile)
   elif long_tail_profile != "exponential":
     raise ValueError("long_tail_profile applies to CIFAR-LT only: set imbalance_ratio too.")
+  streamed = image_size != 32 or rand_augment is not None or random_erasing > 0
+  if streamed and not augment:
+    raise ValueError("augment=False applies to 32-px batches without rand_augment or "
+                     "random_erasing; streamed batches are always cropped and flipped.")
   builder = tfds_io.tfds_builder(name, data_dir)
   indices, images, labels = _load_split(builder, "train")
   keep = _select_training(name, indices, labels, subset, imbalance_ratio, long_tail_profile)
   _, test_images, test_labels = _load_split(builder, "test")
   mean, std = _MEAN_STD[name]
+  if streamed:
+    # Imported here: the 32-px path needs no TensorFlow beyond TFDS loading.
+    from cfl_jax.data import array_stream  # pylint: disable=g-import-not-at-top
+
+    return array_stream.StreamedArrayDataset(
+        name=name, num_classes=_NUM_CLASSES[name], train_images=images[keep],
+        train_labels=labels[keep], eval_images=test_images, eval_labels=test_labels,
+        image_size=image_size, mean=mean, std=std, rand_augment=rand_augment,
+        random_erasing=random_erasing)
   return base.ArrayDataset(
       name=name, num_classes=_NUM_CLASSES[name], train_images=images[keep],
       train_labels=labels[keep], eval_images=test_images, eval_labels=test_labels,

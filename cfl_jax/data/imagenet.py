@@ -19,13 +19,16 @@ from cfl_jax.data import tfds_stream
 
 
 def imagenet2012(*, data_dir: str | None = None, image_size: int = 224,
-                 shuffle_buffer: int = 16_384) -> tfds_stream.TfdsImageData:
+                 shuffle_buffer: int = 16_384, rand_augment: int | None = None,
+                 random_erasing: float = 0.0) -> tfds_stream.TfdsImageData:
   """ImageNet-2012 (1,000 classes), random-resized crop at train, centre crop at eval.
 
   Args:
     data_dir: TFDS data directory holding the prepared ``imagenet2012``; None for the default.
     image_size: side of the square model inputs.
     shuffle_buffer: examples in each process's shuffle buffer.
+    rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
+    random_erasing: random erasing probability; 0: off.
 
   Returns:
     A :class:`~cfl_jax.data.tfds_stream.TfdsImageData`. Its ``train_class_counts`` are counted
@@ -36,7 +39,8 @@ def imagenet2012(*, data_dir: str | None = None, image_size: int = 224,
   """
   builder = tfds_io.tfds_builder("imagenet2012", data_dir)
   return tfds_stream.TfdsImageData(builder, name="imagenet2012", image_size=image_size,
-                                   eval_split="validation", shuffle_buffer=shuffle_buffer)
+                                   eval_split="validation", shuffle_buffer=shuffle_buffer,
+                                   rand_augment=rand_augment, random_erasing=random_erasing)
 
 
 def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 224,

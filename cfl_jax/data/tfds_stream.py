@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from cfl_jax.data import base
 from cfl_jax.data import image_ops
+from cfl_jax.data import keras_augment
 
 
 def _keep_tensorflow_off_accelerators() -> None:
@@ -42,7 +43,8 @@ def _read(builder, split, **kwargs) -> tf.data.Dataset:
 class TfdsImageData(base.ImageClassificationData):
   """An :class:`~cfl_jax.data.base.ImageClassificationData` over a prepared TFDS builder.
 
-  Training: random-resized crop and flip; evaluation: centre crop; see :mod:`image_ops`.
+  Training: random-resized crop and flip, then optionally RandAugment and random erasing
+  (:mod:`keras_augment`, timm's order); evaluation: centre crop; see :mod:`image_ops`.
 
   Args:
     builder: a prepared ``tfds.core.DatasetBuilder``.
@@ -52,11 +54,14 @@ class TfdsImageData(base.ImageClassificationData):
     train_class_counts: ``[C]`` counts if known; else counted from the training labels on first
       access (a full pass over the records without image decoding).
     shuffle_buffer: examples in each process's shuffle buffer.
+    rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
+    random_erasing: random erasing probability; 0: off.
   """
 
   def __init__(self, builder: Any, *, name: str, image_size: int, train_split: str = "train",
                eval_split: str = "validation", train_class_counts: np.ndarray | None = None,
-               shuffle_buffer: int = 16_384):
+               shuffle_buffer: int = 16_384, rand_augment: int | None = None,
+               random_erasing: float = 0.0):
     _keep_tensorflow_off_accelerators()
     splits = builder.info.splits
     for split in (train_split, eval_split):
@@ -71,6 +76,7 @@ class TfdsImageData(base.ImageClassificationData):
     self._train_split = train_split
     self._eval_split = eval_split
     self._shuffle_buffer = shuffle_buffer
+    self._augment = keras_augment.train_augmentation(rand_augment, random_erasing)
     if train_class_counts is not None:
       self.train_class_counts = np.asarray(train_class_counts, dtype=np.int64)
 
@@ -100,8 +106,9 @@ class TfdsImageData(base.ImageClassificationData):
 
     def preprocess(position, example):
       seed_pair = tf.stack([tf.constant(epoch_seed, tf.int64), position])
-      return {"image": image_ops.random_resized_crop_flip(example["image"], seed_pair,
-                                                          self.image_shape[0]),
+      image = image_ops.random_resized_crop_flip(example["image"], seed_pair, self.image_shape[0])
+      augment_seed = tf.random.experimental.stateless_fold_in(seed_pair, 1)
+      return {"image": image_ops.standardize(self._augment(image, augment_seed)),
               "label": tf.cast(example["label"], tf.int32)}
 
     examples = records.enumerate(start=skipped).map(preprocess,
@@ -131,7 +138,8 @@ class TfdsImageData(base.ImageClassificationData):
     split = tfds.even_splits(self._eval_split, n=process_count)[process_index]
     size = self.image_shape[0]
     examples = _read(self._builder, split, shuffle_files=False).map(
-        lambda example: {"image": image_ops.center_crop(example["image"], size),
+        lambda example: {"image": image_ops.standardize(image_ops.center_crop(example["image"],
+                                                                               size)),
                          "label": tf.cast(example["label"], tf.int32),
                          "mask": tf.constant(True)},
         num_parallel_calls=tf.data.AUTOTUNE)

@@ -16,7 +16,7 @@ from cfl_jax.models import mnist1d
 from cfl_jax.models import resnet
 from cfl_jax.models import tresnet
 from cfl_jax.models.digits_cnn import DigitsCNN
-from cfl_jax.models.weights import IMPORTABLE_MODELS, import_weights
+from cfl_jax.models.weights import IMPORTABLE_MODELS, WEIGHTS_SOURCES, import_weights
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
@@ -70,6 +70,7 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
 __all__ = [
     "IMPORTABLE_MODELS",
     "MODEL_NAMES",
+    "WEIGHTS_SOURCES",
     "DigitsCNN",
     "get_model",
     "import_weights",

@@ -32,6 +32,18 @@ from cfl_jax import models
 
 Path = tuple[str, ...]
 
+# Where each model's ImageNet weights are published, for the error about a missing file.
+WEIGHTS_SOURCES = {
+    "tresnet_m": "timm's tresnet_m.miil_in1k: model.safetensors of "
+                 "https://huggingface.co/timm/tresnet_m.miil_in1k",
+    "resnet50": "torchvision's ResNet50_Weights.IMAGENET1K_V1 "
+                "(https://download.pytorch.org/models/resnet50-0676ba61.pth), converted with "
+                "safetensors.torch.save_file(torch.load(PTH), PATH)",
+    "resnet152": "torchvision's ResNet152_Weights.IMAGENET1K_V1 "
+                 "(https://download.pytorch.org/models/resnet152-394f9c45.pth), converted with "
+                 "safetensors.torch.save_file(torch.load(PTH), PATH)",
+}
+
 # Flax (collection, leaf name) -> PyTorch state-dict suffix.
 _LEAF_NAMES = {
     ("params", "kernel"): "weight",
@@ -202,7 +214,8 @@ def import_weights(
         f"importable models: {', '.join(IMPORTABLE_MODELS)}."
     )
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}.")
+    raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}; {name}'s ImageNet weights "
+                            f"are {WEIGHTS_SOURCES[name]}.")
   model = models.get_model(name, num_classes=num_classes)
   images = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
   init = lambda: model.init(jax.random.key(seed), images, train=False)

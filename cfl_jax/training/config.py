@@ -44,7 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict(
       {"name": "digits", "profile": "long_tail", "imbalance_ratio": 10.0})
   # name for cfl_jax.models.get_model; dtype is the compute dtype (params and loss stay f32).
-  config.model = ml_collections.ConfigDict({"name": "digits_cnn", "dtype": "float32"})
+  # init_from: a safetensors file (timm / torchvision naming, see cfl_jax.models.import_weights)
+  # loaded at the start of a run, never on resume; '' trains from scratch.
+  config.model = ml_collections.ConfigDict(
+      {"name": "digits_cnn", "dtype": "float32", "init_from": ""})
 
   config.optimizer = ml_collections.ConfigDict({
       "name": "sgd",  # 'sgd' (weight decay added to the gradient) or 'adamw' (decoupled)
@@ -54,11 +57,16 @@ def default_config() -> ml_collections.ConfigDict:
       "b1": 0.9,  # adamw
       "b2": 0.999,  # adamw
       "eps": 1e-8,  # adamw
-      "weight_decay": 5e-4,  # on weights only (kernels), never biases or norm scales
+      "weight_decay": 5e-4,  # on the parameters named by weight_decay_on
+      "weight_decay_on": "kernels",  # 'kernels' (not biases or norm scales) or 'all'
       "grad_clip_norm": 0.0,  # global-norm gradient clipping threshold; 0 = off
-      "lr_schedule": "cosine",  # 'cosine' (to 0), 'step' or 'constant', after the warm-up
+      # classifier ('head' module) peak learning rate, same schedule shape; 0 = learning_rate
+      "head_learning_rate": 0.0,
+      "lr_schedule": "cosine",  # 'cosine' (to min_learning_rate), 'step' or 'constant'
+      "min_learning_rate": 0.0,  # 'cosine': the floor it ends at (peak-relative for the head)
       "warmup_epochs": 0.0,  # linear warm-up length
       "warmup_init_learning_rate": 0.0,  # learning rate at step 0 of the warm-up
+      "cooldown_epochs": 0.0,  # 'cosine': epochs held at min_learning_rate at the end
       "lr_decay_epochs": (),  # 'step' schedule: epochs at which the rate is multiplied ...
       "lr_decay_factor": 0.1,  # ... by this factor
       # 0: a non-finite loss or gradient stops the run (a divergence guard). N > 0: skip such
@@ -88,6 +96,13 @@ def default_config() -> ml_collections.ConfigDict:
       # training logits are divided by the temperature; evaluation is unaffected
       "temperature": {"enabled": False, "min": 0.5, "max": 2.0},
   })
+
+  # Exponential moving average of params and batch_stats, updated after every step with
+  # optax.incremental_update; evaluated beside the raw weights. 0 = off.
+  config.ema_decay = 0.0
+  # Mixup (Zhang et al. 2018) on device: Beta(alpha, alpha) weight per batch, each image mixed
+  # with the batch's reverse (timm's batch mode); labels become probabilities. 0 = off.
+  config.mixup_alpha = 0.0
 
   config.many_shot_min = 100  # classes with >= this many training images are many-shot
   config.few_shot_max = 20  # classes with <= this many are few-shot; the rest medium-shot
@@ -174,8 +189,19 @@ def _check_values(c: dict, errors: list[str]) -> None:
   for key in ("momentum", "b1", "b2"):
     need(0 <= opt[key] < 1, f"optimizer.{key} must be in [0, 1), got {opt[key]}")
   positive("optimizer.eps", opt["eps"])
-  for key in ("weight_decay", "grad_clip_norm", "warmup_epochs", "warmup_init_learning_rate"):
+  for key in ("weight_decay", "grad_clip_norm", "warmup_epochs", "warmup_init_learning_rate",
+              "cooldown_epochs", "head_learning_rate", "min_learning_rate"):
     at_least(f"optimizer.{key}", opt[key], 0.0)
+  choice("optimizer.weight_decay_on", opt["weight_decay_on"], recipe.WEIGHT_DECAY_TARGETS)
+  need(opt["min_learning_rate"] < opt["learning_rate"],
+       f"optimizer.min_learning_rate ({opt['min_learning_rate']}) must be below "
+       f"optimizer.learning_rate ({opt['learning_rate']})")
+  need(opt["lr_schedule"] == "cosine" or (opt["cooldown_epochs"] == 0
+                                          and opt["min_learning_rate"] == 0),
+       "optimizer.cooldown_epochs and optimizer.min_learning_rate apply to "
+       "optimizer.lr_schedule='cosine' only")
+  need(0 <= c["ema_decay"] < 1, f"ema_decay must be in [0, 1), got {c['ema_decay']}")
+  at_least("mixup_alpha", c["mixup_alpha"], 0.0)
   at_least("optimizer.skip_nonfinite_updates", opt["skip_nonfinite_updates"], 0)
   need(0 < opt["lr_decay_factor"] <= 1,
        f"optimizer.lr_decay_factor must be in (0, 1], got {opt['lr_decay_factor']}")

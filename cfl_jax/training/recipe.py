@@ -3,12 +3,14 @@
 * :func:`get_loss_fn`: the training loss named by ``config.loss.name`` as
   ``loss_fn(logits, labels, xi) -> [batch]``.
 * :func:`xi_schedule`: the loss's xi (paper or reference form, step or epoch granular).
-* :func:`learning_rate_schedule`: warm-up then cosine / step / constant.
+* :func:`learning_rate_schedule`: warm-up, then cosine to a floor and a cool-down, step decay
+  or constant.
 * :func:`cyclical_schedules`: general cyclical training (SPEC section 4): weight decay, gradient
   clipping threshold and softmax temperature, each ``(1 - xi) * max + xi * min`` on the run's xi,
   so they all share the loss's cyclical factor.
 * :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``,
-  optionally skipping non-finite updates.
+  the last four per parameter group (backbone, classifier head) when the head has its own
+  learning rate, optionally skipping non-finite updates.
 * :class:`Plan`: the run's durations in steps and all of its schedules, read at ``state.step``.
 """
 
@@ -27,6 +29,8 @@ LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 OPTIMIZER_NAMES = ("sgd", "adamw")
 LR_SCHEDULE_NAMES = ("cosine", "step", "constant")
+WEIGHT_DECAY_TARGETS = ("kernels", "all")
+HEAD_MODULE = "head"  # top-level module name of every classifier's last layer (cfl_jax.models)
 
 # config.cyclical entry -> name of the hyper-parameter it drives (and of its logged metric).
 CYCLICAL_HYPERPARAMETERS = {
@@ -42,7 +46,9 @@ def _nan_outside_classes(loss, logits, labels):
 
 
 def _cross_entropy(logits, labels, *, label_smoothing):
-  """optax's cross-entropy."""
+  """optax's cross-entropy, for integer labels or class probabilities (mixup)."""
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, label_smoothing))
   if label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets)
@@ -52,23 +58,40 @@ def _cross_entropy(logits, labels, *, label_smoothing):
 
 
 def _sigmoid_cyclical_focal(logits, labels, xi, *, label_smoothing, **hyper):
-  """Multi-label (sigmoid) CFL with one positive per example: one-hot targets, loss summed over
-  the classes."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  loss = cfl_jax.sigmoid_cyclical_focal_loss(logits, targets, xi, **hyper).sum(axis=-1)
-  return _nan_outside_classes(loss, logits, labels)
+  """Multi-label (sigmoid) CFL with one positive per example: one-hot targets (or the class
+  probabilities of mixup), loss summed over the classes."""
+  probabilities = labels.ndim == logits.ndim
+  targets = labels if probabilities else jax.nn.one_hot(labels, logits.shape[-1])
+  loss = cfl_jax.sigmoid_cyclical_focal_loss(
+      logits, optax.smooth_labels(targets, label_smoothing), xi, **hyper).sum(axis=-1)
+  return loss if probabilities else _nan_outside_classes(loss, logits, labels)
 
+
+def _by_label_kind(integer_fn, probability_fn):
+  """One loss for both label kinds: integer ``[batch]`` or probabilities ``[batch, C]``."""
+
+  def loss(logits, labels, *args, **hyper):
+    fn = probability_fn if labels.ndim == logits.ndim else integer_fn
+    return fn(logits, labels, *args, **hyper)
+
+  return loss
+
+
+_CYCLICAL_FOCAL = _by_label_kind(cfl_jax.cyclical_focal_loss_with_integer_labels,
+                                 cfl_jax.cyclical_focal_loss)
 
 # name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
+# Probability labels (mixup) take the probability-label variants; the reference form collapses
+# them to their argmax class and re-smooths, as the authors' code does (SPEC section 3).
 _LOSSES = {
     "cross_entropy": (_cross_entropy, {}),
-    "focal": (cfl_jax.focal_loss_with_integer_labels, {"gamma": "gamma_lc"}),
-    "high_confidence": (cfl_jax.high_confidence_loss_with_integer_labels, {"gamma": "gamma_hc"}),
-    "cyclical_focal": (cfl_jax.cyclical_focal_loss_with_integer_labels,
-                       {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
-    "cyclical_focal_reference": (cfl_jax.cyclical_focal_loss_with_integer_labels,
-                                 {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
-                                  "gamma_neg": "gamma_neg"}),
+    "focal": (_by_label_kind(cfl_jax.focal_loss_with_integer_labels, cfl_jax.focal_loss),
+              {"gamma": "gamma_lc"}),
+    "high_confidence": (_by_label_kind(cfl_jax.high_confidence_loss_with_integer_labels,
+                                       cfl_jax.high_confidence_loss), {"gamma": "gamma_hc"}),
+    "cyclical_focal": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
+    "cyclical_focal_reference": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
+                                                   "gamma_neg": "gamma_neg"}),
     "sigmoid_cyclical_focal": (_sigmoid_cyclical_focal,
                                {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
 }
@@ -85,8 +108,9 @@ def get_loss_fn(loss_config: ml_collections.ConfigDict) -> LossFn:
       ``label_smoothing``); each loss reads only the keys it uses.
 
   Returns:
-    ``loss_fn(logits [batch, C], labels [batch] int, xi scalar) -> [batch] float32``; losses that
-    do not mix (cross-entropy, focal, high-confidence) ignore ``xi``.
+    ``loss_fn(logits [batch, C], labels, xi scalar) -> [batch] float32`` with ``labels`` either
+    int ``[batch]`` or class probabilities ``[batch, C]`` (mixup); losses that do not mix
+    (cross-entropy, focal, high-confidence) ignore ``xi``.
 
   Raises:
     ValueError: for an unknown name.
@@ -135,19 +159,33 @@ def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict, *, total
                            steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up from ``warmup_init_learning_rate``, then the ``lr_schedule`` of the config.
 
-  ``cosine`` decays to 0 at ``total_steps``; ``step`` multiplies the rate by ``lr_decay_factor``
-  at each epoch in ``lr_decay_epochs``; ``constant`` holds it.
+  With ``w`` warm-up and ``k`` cool-down steps out of ``T``, peak ``lr`` and floor ``m``:
+  ``cosine`` decays as ``m + (lr - m) (1 + cos(pi t / (T - w - k))) / 2`` over ``t in [0, T - w
+  - k]`` and holds ``m`` for the last ``k`` steps (timm's cosine with cool-down epochs);
+  ``step`` multiplies the rate by ``lr_decay_factor`` at each epoch in ``lr_decay_epochs``;
+  ``constant`` holds it.
+
+  Examples:
+    >>> c = ml_collections.ConfigDict(dict(learning_rate=0.1, min_learning_rate=0.01,
+    ...     warmup_epochs=1.0, warmup_init_learning_rate=0.0, cooldown_epochs=1.0,
+    ...     lr_schedule='cosine', lr_decay_epochs=(), lr_decay_factor=0.1))
+    >>> lr = learning_rate_schedule(c, total_steps=40, steps_per_epoch=10)
+    >>> [round(float(lr(s)), 4) for s in (0, 5, 10, 20, 30, 35)]
+    [0.0, 0.05, 0.1, 0.055, 0.01, 0.01]
 
   Raises:
-    ValueError: if the warm-up does not end before training does.
+    ValueError: if the warm-up and cool-down do not leave steps for the main schedule.
   """
   c = optimizer_config
   warmup = round(c.warmup_epochs * steps_per_epoch)
-  if warmup >= total_steps:
-    raise ValueError(f"optimizer.warmup_epochs={c.warmup_epochs} gives {warmup} warm-up steps, "
+  cooldown = round(c.cooldown_epochs * steps_per_epoch)
+  if warmup + cooldown >= total_steps:
+    raise ValueError(f"optimizer.warmup_epochs={c.warmup_epochs} and cooldown_epochs="
+                     f"{c.cooldown_epochs} give {warmup} warm-up and {cooldown} cool-down steps, "
                      f"not fewer than the run's {total_steps} steps.")
   if c.lr_schedule == "cosine":
-    main = optax.cosine_decay_schedule(c.learning_rate, total_steps - warmup)
+    main = optax.cosine_decay_schedule(c.learning_rate, total_steps - warmup - cooldown,
+                                       alpha=c.min_learning_rate / c.learning_rate)
   elif c.lr_schedule == "step":
     main = optax.piecewise_constant_schedule(
         c.learning_rate,
@@ -175,6 +213,38 @@ def weight_decay_mask(params) -> object:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def parameter_groups(params) -> object:
+  """``'head'`` on the classifier (top-level module :data:`HEAD_MODULE`), else ``'backbone'``.
+
+  Examples:
+    >>> parameter_groups({'head': {'dense': {'kernel': 0}}, 'stem_conv': {'kernel': 0}})
+    {'head': {'dense': {'kernel': 'head'}}, 'stem_conv': {'kernel': 'backbone'}}
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "head" if path[0].key == HEAD_MODULE else "backbone", params)
+
+
+def _scaled(schedule: optax.ScalarOrSchedule, factor: float) -> optax.ScalarOrSchedule:
+  if callable(schedule):
+    return lambda step: schedule(step) * factor
+  return schedule * factor
+
+
+def _update_rule(c: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule,
+                 weight_decay) -> list[optax.GradientTransformation]:
+  """``[adam] -> weight decay -> [momentum] -> -learning_rate`` of one parameter group."""
+  parts = []
+  if c.name == "adamw":
+    parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
+  if callable(weight_decay) or weight_decay > 0:
+    mask = weight_decay_mask if c.weight_decay_on == "kernels" else None
+    parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
+  if c.name == "sgd" and c.momentum > 0:
+    parts.append(optax.trace(decay=c.momentum, nesterov=c.nesterov))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return parts
+
+
 def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
                     learning_rate: optax.ScalarOrSchedule,
                     schedules: Mapping[str, optax.Schedule] | None = None
@@ -191,7 +261,11 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
   Returns:
     ``sgd``: L2 weight decay added to the gradient before (Nesterov) momentum, as in PyTorch.
     ``adamw``: decoupled weight decay after the Adam scaling, as ``optax.adamw``.
-    Either is preceded by global-norm clipping when a threshold is set, and wrapped in
+    Weight decay applies to kernels only or, with ``weight_decay_on='all'``, to every parameter
+    (as the OLTR and LDAM code). With ``head_learning_rate > 0`` the classifier (see
+    :func:`parameter_groups`) follows ``learning_rate`` scaled by ``head_learning_rate /
+    optimizer_config.learning_rate`` through ``optax.multi_transform``. Either is preceded by
+    global-norm clipping (over all parameters) when a threshold is set, and wrapped in
     ``optax.apply_if_finite`` when ``skip_nonfinite_updates > 0`` (an update with a non-finite
     gradient is skipped and counted; that many in a row are applied, so divergence still shows).
   """
@@ -201,13 +275,13 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
   parts = []
   if callable(clip) or clip > 0:
     parts.append(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=clip))
-  if c.name == "adamw":
-    parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
-  if callable(weight_decay) or weight_decay > 0:
-    parts.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
-  if c.name == "sgd" and c.momentum > 0:
-    parts.append(optax.trace(decay=c.momentum, nesterov=c.nesterov))
-  parts.append(optax.scale_by_learning_rate(learning_rate))
+  if c.head_learning_rate:
+    head_rate = _scaled(learning_rate, c.head_learning_rate / c.learning_rate)
+    parts.append(optax.multi_transform(
+        {"backbone": optax.chain(*_update_rule(c, learning_rate, weight_decay)),
+         "head": optax.chain(*_update_rule(c, head_rate, weight_decay))}, parameter_groups))
+  else:
+    parts += _update_rule(c, learning_rate, weight_decay)
   if c.skip_nonfinite_updates:
     return optax.apply_if_finite(optax.chain(*parts), c.skip_nonfinite_updates)
   return optax.chain(*parts)

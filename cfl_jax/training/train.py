@@ -35,6 +35,7 @@ from cfl_jax import metrics as metrics_lib
 from cfl_jax import models
 from cfl_jax.training import checkpointing
 from cfl_jax.training import config as config_lib
+from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
@@ -43,16 +44,20 @@ Batch = Mapping[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-  """``flax.training.train_state.TrainState`` plus the model's ``batch_stats`` collection.
+  """``flax.training.train_state.TrainState`` plus ``batch_stats`` and the weights' EMA.
 
-  ``batch_stats`` is an empty dict for models without BatchNorm.
+  ``batch_stats`` is an empty dict for models without BatchNorm; ``ema`` is
+  ``{'params', 'batch_stats'}`` averaged over the steps (``config.ema_decay``), or an empty dict
+  when the run keeps no average.
   """
 
   batch_stats: Any
+  ema: Any
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+                       image_shape: tuple[int, ...], *, ema: bool = False,
+                       variables: Mapping[str, Any] | None = None) -> TrainState:
   """Initialises ``model`` on a dummy batch of one ``image_shape`` image and wraps it.
 
   Args:
@@ -60,22 +65,33 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     tx: the optimizer.
     rng: the parameter-initialisation key.
     image_shape: ``(H, W, C)``.
+    ema: keep an exponential moving average of the variables, starting at their initial values.
+    variables: ``{'params', 'batch_stats'}`` to start from (e.g. pretrained weights from
+      :func:`cfl_jax.models.import_weights`) instead of the initialisation from ``rng``.
 
   Returns:
     A :class:`TrainState` at step 0. Call it under ``jax.jit`` with ``out_shardings`` to place it
     (see :func:`cfl_jax.training.sharding.replicated`).
   """
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  if variables is None:
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  return TrainState.create(apply_fn=model.apply, tx=tx, **variables,
+                           ema=variables if ema else {})
 
 
 def _variables(state: TrainState, params) -> dict:
   return {"params": params, "batch_stats": state.batch_stats}
 
 
+def ema_view(state: TrainState) -> TrainState:
+  """``state`` with its averaged variables in place of the raw ones (for evaluation)."""
+  return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: recipe.LossFn,
-               schedules: Mapping[str, optax.Schedule]) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedules: Mapping[str, optax.Schedule], ema_decay: float = 0.0,
+               mixup: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
   Args:
@@ -95,19 +111,25 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
   """
   hyper = {name: schedule(state.step) for name, schedule in schedules.items()}
   dropout_rng = jax.random.fold_in(rng, state.step)
+  images, targets = batch["image"], batch["label"]
+  if mixup is not None:
+    images, targets = mixup(jax.random.fold_in(dropout_rng, 1), images, targets)
 
   def objective(params):
     logits, updates = state.apply_fn(
-        _variables(state, params), batch["image"], train=True, mutable=["batch_stats"],
+        _variables(state, params), images, train=True, mutable=["batch_stats"],
         rngs={"dropout": dropout_rng})
     logits = logits.astype(jnp.float32)
     scaled = logits / hyper["temperature"] if "temperature" in hyper else logits
-    loss = jnp.mean(loss_fn(scaled, batch["label"], hyper["xi"]))
+    loss = jnp.mean(loss_fn(scaled, targets, hyper["xi"]))
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema:
+    state = state.replace(ema=optax.incremental_update(
+        _variables(state, state.params), state.ema, step_size=1.0 - ema_decay))
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
   metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **hyper}
   if isinstance(state.opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_nonfinite_updates
@@ -138,10 +160,12 @@ def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str,
 
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, loss_fn: recipe.LossFn,
-                   schedules: Mapping[str, optax.Schedule]) -> Callable:
+                   schedules: Mapping[str, optax.Schedule], ema_decay: float = 0.0,
+                   mixup: Callable | None = None) -> Callable:
   """``train_step`` jitted for ``mesh``: state and rng replicated, batch sharded, state donated."""
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, schedules=dict(schedules)),
+  return jax.jit(functools.partial(train_step, loss_fn=loss_fn, schedules=dict(schedules),
+                                   ema_decay=ema_decay, mixup=mixup),
                  in_shardings=(replicated, batched, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -178,6 +202,8 @@ class Run:
         sharding.check_batch_size(key, config[key], mesh)
       plan = recipe.Plan.create(config,
                                 steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
+      if config.model.init_from:
+        _check_weights_file(config.model)
     except ValueError as error:  # bad values the schema cannot see alone (data, model, mesh)
       raise config_lib.ConfigError(f"Invalid training config:\n  - {error}") from error
     return cls(config, dataset, model, mesh, plan, plan.optimizer(config.optimizer))
@@ -187,7 +213,23 @@ class Run:
     """The resolved config as plain JSON data (saved in the workdir and every checkpoint)."""
     return json.loads(self.config.to_json())
 
+  def mixup(self) -> Callable | None:
+    """The train step's mixup function (``config.mixup_alpha``), or None."""
+    if not self.config.mixup_alpha:
+      return None
+    return functools.partial(mixup_lib.mixup, alpha=self.config.mixup_alpha,
+                             num_classes=self.dataset.num_classes)
+
   def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
+    """Test-set metrics of ``state``, and ``ema_test_accuracy`` / ``ema_test_loss`` of its
+    averaged weights when it has them."""
+    summary = self._evaluate_once(eval_step_fn, state)
+    if state.ema:
+      ema = self._evaluate_once(eval_step_fn, ema_view(state))
+      summary.update(ema_test_accuracy=ema["test_accuracy"], ema_test_loss=ema["test_loss"])
+    return summary
+
+  def _evaluate_once(self, eval_step_fn, state) -> dict[str, Any]:
     """Test-set metrics of ``state`` (one pass over the eval set)."""
     totals = None
     for batch in self.dataset.eval_batches(global_batch_size=self.config.eval_batch_size):
@@ -207,16 +249,22 @@ class Run:
   def _init(self):
     """The jitted state initialiser and its key."""
     init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
-                                     image_shape=self.dataset.image_shape),
+                                     image_shape=self.dataset.image_shape,
+                                     ema=self.config.ema_decay > 0),
                    out_shardings=sharding.replicated(self.mesh))
     # RngBitGenerator keys: the init compiles in ~1 s on CPU instead of ~3.5 s with threefry,
     # and is still a pure function of the seed.
     return init, jax.random.key(self.config.seed, impl="rbg")
 
   def fresh_state(self) -> TrainState:
-    """The train state at step 0, replicated over the mesh."""
+    """The train state at step 0, replicated over the mesh; from ``model.init_from`` if set."""
     init, rng = self._init
-    return init(rng)
+    if not self.config.model.init_from:
+      return init(rng)
+    variables = models.import_weights(self.config.model.name, self.config.model.init_from,
+                                      num_classes=self.dataset.num_classes, seed=self.config.seed)
+    logging.info("Initialised %s from %s.", self.config.model.name, self.config.model.init_from)
+    return init(rng, variables=variables)
 
   def initial_state(self, checkpointer: checkpointing.Checkpointer):
     """A fresh train state, or the newest intact checkpoint's, with its progress record (or
@@ -230,6 +278,18 @@ class Run:
     logging.info("Resumed from checkpoint step %d in %s.", int(restored[0].step),
                  checkpointer.directory)
     return restored
+
+
+def _check_weights_file(model_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for ``model.init_from`` on a model without importable weights, or a
+  missing file (saying where the model's weights are published)."""
+  name, path = model_config.name, model_config.init_from
+  if name not in models.IMPORTABLE_MODELS:
+    raise ValueError(f"model.init_from is set, but {name!r} has no weights naming; importable "
+                     f"models: {', '.join(models.IMPORTABLE_MODELS)}.")
+  if not os.path.isfile(path):
+    raise ValueError(f"model.init_from={path!r} is not a file; {name}'s ImageNet weights are "
+                     f"{models.WEIGHTS_SOURCES[name]}.")
 
 
 class TrainingDiverged(RuntimeError):
@@ -289,7 +349,8 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
-                                 schedules=plan.schedules)
+                                 schedules=plan.schedules, ema_decay=config.ema_decay,
+                                 mixup=run.mixup())
   eval_step_fn = jit_eval_step(mesh, num_classes=run.dataset.num_classes)
   step_rng = jax.random.key(config.seed)
   window = reporting.MetricWindow(progress.get("train_window"))
@@ -360,8 +421,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
 
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
-    test metrics of the final state, ``loss`` (mean training objective over the last logging
-    window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
+    test metrics of the final state (and ``ema_test_accuracy`` / ``ema_test_loss`` of its
+    averaged weights when ``ema_decay > 0``), ``loss`` (mean training objective over the last
+    logging window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
     ``session_wall_seconds``, ``seed`` and run facts. After a preemption (SIGTERM) it returns
     early with ``status='preempted'`` and no test metrics, having saved a checkpoint to resume
     from.

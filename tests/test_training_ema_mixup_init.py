@@ -1,0 +1,158 @@
+"""Tests of the recipe pieces that live in the train state and step: the weights' EMA (update,
+evaluation, checkpoint and resume), mixup, and ``model.init_from`` (loaded at the start, not on
+resume)."""
+
+import contextlib
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from cfl_jax.models import import_weights
+from cfl_jax.training import ConfigError, checkpointing, recipe, sharding, train
+from cfl_jax.training import train_and_evaluate
+from cfl_jax.training.mixup import mixup
+from cfl_jax.training.train import Run
+import checkpoint_fakes
+import tfds_fakes
+from training_helpers import comparable, tiny_config
+
+_DECAY = 0.9
+
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+
+
+def test_ema_follows_the_numpy_recurrence():
+  """ema_0 = initial variables, ema_k = d * ema_{k-1} + (1 - d) * variables_k."""
+  run = dataclasses.replace(Run.create(tiny_config(ema_decay=_DECAY)),
+                            mesh=sharding.make_data_mesh(jax.devices()[:1]))
+  step_fn = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
+                                 schedules=run.plan.schedules, ema_decay=_DECAY)
+  state = run.fresh_state()
+  variables = lambda s: jax.device_get({"params": s.params, "batch_stats": s.batch_stats})
+  expected = variables(state)
+  assert jax.tree.structure(jax.device_get(state.ema)) == jax.tree.structure(expected)
+  batches = run.dataset.train_batches(global_batch_size=run.config.batch_size, seed=0)
+  for _ in range(3):
+    state, _ = step_fn(state, next(batches), jax.random.key(0))
+    expected = jax.tree.map(lambda e, v: _DECAY * np.float64(e) + (1 - _DECAY) * np.float64(v),
+                            expected, variables(state))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state.ema), expected)
+  assert not np.allclose(state.ema["params"]["head"]["dense"]["kernel"],
+                         state.params["head"]["dense"]["kernel"])
+
+
+def test_without_ema_the_state_holds_none():
+  assert Run.create(tiny_config()).fresh_state().ema == {}
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+  config = tiny_config(ema_decay=_DECAY, mixup_alpha=0.2, num_train_steps=8,
+                       checkpoint_every_steps=4)
+  workdir = str(tmp_path_factory.mktemp("ema"))
+  return config, workdir, train_and_evaluate(config, workdir)
+
+
+def test_ema_is_evaluated_beside_the_raw_weights(ema_run):
+  summary = ema_run[2]
+  assert 0 <= summary["ema_test_accuracy"] <= 1 and np.isfinite(summary["ema_test_loss"])
+  assert summary["ema_test_loss"] != summary["test_loss"]  # two different models evaluated
+  assert np.isfinite(summary["loss"])  # trained on mixup's probability labels
+
+
+def test_ema_is_checkpointed_and_resumed(ema_run, tmp_path, monkeypatch):
+  """Preempted after step 4 and resumed, the run ends as the uninterrupted one, EMA included."""
+  config, workdir, uninterrupted = ema_run
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.PreemptionWatcher, "reached", lambda self, step: step == 4)
+    assert train_and_evaluate(config, str(tmp_path))["status"] == "preempted"
+  resumed = train_and_evaluate(config, str(tmp_path))
+  assert resumed["resumed_from_step"] == 4
+  assert comparable(resumed) == comparable(uninterrupted)
+  states = []
+  for directory in (workdir, str(tmp_path)):
+    with contextlib.closing(checkpointing.Checkpointer(
+        os.path.join(directory, "checkpoints"), max_to_keep=2)) as checkpointer:
+      run = Run.create(config)
+      states.append(run.initial_state(checkpointer)[0])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(states[0].ema),
+               jax.device_get(states[1].ema))
+
+
+def test_mixup_labels_are_the_same_convex_combination_as_the_images():
+  images = jax.random.uniform(jax.random.key(1), (6, 4, 4, 3))
+  labels = jnp.array([0, 1, 2, 3, 4, 0])
+  mix = jax.jit(functools.partial(mixup, alpha=0.2, num_classes=5))
+  mixed, targets = mix(jax.random.key(2), images, labels)
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  weight = float(targets[1, 1])  # example 1 (class 1) is mixed with example 4 (class 4)
+  assert 0 < weight < 1 and targets[1, 4] == pytest.approx(1 - weight)
+  np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[::-1], rtol=1e-5)
+  again, other = (mix(jax.random.key(k), images, labels)[1] for k in (2, 3))
+  assert np.array_equal(again, targets) and not np.array_equal(other, targets)
+
+
+# model.init_from: ResNet-50 on tiny CIFAR-10 (real TFDS format), from a synthetic torchvision
+# checkpoint with the real key list.
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+  pytest.importorskip("tensorflow_datasets")
+  root = tmp_path_factory.mktemp("tfds")
+  tfds_fakes.prepare_cifar(root, "cifar10", train_size=16, test_size=8)
+  return str(root)
+
+
+def test_init_from_loads_the_file_at_the_start_and_not_on_resume(cifar_dir, tmp_path):
+  weights = tmp_path / "resnet50.safetensors"
+  safetensors.numpy.save_file(checkpoint_fakes.random_tensors("resnet50"), str(weights))
+  run = Run.create(tiny_config(
+      dataset={"name": "cifar10", "data_dir": cifar_dir}, batch_size=8, ema_decay=_DECAY,
+      model={"name": "resnet50", "dtype": "float32", "init_from": str(weights)}))
+  run = dataclasses.replace(run, mesh=sharding.make_data_mesh(jax.devices()[:1]))
+  state = run.fresh_state()
+  expected = import_weights("resnet50", weights, num_classes=10, seed=0)
+  for variables in ({"params": state.params, "batch_stats": state.batch_stats}, state.ema):
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), expected)
+
+  saved = state.replace(step=3, params=jax.tree.map(lambda p: p + 1.0, state.params))
+  with contextlib.closing(checkpointing.Checkpointer(str(tmp_path / "checkpoints"),
+                                                     max_to_keep=1)) as checkpointer:
+    checkpointer.save(3, saved, {"config": run.config_json})
+  weights.unlink()  # reading it again would fail
+  with contextlib.closing(checkpointing.Checkpointer(str(tmp_path / "checkpoints"),
+                                                     max_to_keep=1)) as checkpointer:
+    resumed, _ = run.initial_state(checkpointer)
+  assert int(resumed.step) == 3
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
+               jax.device_get(saved.params))
+
+
+@pytest.mark.parametrize("model, message", [
+    ("resnet152", r"'/nowhere/r152.safetensors' is not a file; resnet152's ImageNet weights are "
+                  r"torchvision's ResNet152_Weights.IMAGENET1K_V1 \(https://download.pytorch.org"),
+    ("resnet10", "'resnet10' has no weights naming; importable models: tresnet_m, resnet50"),
+])
+def test_init_from_errors_before_any_compute(model, message):
+  config = tiny_config(model={"name": model, "init_from": "/nowhere/r152.safetensors"})
+  with pytest.raises(ConfigError, match=message):
+    Run.create(config)
+
+
+def test_new_keys_are_validated():
+  with pytest.raises(ConfigError) as error:
+    Run.create(tiny_config(ema_decay=1.0, mixup_alpha=-1.0,
+                           optimizer={"weight_decay_on": "biases", "min_learning_rate": 1.0,
+                                      "lr_schedule": "step", "cooldown_epochs": 1.0}))
+  for message in ("ema_decay must be in [0, 1)", "mixup_alpha must be >= 0.0",
+                  "weight_decay_on must be one of kernels, all",
+                  "min_learning_rate (1.0) must be below",
+                  "apply to optimizer.lr_schedule='cosine' only"):
+    assert message in str(error.value)
