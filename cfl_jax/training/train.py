@@ -102,6 +102,9 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
     schedules: ``{'xi': ..., 'learning_rate': ..., and optionally 'temperature', 'weight_decay',
       'grad_clip_norm'}``; each is read at ``state.step`` and returned as a metric, and a
       ``'temperature'`` divides the training logits before the loss.
+    ema_decay: decay of the weights' moving average, used when ``state.ema`` is kept.
+    mixup: optional ``mixup(rng, images, labels) -> (images, probability labels)`` applied to
+      the batch before the forward pass (see :mod:`cfl_jax.training.mixup`).
 
   Returns:
     The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars), plus
