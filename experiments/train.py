@@ -17,8 +17,6 @@ pods, SLURM, Open MPI and Kubernetes), or name the cluster yourself:
       --num_processes=2 --process_id=0 ...
 """
 
-import difflib
-import importlib.util
 import json
 import logging as python_logging
 import os
@@ -28,12 +26,11 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import ml_collections
 from ml_collections import config_flags
 
-from cfl_jax import data
 from cfl_jax import training
 from cfl_jax.training import sharding
+from experiments import config_files
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 
@@ -91,41 +88,6 @@ def _fail(message: str, status: int) -> None:
   sys.exit(status)
 
 
-def _load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """``get_config([arg])`` of ``FILE[:ARG]``, as config_flags calls it."""
-  path, _, argument = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
-
-
-def _override_problems(argv: list[str], config: ml_collections.ConfigDict) -> list[str]:
-  """A message, with a hint, for every ``--config.KEY=VALUE`` whose KEY ``config`` lacks."""
-  problems = []
-  for arg in argv[1:]:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node, path = config, []
-    for part in key.split("."):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        problems.append(f"unknown config key '{key}'" + _hint(path, part, known, config))
-        break
-      node, path = node[part], [*path, part]
-  return problems
-
-
-def _hint(path: list[str], part: str, known: list[str], config) -> str:
-  if path == ["dataset"]:
-    accepted = data.dataset_arguments(config.dataset.name)
-    return (f" (dataset {config.dataset.name!r} accepts {', '.join(accepted)}; a flag can only "
-            "change keys the config file sets, so add new dataset keys to the file)")
-  close = difflib.get_close_matches(part, known, n=1)
-  return f" (did you mean '{'.'.join([*path, close[0]])}'?)" if close else ""
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with a short message for a bad flag (exit 2); ``--help`` prints the
   flags and exits 0."""
@@ -143,7 +105,7 @@ def _fail_on_overrides(argv: list[str], error: Exception) -> None:
   """Exits (status 2) naming every unknown ``--config.KEY`` of ``argv``, with hints."""
   spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")),
               _DEFAULT_CONFIG)
-  problems = _override_problems(argv, _load_config_file(spec))
+  problems = config_files.unknown_overrides(argv, config_files.load(spec))
   _fail("; ".join(problems) if problems else f"bad --config flag: {error}", 2)
 
 

@@ -7,7 +7,6 @@ Every printed command carries this process's JAX setup (``JAX_PLATFORMS``, ``XLA
 
 from collections.abc import Mapping, Sequence
 import hashlib
-import importlib.util
 import json
 import os
 import shlex
@@ -15,6 +14,8 @@ import subprocess
 from typing import Any
 
 from absl import flags
+
+from experiments import config_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = "experiments/train.py"
@@ -24,10 +25,7 @@ SOURCE_DIRS = ("cfl_jax",)
 def base_config(config_file: str):
   """``get_config()`` of ``config_file`` (relative to the repository root), as the runner
   loads it."""
-  spec = importlib.util.spec_from_file_location("_study_config", os.path.join(REPO, config_file))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_files.load(os.path.join(REPO, config_file))
 
 
 def build_config(config_file: str, overrides: Mapping[str, Any]):
