@@ -28,6 +28,7 @@ from record import write_record
 
 MIB = 2**20
 PAPER = {"gamma_hc": 3.0, "gamma_lc": 2.0}
+PAPER_SMOOTHED = {**PAPER, "label_smoothing": 0.1}
 REFERENCE = {"gamma_hc": 3.0, "gamma_lc": 2.0, "gamma_neg": 2.0, "label_smoothing": 0.1}
 
 
@@ -44,9 +45,11 @@ def candidates(chunk_size):
       "cross_entropy (optax, h @ w)":
           lambda h, w, t, xi: optax.softmax_cross_entropy_with_integer_labels(h @ w, t),
       "cfl paper (dense, h @ w)": dense(**PAPER),
+      "cfl paper eps 0.1 (dense, h @ w)": dense(**PAPER_SMOOTHED),
       "cfl reference (dense, h @ w)": dense(**REFERENCE),
       "cross_entropy (fused, gamma 0)": fused(gamma_hc=0.0, gamma_lc=0.0),
       "cfl paper (fused)": fused(**PAPER),
+      "cfl paper eps 0.1 (fused)": fused(**PAPER_SMOOTHED),
       "cfl reference (fused)": fused(**REFERENCE),
   }
 

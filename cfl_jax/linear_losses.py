@@ -17,6 +17,16 @@ turns the sums' cotangents into the chunk's logit gradient and accumulates the
 gradients of the embeddings, the kernel and the bias chunk by chunk. Memory
 beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
 
+The paper form with label smoothing weights every class by a function of
+:math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
+\log p_j`, which needs the final :math:`L = \operatorname{lse}(z)`: a second
+forward pass sums it over the non-target classes with :math:`L` held fixed,
+and also takes the sums' derivatives with respect to :math:`L` (a ``jax.jvp``),
+so the one backward pass adds :math:`L`'s gradient through the first pass's
+sums. :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's
+largest non-target one, :math:`a` (the others have :math:`p_j \le 1/2`), and
+comes from the log-sum-exp of the classes other than :math:`a` for :math:`a`.
+
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
   Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
@@ -60,6 +70,19 @@ class _Sums(NamedTuple):
   power_logit: jax.Array | None  # sum_{j != t} e^{g (z_j - m)} z_j
 
 
+class _SmoothedSums(NamedTuple):
+  r"""Second-pass sums of the paper form with label smoothing, ``[N]``.
+
+  ``a`` is the row's largest non-target class; every other non-target class
+  has :math:`p_j \le 1/2`, so ``log1p(-p_j)`` is exact there, and
+  :math:`\log(1 - p_a)` comes from the log-sum-exp of the classes but ``a``.
+  """
+  high_confidence: jax.Array | None  # sum_{j not t, a} (1 + p_j)^{g_hc} log p_j
+  focal: jax.Array | None            # sum_{j not t, a} (1 - p_j)^{g_lc} log p_j
+  top_logit: jax.Array               # z_a
+  top_rest: jax.Array                # sum_{j != a} e^{z_j - m + K}
+
+
 class _Plan(NamedTuple):
   """Static description of the streamed computation."""
   num_classes: int
@@ -67,6 +90,21 @@ class _Plan(NamedTuple):
   sum_logits: bool      # track sum_{j != t} z_j
   gamma_neg: float      # > 0: track the two power sums
   dtype: jnp.dtype      # float32, or float64 for float64 inputs
+  # Paper form with label smoothing: the exponents of the second pass's sums
+  # (None: that sum is not needed), or both None: no second pass.
+  smoothed_gamma_hc: float | None = None
+  smoothed_gamma_lc: float | None = None
+
+  @property
+  def smoothed(self) -> bool:
+    return self.smoothed_gamma_hc is not None or self.smoothed_gamma_lc is not None
+
+
+class _RowConstants(NamedTuple):
+  """What the backward pass holds fixed per row (from the forward pass)."""
+  shift: jax.Array              # m
+  top: jax.Array | None         # a, the largest non-target class (second pass)
+  log_normalizer: jax.Array | None  # lse(z) (second pass; its gradient is added separately)
 
 
 def _chunk_sums(logits, labels, columns, is_new, shift, plan: _Plan) -> _Sums:
@@ -96,6 +134,31 @@ def _chunk_sums(logits, labels, columns, is_new, shift, plan: _Plan) -> _Sums:
       logit=logit, power=power, power_logit=power_logit)
 
 
+def _chunk_smoothed_sums(logits, labels, columns, is_new, rows: _RowConstants,
+                         plan: _Plan) -> _SmoothedSums:
+  """The second-pass sums of one chunk, with ``rows`` (lse included) held fixed."""
+  is_top = is_new & (columns == rows.top[:, None])
+  others = is_new & ~is_top & (columns != labels[:, None])
+  log_p = logits - rows.log_normalizer[:, None]
+  p = jnp.exp(jnp.where(others, log_p, -jnp.inf))  # <= 1/2 on `others`
+
+  def weighted_log_p(base, gamma):
+    """``sum (base ** gamma) log p`` over ``others``; ``base`` is in [1/2, 3/2] there."""
+    if gamma is None:
+      return None
+    # Small integer exponents (the usual ones) as products: no exp or log per entry.
+    power = (jax.lax.integer_pow(base, int(gamma)) if gamma == int(gamma) and gamma <= 8
+             else jnp.power(base, gamma))
+    return jnp.sum(jnp.where(others, power * log_p, 0.0), axis=-1)
+
+  return _SmoothedSums(
+      high_confidence=weighted_log_p(1 + p, plan.smoothed_gamma_hc),
+      focal=weighted_log_p(1 - p, plan.smoothed_gamma_lc),
+      top_logit=jnp.sum(jnp.where(is_top, logits, 0.0), axis=-1),
+      top_rest=jnp.sum(jnp.exp(jnp.where(is_new & ~is_top, logits - rows.shift[:, None]
+                                         + _EXP_OFFSET, -jnp.inf)), axis=-1))
+
+
 def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
   """The exponential sums re-expressed relative to a larger shift."""
   decay = new_shift - sums.shift
@@ -121,42 +184,109 @@ def _num_chunks(plan: _Plan) -> int:
   return -(-plan.num_classes // plan.chunk_size)
 
 
+def _log_normalizer(sums: _Sums):
+  r""":math:`\operatorname{lse}(z) - m` and :math:`\log \sum_{j \ne t} e^{z_j - m}` from the sums."""
+  log_sum = jnp.log(sums.exp + _SUM_FLOOR) - _EXP_OFFSET
+  return jnp.logaddexp(sums.target_logit - jax.lax.stop_gradient(sums.shift), log_sum), log_sum
+
+
+def _lse(sums: _Sums):
+  return jax.lax.stop_gradient(sums.shift) + _log_normalizer(sums)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _streamed_sums(embeddings, kernel, bias, labels, plan: _Plan) -> _Sums:
+def _streamed_sums(embeddings, kernel, bias, labels, plan: _Plan):
+  """``(_Sums, _SmoothedSums or None)`` of the logits ``embeddings @ kernel + bias``."""
   return _streamed_sums_fwd(embeddings, kernel, bias, labels, plan)[0]
 
 
-def _streamed_sums_fwd(embeddings, kernel, bias, labels, plan: _Plan):
+def _first_pass(embeddings, kernel, bias, labels, plan: _Plan):
+  """The running sums and (second pass only) the largest non-target class of each row."""
   rows = embeddings.shape[0]
 
-  def step(sums, index):
-    logits, _, _, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
+  def step(carry, index):
+    sums, top_logit, top = carry
+    logits, _, start, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
     chunk_max = jnp.max(jnp.where(is_new, logits, -jnp.inf), axis=-1)
+    if plan.smoothed:
+      candidates = jnp.where(is_new & (columns != labels[:, None]), logits, -jnp.inf)
+      chunk_top = jnp.argmax(candidates, axis=-1)
+      chunk_top_logit = jnp.take_along_axis(candidates, chunk_top[:, None], axis=-1)[:, 0]
+      is_larger = chunk_top_logit > top_logit
+      top_logit = jnp.where(is_larger, chunk_top_logit, top_logit)
+      top = jnp.where(is_larger, (start + chunk_top).astype(top.dtype), top)
     sums = _rescaled(sums, jnp.maximum(sums.shift, chunk_max), plan)
     chunk = _chunk_sums(logits, labels, columns, is_new, sums.shift, plan)
-    return jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk), None
+    return (jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk), top_logit, top), None
 
   zeros = jnp.zeros((rows,), plan.dtype)
+  lowest = jnp.full((rows,), jnp.finfo(plan.dtype).min)
   initial = _Sums(
       # Not -inf: the first rescaling would compute e^{-inf - (-inf)}.
-      shift=jnp.full((rows,), jnp.finfo(plan.dtype).min), target_logit=zeros, exp=zeros,
+      shift=lowest, target_logit=zeros, exp=zeros,
       logit=zeros if plan.sum_logits else None,
       power=zeros if plan.gamma_neg > 0 else None,
       power_logit=zeros if plan.gamma_neg > 0 else None)
-  sums, _ = jax.lax.scan(step, initial, jnp.arange(_num_chunks(plan)))
-  return sums, (embeddings, kernel, bias, labels, sums.shift)
+  # A label outside [0, V) leaves every class a candidate; one inside leaves V - 1 >= 1.
+  (sums, _, top), _ = jax.lax.scan(
+      step, (initial, lowest, jnp.zeros((rows,), jnp.int32)), jnp.arange(_num_chunks(plan)))
+  return sums, top
 
 
-def _streamed_sums_bwd(plan: _Plan, residuals, cotangents: _Sums):
-  embeddings, kernel, bias, labels, shift = residuals
-  cotangents = cotangents._replace(shift=jnp.zeros_like(shift))  # the shift is held fixed
+def _second_pass(embeddings, kernel, bias, labels, rows: _RowConstants, plan: _Plan):
+  """The second-pass sums and their derivatives with respect to the lse (both ``_SmoothedSums``)."""
+  def step(carry, index):
+    logits, _, _, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
+    chunk = jax.jvp(
+        lambda lse: _chunk_smoothed_sums(logits, labels, columns, is_new,
+                                         rows._replace(log_normalizer=lse), plan),
+        (rows.log_normalizer,), (jnp.ones_like(rows.log_normalizer),))
+    return jax.tree.map(jnp.add, carry, chunk), None
+
+  zeros = jnp.zeros_like(rows.shift)
+  initial = _SmoothedSums(
+      high_confidence=None if plan.smoothed_gamma_hc is None else zeros,
+      focal=None if plan.smoothed_gamma_lc is None else zeros,
+      top_logit=zeros, top_rest=zeros)
+  (sums, d_lse), _ = jax.lax.scan(step, (initial, initial), jnp.arange(_num_chunks(plan)))
+  return sums, d_lse
+
+
+def _streamed_sums_fwd(embeddings, kernel, bias, labels, plan: _Plan):
+  sums, top = _first_pass(embeddings, kernel, bias, labels, plan)
+  smoothed = d_smoothed_d_lse = None
+  rows = _RowConstants(shift=sums.shift, top=None, log_normalizer=None)
+  if plan.smoothed:
+    rows = rows._replace(top=top, log_normalizer=_lse(sums))
+    smoothed, d_smoothed_d_lse = _second_pass(embeddings, kernel, bias, labels, rows, plan)
+  residuals = (embeddings, kernel, bias, labels, rows, sums, d_smoothed_d_lse)
+  return (sums, smoothed), residuals
+
+
+def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
+  embeddings, kernel, bias, labels, rows, sums, d_smoothed_d_lse = residuals
+  sums_cotangent, smoothed_cotangent = cotangents
+  sums_cotangent = sums_cotangent._replace(shift=jnp.zeros_like(rows.shift))  # held fixed
+  if plan.smoothed:
+    # The second pass held the lse fixed: its gradient reaches the logits through the first
+    # pass's sums, the lse being a function of them.
+    lse_cotangent = sum(jax.tree.leaves(jax.tree.map(
+        jnp.multiply, smoothed_cotangent, d_smoothed_d_lse)))
+    _, lse_vjp = jax.vjp(_lse, sums)
+    sums_cotangent = jax.tree.map(jnp.add, sums_cotangent, lse_vjp(lse_cotangent)[0])
   replicated = jax.typeof(embeddings).sharding.update(spec=jax.sharding.PartitionSpec())
+
+  def chunk_sums(logits, columns, is_new):
+    first = _chunk_sums(logits, labels, columns, is_new, rows.shift, plan)
+    if not plan.smoothed:
+      return first, None
+    return first, _chunk_smoothed_sums(logits, labels, columns, is_new, rows, plan)
 
   def step(carry, index):
     d_embeddings, d_kernel, d_bias = carry
     logits, kernel_chunk, start, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
-    _, vjp = jax.vjp(lambda z: _chunk_sums(z, labels, columns, is_new, shift, plan), logits)
-    (d_logits,) = vjp(cotangents)
+    _, vjp = jax.vjp(lambda z: chunk_sums(z, columns, is_new), logits)
+    (d_logits,) = vjp((sums_cotangent, smoothed_cotangent))
     d_low = d_logits.astype(kernel.dtype)
     d_embeddings += jnp.dot(d_low, kernel_chunk.T, preferred_element_type=plan.dtype)
     # Overlapping columns of the last chunk get a zero gradient: adding is exact.
@@ -182,21 +312,26 @@ def _streamed_sums_bwd(plan: _Plan, residuals, cotangents: _Sums):
 _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
 
 
-def _loss_from_sums(sums: _Sums, *, num_classes, xi, gamma_hc, gamma_lc, gamma_neg,
-                    label_smoothing):
+def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
+                    gamma_hc, gamma_lc, gamma_neg, label_smoothing):
   r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`)."""
   shift = jax.lax.stop_gradient(sums.shift)
   margin = sums.target_logit - shift
-  log_sum = jnp.log(sums.exp + _SUM_FLOOR) - _EXP_OFFSET
+  log_normalizer, log_sum = _log_normalizer(sums)
   log_p_target = -jnp.logaddexp(0.0, log_sum - margin)
   weight = _focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
                          xi, gamma_hc, gamma_lc)
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
   loss = -target_mass * weight * log_p_target
+  lse = shift + log_normalizer
+  if smoothed is not None:
+    log_p_top = smoothed.top_logit - lse
+    log_1m_p_top = jnp.log(smoothed.top_rest + _SUM_FLOOR) - _EXP_OFFSET + shift - lse
+    top_term = _focal_weight(log_p_top, lambda: log_1m_p_top, xi, gamma_hc, gamma_lc) * log_p_top
+    others = _mix(xi, lambda: smoothed.high_confidence, lambda: smoothed.focal)
+    return loss - (label_smoothing / num_classes) * (others + top_term)
   if sums.logit is None:
     return loss
-  log_normalizer = jnp.logaddexp(margin, log_sum)
-  lse = shift + log_normalizer
 
   def log_p_sum():
     return sums.logit - (num_classes - 1) * lse
@@ -241,12 +376,13 @@ def linear_cyclical_focal_loss_with_integer_labels(
   :math:`z = h W + b`,
 
   .. math::
-    \ell = -\left[\xi (1 + p_t)^{\gamma_{hc}}
-           + (1 - \xi)(1 - p_t)^{\gamma_{lc}}\right] \log p_t
-           \;-\; \frac{\epsilon}{V} \sum_{j \ne t}
-           \left[\xi + (1 - \xi) p_j^{\gamma_{neg}}\right] \log p_j ,
+    \ell = -\Big(1 - \epsilon + \frac{\epsilon}{V}\Big) w(p_t) \log p_t
+           \;-\; \frac{\epsilon}{V} \sum_{j \ne t} v_j \log p_j ,
 
-  (the second sum only in the reference form), computed in one streamed pass
+  with :math:`w(p) = \xi (1 + p)^{\gamma_{hc}} + (1 - \xi)(1 - p)^{\gamma_{lc}}`
+  and :math:`v_j = w(p_j)` (paper form) or :math:`v_j = \xi + (1 - \xi) p_j^{\gamma_{neg}}`
+  (reference form), computed in one streamed pass (two for the paper form with
+  :math:`\epsilon > 0`)
   over vocabulary chunks of ``chunk_size`` classes: compiled temporaries are a
   few ``[N, chunk_size]`` float32 arrays whatever the vocabulary size ``V``. The
   backward pass recomputes each chunk's logits. ``gamma_hc = gamma_lc = 0``
@@ -265,9 +401,9 @@ def linear_cyclical_focal_loss_with_integer_labels(
     gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0`.
     gamma_neg: ``None`` for the paper form; a number :math:`\ge 0` for the
       reference-code form (non-target weight :math:`\xi + (1 - \xi) p_j^{g}`).
-    label_smoothing: :math:`\epsilon \in [0, 1)`, inside the weighted sum; the
-      paper form supports only ``0`` here (its smoothed sum needs every
-      :math:`p_j`, not a streamed statistic), the reference form any value.
+    label_smoothing: :math:`\epsilon \in [0, 1)`, inside the weighted sum. In
+      the paper form it costs a second forward pass over the chunks (one more
+      matmul); the reference form's smoothed sum comes from the first pass.
     where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
       padding token) has loss 0 and contributes 0 gradient, whatever its label.
     chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,
@@ -299,11 +435,6 @@ def linear_cyclical_focal_loss_with_integer_labels(
   gamma_lc = _gamma("gamma_lc", gamma_lc)
   gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
   label_smoothing = _smoothing(label_smoothing)
-  if gamma_neg is None and label_smoothing:
-    raise ValueError(
-        "label_smoothing > 0 needs the reference form (gamma_neg set) in the fused "
-        "loss; for the paper form with smoothing use cyclical_focal_loss_with_integer_labels "
-        "on the logits.")
   embeddings, kernel, labels = map(jnp.asarray, (embeddings, kernel, labels))
   _check_float("embeddings", embeddings)
   _check_float("kernel", kernel)
@@ -339,18 +470,21 @@ def linear_cyclical_focal_loss_with_integer_labels(
       raise ValueError(f"where must have the batch shape {batch_shape}, got {where.shape}.")
     # Double-where: masked rows may hold garbage; keep their gradient exactly 0.
     embeddings = jnp.where(where[..., None], embeddings, 0)
+  smoothed = gamma_neg is None and label_smoothing > 0
   plan = _Plan(num_classes=num_classes,
                chunk_size=_chunk_size(chunk_size, num_classes, kernel.dtype),
                sum_logits=gamma_neg is not None and label_smoothing > 0,
                gamma_neg=gamma_neg if gamma_neg is not None and label_smoothing > 0 else 0.0,
-               dtype=dtype)
+               dtype=dtype,
+               smoothed_gamma_hc=gamma_hc if smoothed and static != 0 else None,
+               smoothed_gamma_lc=gamma_lc if smoothed and static != 1 else None)
   rows = math.prod(batch_shape)
-  sums = _streamed_sums(embeddings.reshape(rows, -1), kernel, bias,
-                        labels.reshape(rows).astype(jnp.int32), plan)
+  sums, smoothed_sums = _streamed_sums(embeddings.reshape(rows, -1), kernel, bias,
+                                       labels.reshape(rows).astype(jnp.int32), plan)
   if static is None:
     static = xi.reshape(rows) if xi.ndim else xi
-  loss = _loss_from_sums(sums, num_classes=num_classes, xi=static, gamma_hc=gamma_hc,
-                         gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+  loss = _loss_from_sums(sums, smoothed_sums, num_classes=num_classes, xi=static,
+                         gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                          label_smoothing=label_smoothing).reshape(batch_shape)
   loss = jnp.where((labels < 0) | (labels >= num_classes), jnp.nan, loss)
   return loss if where is None else jnp.where(where, loss, 0.0)
