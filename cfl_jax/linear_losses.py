@@ -81,6 +81,7 @@ class _SmoothedSums(NamedTuple):
   focal: jax.Array | None            # sum_{j not t, a} (1 - p_j)^{g_lc} log p_j
   top_logit: jax.Array               # z_a
   top_rest: jax.Array                # sum_{j != a} e^{z_j - m + K}
+  top_weight: jax.Array | None       # c_a (with class weights)
 
 
 class _Plan(NamedTuple):
@@ -107,25 +108,35 @@ class _RowConstants(NamedTuple):
   log_normalizer: jax.Array | None  # lse(z) (second pass; its gradient is added separately)
 
 
-def _chunk_sums(logits, labels, columns, is_new, shift, plan: _Plan) -> _Sums:
-  """The sums of one chunk ``[N, c]`` of logits whose class indices are ``columns``.
+class _Chunk(NamedTuple):
+  """One chunk of the vocabulary (``c`` classes)."""
+  logits: jax.Array         # [N, c]
+  kernel: jax.Array         # [D, c]
+  start: jax.Array          # the first class index
+  columns: jax.Array        # [c] class indices
+  is_new: jax.Array         # [c]: not counted by an earlier chunk (the last may overlap)
+  class_weights: jax.Array | None  # [c]
 
-  ``is_new`` marks the columns this chunk counts (the last chunk may overlap the
-  one before it); ``shift`` is held fixed.
-  """
-  is_target = (columns == labels[:, None]) & is_new
-  non_target = is_new & ~is_target
+
+def _weighted(values, chunk: _Chunk):
+  return values if chunk.class_weights is None else values * chunk.class_weights
+
+
+def _chunk_sums(logits, chunk: _Chunk, labels, shift, plan: _Plan) -> _Sums:
+  """The sums of one chunk of ``logits`` ``[N, c]``, with ``shift`` held fixed."""
+  is_target = (chunk.columns == labels[:, None]) & chunk.is_new
+  non_target = chunk.is_new & ~is_target
   shifted = logits - shift[:, None]
 
-  def total(values):
-    return jnp.sum(jnp.where(non_target, values, 0.0), axis=-1)
+  def weighted_total(values):
+    return jnp.sum(jnp.where(non_target, _weighted(values, chunk), 0.0), axis=-1)
 
   logit = power = power_logit = None
   if plan.sum_logits:
-    logit = total(logits)
+    logit = weighted_total(logits)
   if plan.gamma_neg > 0:
     powers = jnp.exp(jnp.where(non_target, plan.gamma_neg * shifted, -jnp.inf))
-    power, power_logit = total(powers), total(powers * logits)
+    power, power_logit = weighted_total(powers), weighted_total(powers * logits)
   return _Sums(
       shift=shift,
       target_logit=jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1),
@@ -134,11 +145,12 @@ def _chunk_sums(logits, labels, columns, is_new, shift, plan: _Plan) -> _Sums:
       logit=logit, power=power, power_logit=power_logit)
 
 
-def _chunk_smoothed_sums(logits, labels, columns, is_new, rows: _RowConstants,
+def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
                          plan: _Plan) -> _SmoothedSums:
   """The second-pass sums of one chunk, with ``rows`` (lse included) held fixed."""
-  is_top = is_new & (columns == rows.top[:, None])
-  others = is_new & ~is_top & (columns != labels[:, None])
+  is_new = chunk.is_new
+  is_top = is_new & (chunk.columns == rows.top[:, None])
+  others = is_new & ~is_top & (chunk.columns != labels[:, None])
   log_p = logits - rows.log_normalizer[:, None]
   p = jnp.exp(jnp.where(others, log_p, -jnp.inf))  # <= 1/2 on `others`
 
@@ -149,14 +161,16 @@ def _chunk_smoothed_sums(logits, labels, columns, is_new, rows: _RowConstants,
     # Small integer exponents (the usual ones) as products: no exp or log per entry.
     power = (jax.lax.integer_pow(base, int(gamma)) if gamma == int(gamma) and gamma <= 8
              else jnp.power(base, gamma))
-    return jnp.sum(jnp.where(others, power * log_p, 0.0), axis=-1)
+    return jnp.sum(jnp.where(others, _weighted(power * log_p, chunk), 0.0), axis=-1)
 
   return _SmoothedSums(
       high_confidence=weighted_log_p(1 + p, plan.smoothed_gamma_hc),
       focal=weighted_log_p(1 - p, plan.smoothed_gamma_lc),
       top_logit=jnp.sum(jnp.where(is_top, logits, 0.0), axis=-1),
       top_rest=jnp.sum(jnp.exp(jnp.where(is_new & ~is_top, logits - rows.shift[:, None]
-                                         + _EXP_OFFSET, -jnp.inf)), axis=-1))
+                                         + _EXP_OFFSET, -jnp.inf)), axis=-1),
+      top_weight=None if chunk.class_weights is None else jnp.sum(
+          jnp.where(is_top, chunk.class_weights, 0.0), axis=-1))
 
 
 def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
@@ -169,15 +183,22 @@ def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
       power_logit=None if sums.power is None else sums.power_logit * power_scale)
 
 
-def _chunk(embeddings, kernel, bias, index, plan: _Plan):
-  """Chunk ``index``: logits ``[N, c]``, kernel slice, start, columns, new-column mask."""
+def _chunk(inputs: _Inputs, index, plan: _Plan) -> _Chunk:
+  """Chunk ``index`` of the vocabulary, its logits computed."""
   start = jnp.minimum(index * plan.chunk_size, plan.num_classes - plan.chunk_size)
   columns = start + jnp.arange(plan.chunk_size)
-  kernel_chunk = jax.lax.dynamic_slice_in_dim(kernel, start, plan.chunk_size, axis=1)
-  logits = jnp.dot(embeddings, kernel_chunk, preferred_element_type=plan.dtype)
-  if bias is not None:
-    logits += jax.lax.dynamic_slice_in_dim(bias, start, plan.chunk_size).astype(plan.dtype)
-  return logits, kernel_chunk, start, columns, columns >= index * plan.chunk_size
+
+  def columns_of(vector):
+    return jax.lax.dynamic_slice_in_dim(vector, start, plan.chunk_size)
+
+  kernel = jax.lax.dynamic_slice_in_dim(inputs.kernel, start, plan.chunk_size, axis=1)
+  logits = jnp.dot(inputs.embeddings, kernel, preferred_element_type=plan.dtype)
+  if inputs.bias is not None:
+    logits += columns_of(inputs.bias).astype(plan.dtype)
+  return _Chunk(logits=logits, kernel=kernel, start=start, columns=columns,
+                is_new=columns >= index * plan.chunk_size,
+                class_weights=None if inputs.class_weights is None
+                else columns_of(inputs.class_weights))
 
 
 def _num_chunks(plan: _Plan) -> int:
@@ -194,30 +215,39 @@ def _lse(sums: _Sums):
   return jax.lax.stop_gradient(sums.shift) + _log_normalizer(sums)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _streamed_sums(embeddings, kernel, bias, labels, plan: _Plan):
+class _Inputs(NamedTuple):
+  """The differentiable inputs of the streamed computation (rows flattened)."""
+  embeddings: jax.Array            # [N, D]
+  kernel: jax.Array                # [D, V]
+  bias: jax.Array | None           # [V]
+  class_weights: jax.Array | None  # [V], no gradient
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _streamed_sums(inputs: _Inputs, labels, plan: _Plan):
   """``(_Sums, _SmoothedSums or None)`` of the logits ``embeddings @ kernel + bias``."""
-  return _streamed_sums_fwd(embeddings, kernel, bias, labels, plan)[0]
+  return _streamed_sums_fwd(inputs, labels, plan)[0]
 
 
-def _first_pass(embeddings, kernel, bias, labels, plan: _Plan):
+def _first_pass(inputs: _Inputs, labels, plan: _Plan):
   """The running sums and (second pass only) the largest non-target class of each row."""
-  rows = embeddings.shape[0]
+  rows = inputs.embeddings.shape[0]
 
   def step(carry, index):
     sums, top_logit, top = carry
-    logits, _, start, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
-    chunk_max = jnp.max(jnp.where(is_new, logits, -jnp.inf), axis=-1)
+    chunk = _chunk(inputs, index, plan)
+    chunk_max = jnp.max(jnp.where(chunk.is_new, chunk.logits, -jnp.inf), axis=-1)
     if plan.smoothed:
-      candidates = jnp.where(is_new & (columns != labels[:, None]), logits, -jnp.inf)
+      candidates = jnp.where(chunk.is_new & (chunk.columns != labels[:, None]), chunk.logits,
+                             -jnp.inf)
       chunk_top = jnp.argmax(candidates, axis=-1)
       chunk_top_logit = jnp.take_along_axis(candidates, chunk_top[:, None], axis=-1)[:, 0]
       is_larger = chunk_top_logit > top_logit
       top_logit = jnp.where(is_larger, chunk_top_logit, top_logit)
-      top = jnp.where(is_larger, (start + chunk_top).astype(top.dtype), top)
+      top = jnp.where(is_larger, (chunk.start + chunk_top).astype(top.dtype), top)
     sums = _rescaled(sums, jnp.maximum(sums.shift, chunk_max), plan)
-    chunk = _chunk_sums(logits, labels, columns, is_new, sums.shift, plan)
-    return (jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk), top_logit, top), None
+    chunk_sums = _chunk_sums(chunk.logits, chunk, labels, sums.shift, plan)
+    return (jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk_sums), top_logit, top), None
 
   zeros = jnp.zeros((rows,), plan.dtype)
   lowest = jnp.full((rows,), jnp.finfo(plan.dtype).min)
@@ -233,38 +263,39 @@ def _first_pass(embeddings, kernel, bias, labels, plan: _Plan):
   return sums, top
 
 
-def _second_pass(embeddings, kernel, bias, labels, rows: _RowConstants, plan: _Plan):
+def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
   """The second-pass sums and their derivatives with respect to the lse (both ``_SmoothedSums``)."""
   def step(carry, index):
-    logits, _, _, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
-    chunk = jax.jvp(
-        lambda lse: _chunk_smoothed_sums(logits, labels, columns, is_new,
+    chunk = _chunk(inputs, index, plan)
+    chunk_sums = jax.jvp(
+        lambda lse: _chunk_smoothed_sums(chunk.logits, chunk, labels,
                                          rows._replace(log_normalizer=lse), plan),
         (rows.log_normalizer,), (jnp.ones_like(rows.log_normalizer),))
-    return jax.tree.map(jnp.add, carry, chunk), None
+    return jax.tree.map(jnp.add, carry, chunk_sums), None
 
   zeros = jnp.zeros_like(rows.shift)
   initial = _SmoothedSums(
       high_confidence=None if plan.smoothed_gamma_hc is None else zeros,
       focal=None if plan.smoothed_gamma_lc is None else zeros,
-      top_logit=zeros, top_rest=zeros)
+      top_logit=zeros, top_rest=zeros,
+      top_weight=None if inputs.class_weights is None else zeros)
   (sums, d_lse), _ = jax.lax.scan(step, (initial, initial), jnp.arange(_num_chunks(plan)))
   return sums, d_lse
 
 
-def _streamed_sums_fwd(embeddings, kernel, bias, labels, plan: _Plan):
-  sums, top = _first_pass(embeddings, kernel, bias, labels, plan)
+def _streamed_sums_fwd(inputs: _Inputs, labels, plan: _Plan):
+  sums, top = _first_pass(inputs, labels, plan)
   smoothed = d_smoothed_d_lse = None
   rows = _RowConstants(shift=sums.shift, top=None, log_normalizer=None)
   if plan.smoothed:
     rows = rows._replace(top=top, log_normalizer=_lse(sums))
-    smoothed, d_smoothed_d_lse = _second_pass(embeddings, kernel, bias, labels, rows, plan)
-  residuals = (embeddings, kernel, bias, labels, rows, sums, d_smoothed_d_lse)
-  return (sums, smoothed), residuals
+    smoothed, d_smoothed_d_lse = _second_pass(inputs, labels, rows, plan)
+  return (sums, smoothed), (inputs, labels, rows, sums, d_smoothed_d_lse)
 
 
 def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
-  embeddings, kernel, bias, labels, rows, sums, d_smoothed_d_lse = residuals
+  inputs, labels, rows, sums, d_smoothed_d_lse = residuals
+  embeddings, kernel, bias, _ = inputs
   sums_cotangent, smoothed_cotangent = cotangents
   sums_cotangent = sums_cotangent._replace(shift=jnp.zeros_like(rows.shift))  # held fixed
   if plan.smoothed:
@@ -276,45 +307,50 @@ def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
     sums_cotangent = jax.tree.map(jnp.add, sums_cotangent, lse_vjp(lse_cotangent)[0])
   replicated = jax.typeof(embeddings).sharding.update(spec=jax.sharding.PartitionSpec())
 
-  def chunk_sums(logits, columns, is_new):
-    first = _chunk_sums(logits, labels, columns, is_new, rows.shift, plan)
+  def chunk_sums(logits, chunk):
+    first = _chunk_sums(logits, chunk, labels, rows.shift, plan)
     if not plan.smoothed:
       return first, None
-    return first, _chunk_smoothed_sums(logits, labels, columns, is_new, rows, plan)
+    return first, _chunk_smoothed_sums(logits, chunk, labels, rows, plan)
 
   def step(carry, index):
     d_embeddings, d_kernel, d_bias = carry
-    logits, kernel_chunk, start, columns, is_new = _chunk(embeddings, kernel, bias, index, plan)
-    _, vjp = jax.vjp(lambda z: chunk_sums(z, columns, is_new), logits)
+    chunk = _chunk(inputs, index, plan)
+    _, vjp = jax.vjp(lambda z: chunk_sums(z, chunk), chunk.logits)
     (d_logits,) = vjp((sums_cotangent, smoothed_cotangent))
     d_low = d_logits.astype(kernel.dtype)
-    d_embeddings += jnp.dot(d_low, kernel_chunk.T, preferred_element_type=plan.dtype)
+    d_embeddings += jnp.dot(d_low, chunk.kernel.T, preferred_element_type=plan.dtype)
     # Overlapping columns of the last chunk get a zero gradient: adding is exact.
     # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
     d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
                       out_sharding=replicated)
     d_kernel = jax.lax.dynamic_update_slice_in_dim(
-        d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, start, plan.chunk_size, axis=1)
-        + d_chunk.astype(kernel.dtype), start, axis=1)
+        d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, chunk.start, plan.chunk_size, axis=1)
+        + d_chunk.astype(kernel.dtype), chunk.start, axis=1)
     if bias is not None:
       d_bias = jax.lax.dynamic_update_slice_in_dim(
-          d_bias, jax.lax.dynamic_slice_in_dim(d_bias, start, plan.chunk_size)
-          + jnp.sum(d_logits, axis=0).astype(bias.dtype), start, axis=0)
+          d_bias, jax.lax.dynamic_slice_in_dim(d_bias, chunk.start, plan.chunk_size)
+          + jnp.sum(d_logits, axis=0).astype(bias.dtype), chunk.start, axis=0)
     return (d_embeddings, d_kernel, d_bias), None
 
   initial = (jnp.zeros(embeddings.shape, plan.dtype), jnp.zeros_like(kernel),
              None if bias is None else jnp.zeros_like(bias))
   (d_embeddings, d_kernel, d_bias), _ = jax.lax.scan(
       step, initial, jnp.arange(_num_chunks(plan)))
-  return d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, None
+  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, None), None
 
 
 _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
 
 
 def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
-                    gamma_hc, gamma_lc, gamma_neg, label_smoothing):
-  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`)."""
+                    gamma_hc, gamma_lc, gamma_neg, label_smoothing, target_weight,
+                    non_target_weight):
+  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`).
+
+  ``target_weight`` is :math:`c_t` and ``non_target_weight`` :math:`\sum_{j \ne t} c_j`
+  (1 and :math:`V - 1` without class weights).
+  """
   shift = jax.lax.stop_gradient(sums.shift)
   margin = sums.target_logit - shift
   log_normalizer, log_sum = _log_normalizer(sums)
@@ -322,19 +358,21 @@ def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes,
   weight = _focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
                          xi, gamma_hc, gamma_lc)
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
-  loss = -target_mass * weight * log_p_target
+  loss = -target_mass * target_weight * weight * log_p_target
   lse = shift + log_normalizer
   if smoothed is not None:
     log_p_top = smoothed.top_logit - lse
     log_1m_p_top = jnp.log(smoothed.top_rest + _SUM_FLOOR) - _EXP_OFFSET + shift - lse
     top_term = _focal_weight(log_p_top, lambda: log_1m_p_top, xi, gamma_hc, gamma_lc) * log_p_top
+    if smoothed.top_weight is not None:
+      top_term *= smoothed.top_weight
     others = _mix(xi, lambda: smoothed.high_confidence, lambda: smoothed.focal)
     return loss - (label_smoothing / num_classes) * (others + top_term)
   if sums.logit is None:
     return loss
 
   def log_p_sum():
-    return sums.logit - (num_classes - 1) * lse
+    return sums.logit - non_target_weight * lse
 
   def focal_log_p_sum():
     return jnp.exp(-gamma_neg * log_normalizer) * (sums.power_logit - lse * sums.power)
@@ -356,6 +394,16 @@ def _check_float(name: str, array: jax.Array):
     raise ValueError(f"{name} must be floating point, got dtype {array.dtype}.")
 
 
+def _class_vector(name: str, value, num_classes: int) -> jax.Array | None:
+  """An optional ``[V]`` argument (bias, class weights), its shape checked."""
+  if value is None:
+    return None
+  value = jnp.asarray(value)
+  if value.shape != (num_classes,):
+    raise ValueError(f"{name} must have shape ({num_classes},), got {value.shape}.")
+  return value
+
+
 def linear_cyclical_focal_loss_with_integer_labels(
     embeddings: ArrayLike,
     kernel: ArrayLike,
@@ -367,6 +415,7 @@ def linear_cyclical_focal_loss_with_integer_labels(
     gamma_lc: float = 2.0,
     gamma_neg: float | None = None,
     label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
 ) -> jax.Array:
@@ -404,6 +453,9 @@ def linear_cyclical_focal_loss_with_integer_labels(
     label_smoothing: :math:`\epsilon \in [0, 1)`, inside the weighted sum. In
       the paper form it costs a second forward pass over the chunks (one more
       matmul); the reference form's smoothed sum comes from the first pass.
+    class_weights: optional ``[V]`` weights :math:`c_j` multiplying each class
+      term (the target's and, with smoothing, every non-target's), as in
+      :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`.
     where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
       padding token) has loss 0 and contributes 0 gradient, whatever its label.
     chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,
@@ -454,12 +506,13 @@ def linear_cyclical_focal_loss_with_integer_labels(
     raise ValueError(
         f"labels shape {labels.shape} does not match the embeddings' batch shape "
         f"{batch_shape}.")
+  bias = _class_vector("bias", bias, num_classes)
   if bias is not None:
-    bias = jnp.asarray(bias)
     _check_float("bias", bias)
-    if bias.shape != (num_classes,):
-      raise ValueError(f"bias must have shape ({num_classes},), got {bias.shape}.")
   dtype = jnp.promote_types(jnp.result_type(embeddings, kernel), jnp.float32)
+  class_weights = _class_vector("class_weights", class_weights, num_classes)
+  if class_weights is not None:
+    class_weights = class_weights.astype(dtype)
   static = _static_xi(xi)
   xi = jnp.asarray(xi, dtype)
   if xi.ndim and xi.shape != batch_shape:
@@ -479,12 +532,18 @@ def linear_cyclical_focal_loss_with_integer_labels(
                smoothed_gamma_hc=gamma_hc if smoothed and static != 0 else None,
                smoothed_gamma_lc=gamma_lc if smoothed and static != 1 else None)
   rows = math.prod(batch_shape)
-  sums, smoothed_sums = _streamed_sums(embeddings.reshape(rows, -1), kernel, bias,
-                                       labels.reshape(rows).astype(jnp.int32), plan)
+  labels_in_rows = labels.reshape(rows).astype(jnp.int32)
+  sums, smoothed_sums = _streamed_sums(
+      _Inputs(embeddings.reshape(rows, -1), kernel, bias, class_weights), labels_in_rows, plan)
   if static is None:
     static = xi.reshape(rows) if xi.ndim else xi
+  target_weight, non_target_weight = 1.0, num_classes - 1
+  if class_weights is not None:
+    target_weight = class_weights[jnp.clip(labels_in_rows, 0, num_classes - 1)]
+    non_target_weight = jnp.sum(class_weights) - target_weight
   loss = _loss_from_sums(sums, smoothed_sums, num_classes=num_classes, xi=static,
                          gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
-                         label_smoothing=label_smoothing).reshape(batch_shape)
+                         label_smoothing=label_smoothing, target_weight=target_weight,
+                         non_target_weight=non_target_weight).reshape(batch_shape)
   loss = jnp.where((labels < 0) | (labels >= num_classes), jnp.nan, loss)
   return loss if where is None else jnp.where(where, loss, 0.0)

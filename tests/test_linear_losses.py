@@ -48,14 +48,14 @@ def dense_on_projection(h, w, labels, xi, *, bias=None, **kw):
   return dense(logits if bias is None else logits + bias, labels, xi, **kw)
 
 
-def assert_matches_dense(form, chunk_size):
+def assert_matches_dense(form, chunk_size, **kwargs):
   """Per-example losses and gradients w.r.t. embeddings, kernel and bias equal the dense ones."""
   h, w, b, labels = make_inputs()
   xi = jnp.linspace(0.0, 1.0, 6)  # per-example xi, 0 and 1 included
 
   @functools.partial(jax.jit, static_argnums=0)
   def losses_and_grads(loss_fn, h, w, b):
-    per_example = lambda h, w, b: loss_fn(h, w, labels, xi, bias=b, **FORMS[form])
+    per_example = lambda h, w, b: loss_fn(h, w, labels, xi, bias=b, **FORMS[form], **kwargs)
     weights = jnp.arange(1.0, 7.0)  # distinct cotangents per example
     return per_example(h, w, b), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
                                           argnums=(0, 1, 2))(h, w, b)
@@ -69,6 +69,13 @@ def assert_matches_dense(form, chunk_size):
 def test_value_and_gradients_match_dense(form):
   """37 classes in chunks of 8: the last chunk overlaps the one before it."""
   assert_matches_dense(form, chunk_size=8)
+
+
+@pytest.mark.parametrize("form", ["paper", "paper_smoothed", "reference", "reference_gneg_1.5"])
+def test_class_weights_match_dense(form):
+  """Per-class weights on the target term and on every smoothed non-target term."""
+  class_weights = jax.random.uniform(jax.random.key(7), (37,), minval=0.2, maxval=2.0)
+  assert_matches_dense(form, chunk_size=8, class_weights=class_weights)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 36, 37, 64, None])
@@ -224,6 +231,7 @@ def test_compiled_temporaries_do_not_grow_with_the_vocabulary(form):
     (dict(chunk_size=2.5), "chunk_size"),
     (dict(chunk_size=True), "chunk_size"),
     (dict(bias=jnp.zeros(36)), "bias"),
+    (dict(class_weights=jnp.ones((37, 1))), "class_weights"),
     (dict(where=jnp.ones(5, bool)), "where"),
     (dict(gamma_lc=-1.0), "gamma_lc"),
     (dict(gamma_neg=2.0, label_smoothing=1.0), "label_smoothing"),
