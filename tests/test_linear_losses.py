@@ -191,14 +191,15 @@ def test_traced_xi_and_its_gradient_under_jit():
   np.testing.assert_allclose(jax.grad(fn)(0.25), jax.grad(expected)(0.25), **TOL)
 
 
+@pytest.mark.parametrize("form", ["reference", "paper_smoothed"])
 @pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
-def test_sharded_batch_matches_unsharded(axis_type):
+def test_sharded_batch_matches_unsharded(axis_type, form):
   """Batch over an 8-device ('data',) mesh, kernel replicated: same value and gradients."""
   h, w, b, labels = make_inputs(batch=(16,), dim=8, vocab=50)
   mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
   step = jax.jit(jax.value_and_grad(
       lambda h, w, b, t: fused(h, w, t, 0.3, bias=b, chunk_size=16,
-                               **FORMS["reference"]).mean(), argnums=(0, 1, 2)))
+                               **FORMS[form]).mean(), argnums=(0, 1, 2)))
   rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   sharded = step(jax.device_put(h, rows), jax.device_put(w, replicated),
                  jax.device_put(b, replicated), jax.device_put(labels, rows))
