@@ -36,6 +36,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 import string
 from typing import NamedTuple
@@ -187,13 +189,10 @@ class _NonTargetStats(NamedTuple):
   """Per-row statistics of the logits around the target ``t``.
 
   ``shift`` is the row maximum ``m`` (over kept classes); ``log_normalizer`` is
-  ``logsumexp(z) - m``, so ``log p_j = z_j - m - log_normalizer``;
-  ``non_target`` is the set of kept classes other than ``t``.
+  ``logsumexp(z) - m``, so ``log p_j = z_j - m - log_normalizer``.
   """
-  non_target: jax.Array      # [..., C] bool
   shift: jax.Array           # [...], the row maximum m
   target_logit: jax.Array    # [...], z_t
-  scaled_exp: jax.Array      # [..., C], e^{z_j - m + K} on non_target, 0 elsewhere
   log_normalizer: jax.Array  # [...]
   log_p_target: jax.Array    # [...]
   log_1m_p_target: jax.Array  # [...]
@@ -201,6 +200,12 @@ class _NonTargetStats(NamedTuple):
 
 _EXP_OFFSET = 60.0  # e^60 ~ 1e26: sums over up to 1e12 classes stay finite
 _SUM_FLOOR = 1e-18  # 1 / floor^2 is finite in float32: a bounded Hessian
+
+
+def _non_target_mask(logits, target, class_mask):
+  """The kept classes other than the target, ``[..., C]`` bool."""
+  non_target = jnp.arange(logits.shape[-1]) != target[..., None]
+  return non_target if class_mask is None else non_target & class_mask
 
 
 def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
@@ -217,26 +222,20 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
   saturates near -101 beyond, where every focal weight is zero anyway. One max
   pass and one exp-sum pass over the logits, like cross-entropy.
   """
-  classes = jnp.arange(logits.shape[-1])
-  non_target = classes != target[..., None]
+  non_target = _non_target_mask(logits, target, class_mask)
   if class_mask is None:
     shift = jnp.max(logits, axis=-1)
   else:
-    non_target &= class_mask
     shift = jnp.max(logits, axis=-1, where=class_mask,
                     initial=jnp.finfo(logits.dtype).min)
   shift = jax.lax.stop_gradient(shift)
-  shifted = logits - shift[..., None]
-  # Masking the exponent (not the exponential) leaves one [..., C] array to save.
-  scaled = jnp.exp(jnp.where(non_target, shifted + _EXP_OFFSET, -jnp.inf))
+  scaled = _scaled_exp(logits, shift, non_target)
   log_sum = jnp.log(jnp.sum(scaled, axis=-1) + _SUM_FLOOR) - _EXP_OFFSET
   target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   margin = target_logit - shift
   return _NonTargetStats(
-      non_target=non_target,
       shift=shift,
       target_logit=target_logit,
-      scaled_exp=scaled,
       log_normalizer=jnp.logaddexp(margin, log_sum),
       log_p_target=-jnp.logaddexp(0.0, log_sum - margin),
       log_1m_p_target=-jnp.logaddexp(0.0, margin - log_sum),
@@ -299,59 +298,144 @@ def _reference_non_target_sum(logits, labels, class_mask, stats: _NonTargetStats
                               *, xi, gamma_neg, class_weights):
   r""":math:`\sum_{j \ne t} c_j [\xi + (1 - \xi) p_j^{g}] \log p_j`, per example.
 
-  With :math:`u_j = e^{z_j - m}`, :math:`Z = \sum_j u_j` (so :math:`p_j = u_j / Z`),
-  :math:`\ell = \operatorname{lse}(z)` and :math:`N` the kept non-target classes:
-
-  .. math::
-    \sum_N c_j \log p_j = \sum_N c_j z_j - \ell \sum_N c_j, \qquad
-    \sum_N c_j p_j^{g} \log p_j
-      = Z^{-g} \Big(\sum_N c_j u_j^{g} z_j - \ell \sum_N c_j u_j^{g}\Big).
-
-  No summand depends on :math:`\ell` or :math:`Z`, so the backward pass needs
-  no reduction of its own (one elementwise pass, like cross-entropy's). Each
-  reduction reads the logits or :math:`u^{g}` (written out once, as it feeds two
-  sums) with no per-row broadcast inside, the form XLA:CPU's reduction kernels
-  fuse cheaply. The absolute rounding, about :math:`\epsilon |\ell|` per term,
-  is that of ``z_j - lse`` in a log-softmax.
+  With :math:`\ell = \operatorname{lse}(z)` and :math:`N` the kept non-target
+  classes, the :math:`\xi` part is :math:`\sum_N c_j \log p_j = \sum_N c_j z_j -
+  \ell \sum_N c_j` (a sum of the logits; its gradient is elementwise) and the
+  rest is :math:`F = \sum_N c_j p_j^{g} \log p_j` (:func:`_focal_log_p_sum`).
   """
   lse = stats.shift + stats.log_normalizer
-  if class_weights is None:
-    weights = target_weight = 1.0
-  else:
-    weights, target_weight = class_weights, class_weights[labels]
-
-  def non_target_sum(values, target_value):
-    r""":math:`\sum_N c_j v_j`: over all kept classes, minus the target's term."""
-    total = jnp.sum(weights * values, axis=-1, where=class_mask)
-    return total - target_weight * target_value
 
   def log_p_sum():
-    mass = non_target_sum(jnp.ones_like(logits), 1.0)
-    return non_target_sum(logits, stats.target_logit) - mass * lse
-
-  def focal_log_p_sum():
-    powers, target_power = _exp_powers(logits, stats, gamma_neg)
-    power_sum = non_target_sum(powers, target_power)
-    moment = non_target_sum(powers * logits, target_power * stats.target_logit)
-    return jnp.exp(-gamma_neg * stats.log_normalizer) * (moment - lse * power_sum)
+    mass = _non_target_sum(jnp.ones_like(logits), 1.0, labels, class_mask, class_weights)
+    logit_sum = _non_target_sum(logits, stats.target_logit, labels, class_mask, class_weights)
+    return logit_sum - mass * lse
 
   if gamma_neg == 0:
     return log_p_sum()
-  return _mix(xi, log_p_sum, focal_log_p_sum)
+  focal_log_p_sum = (_integer_focal_log_p_sum if _is_small_integer(gamma_neg)
+                     else _focal_log_p_sum)
+  return _mix(xi, log_p_sum, lambda: focal_log_p_sum(
+      gamma_neg, logits, lse, stats.shift, labels, class_mask, class_weights))
 
 
-def _exp_powers(logits, stats: _NonTargetStats, gamma: float):
-  r""":math:`u_j^{\gamma} = e^{\gamma (z_j - m)}` ``[..., C]`` and the target's ``[...]``.
+def _non_target_sum(values, target_value, target, class_mask, weights):
+  r""":math:`\sum_N c_j v_j`, per example: over all kept classes, minus the target's term.
 
-  Small integer gammas take products of the saved exponentials (no further
-  ``exp``); those are zero at the target, so its power is 0.
+  Subtracting ``target_value`` (:math:`v_t`) instead of masking the summand
+  leaves a plain sum of the values, the form XLA:CPU's reduction kernels fuse
+  cheaply; it rounds to about :math:`\epsilon\, c_t |v_t|`.
   """
-  if gamma == int(gamma) and gamma <= 8:
-    u = stats.scaled_exp * jnp.exp(-_EXP_OFFSET)
-    return jax.lax.integer_pow(u, int(gamma)), 0.0
-  shifted = logits - stats.shift[..., None]
-  target_shifted = stats.target_logit - stats.shift
-  return jnp.exp(gamma * shifted), jnp.exp(gamma * target_shifted)
+  if weights is None:
+    return jnp.sum(values, axis=-1, where=class_mask) - target_value
+  return (jnp.sum(weights * values, axis=-1, where=class_mask)
+          - weights[target] * target_value)
+
+
+def _scaled_exp(logits, shift, non_target):
+  r""":math:`e^{z_j - m + K}` on ``non_target``, 0 elsewhere (``[..., C]``).
+
+  Masking the exponent (not the exponential) leaves one ``[..., C]`` array to save.
+  """
+  return jnp.exp(jnp.where(non_target, logits - shift[..., None] + _EXP_OFFSET, -jnp.inf))
+
+
+def _is_small_integer(gamma: float) -> bool:
+  return gamma == int(gamma) and gamma <= 8
+
+
+def _focal_from_sums(gamma, lse, shift, power_sum, moment):
+  r"""``(F, P)`` from :math:`\sum_N c_j u_j^{g}` and :math:`\sum_N c_j u_j^{g} z_j`.
+
+  With :math:`u_j = e^{z_j - m}`, :math:`\ell - m` the log normalizer and
+  :math:`P = \sum_N c_j p_j^{g}`: :math:`P = e^{-g (\ell - m)} \sum_N c_j u_j^{g}`
+  and :math:`F = e^{-g (\ell - m)} \sum_N c_j u_j^{g} z_j - \ell P`. Neither sum
+  has a per-row broadcast inside; the absolute rounding, about
+  :math:`\epsilon |\ell|` per term, is that of ``z_j - lse`` in a log-softmax.
+  """
+  scale = jnp.exp(-gamma * (lse - shift))
+  power = scale * power_sum
+  return scale * moment - lse * power, power
+
+
+def _focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weights):
+  r""":math:`F = \sum_N c_j p_j^{g} \log p_j` with :math:`p_j = e^{z_j - \ell}`, per example.
+
+  ``lse`` is :math:`\ell`, ``shift`` the row maximum :math:`m` (no gradient),
+  :math:`N` the classes kept by ``class_mask`` other than ``target``, and
+  ``weights`` the :math:`c_j` (``[C]`` or None). :math:`u^{g}` is written out once
+  (it feeds both sums of :func:`_focal_from_sums` and the gradient, which
+  autodiff computes in one elementwise pass).
+  """
+  target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  target_power = jnp.exp(gamma * (target_logit - shift))
+  powers = jnp.exp(gamma * (logits - shift[..., None]))
+  power_sum = _non_target_sum(powers, target_power, target, class_mask, weights)
+  moment = _non_target_sum(powers * logits, target_power * target_logit, target,
+                           class_mask, weights)
+  return _focal_from_sums(gamma, lse, shift, power_sum, moment)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _integer_focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weights):
+  r""":func:`_focal_log_p_sum` for a small integer :math:`g`, without writing out :math:`u^{g}`.
+
+  The powers are products of the exponentials the target term saves (zero off
+  :math:`N`; no further ``exp``), scaled by :math:`2 e^{-K}` in one sum and
+  :math:`e^{-K}` in the other: as two different expressions, XLA:CPU fuses each
+  into its own reduction instead of writing :math:`u^{g}` out as a further
+  ``[..., C]`` array. Autodiff would share them with the gradient and so write
+  them out; the JVP is given instead, from the partial derivatives (at fixed
+  :math:`\ell`, :math:`\partial \log p_j / \partial z_k = \delta_{jk}`)
+
+  .. math::
+    \frac{\partial F}{\partial z_k} = [k \in N]\, c_k p_k^{g} (1 + g \log p_k),
+    \qquad \frac{\partial F}{\partial \ell} = -(P + g F),
+    \qquad \frac{\partial F}{\partial c_k} = [k \in N]\, p_k^{g} \log p_k,
+
+  with :math:`p^{g}` recomputed from the exponentials in a third form, and
+  :math:`P` taken from the forward pass. The chain rule through :math:`\ell` adds
+  :math:`p_k` times a row scalar, so the gradient stays one elementwise pass. A
+  JVP rather than a VJP, so Hessians (forward over reverse) still work: the rule
+  is plain, differentiable JAX.
+  """
+  return _integer_focal_sums(gamma, logits, lse, shift, target, class_mask, weights)[0]
+
+
+def _integer_focal_sums(gamma, logits, lse, shift, target, class_mask, weights):
+  g = int(gamma)
+  c = 1.0 if weights is None else weights
+  scaled = _scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  power_sum = 2.0 ** -g * jnp.sum(
+      c * jax.lax.integer_pow(scaled * (2 * math.exp(-_EXP_OFFSET)), g), axis=-1)
+  moment = jnp.sum(
+      c * jax.lax.integer_pow(scaled * math.exp(-_EXP_OFFSET), g) * logits, axis=-1)
+  return _focal_from_sums(gamma, lse, shift, power_sum, moment)
+
+
+def _integer_focal_log_p_sum_jvp(gamma, primals, tangents):
+  logits, lse, shift, target, class_mask, weights = primals
+  d_logits, d_lse, _, _, _, d_weights = tangents
+  focal, power = _integer_focal_sums(gamma, *primals)
+  scaled = _scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  p_pow = jax.lax.integer_pow(  # p_j^g, zero off N
+      scaled * jnp.exp(shift - lse - _EXP_OFFSET)[..., None], int(gamma))
+  log_p = logits - lse[..., None]
+  d_focal = jnp.zeros_like(focal)
+  if not _is_zero(d_logits):
+    c = 1.0 if weights is None else weights
+    d_focal += jnp.sum(c * p_pow * (1 + gamma * log_p) * d_logits, axis=-1)
+  if not _is_zero(d_lse):
+    d_focal -= (power + gamma * focal) * d_lse
+  if weights is not None and not _is_zero(d_weights):
+    d_focal += jnp.sum(d_weights * p_pow * log_p, axis=-1)
+  return focal, d_focal
+
+
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+_integer_focal_log_p_sum.defjvp(_integer_focal_log_p_sum_jvp, symbolic_zeros=True)
 
 
 def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
