@@ -48,7 +48,9 @@ from cfl_jax.losses import (
     _SUM_FLOOR,
     _focal_weight,
     _gamma,
+    _is_small_integer,
     _mix,
+    _scaled_exp,
     _smoothing,
     _static_xi,
 )
@@ -105,7 +107,15 @@ class _RowConstants(NamedTuple):
   """What the backward pass holds fixed per row (from the forward pass)."""
   shift: jax.Array              # m
   top: jax.Array | None         # a, the largest non-target class (second pass)
-  log_normalizer: jax.Array | None  # lse(z) (second pass; its gradient is added separately)
+  lse: jax.Array | None         # lse(z) (second pass; its gradient is added separately)
+
+
+class _Inputs(NamedTuple):
+  """The differentiable inputs of the streamed computation (rows flattened)."""
+  embeddings: jax.Array            # [N, D]
+  kernel: jax.Array                # [D, V]
+  bias: jax.Array | None           # [V]
+  class_weights: jax.Array | None  # [V], no gradient
 
 
 class _Chunk(NamedTuple):
@@ -126,7 +136,6 @@ def _chunk_sums(logits, chunk: _Chunk, labels, shift, plan: _Plan) -> _Sums:
   """The sums of one chunk of ``logits`` ``[N, c]``, with ``shift`` held fixed."""
   is_target = (chunk.columns == labels[:, None]) & chunk.is_new
   non_target = chunk.is_new & ~is_target
-  shifted = logits - shift[:, None]
 
   def weighted_total(values):
     return jnp.sum(jnp.where(non_target, _weighted(values, chunk), 0.0), axis=-1)
@@ -135,13 +144,12 @@ def _chunk_sums(logits, chunk: _Chunk, labels, shift, plan: _Plan) -> _Sums:
   if plan.sum_logits:
     logit = weighted_total(logits)
   if plan.gamma_neg > 0:
-    powers = jnp.exp(jnp.where(non_target, plan.gamma_neg * shifted, -jnp.inf))
+    powers = jnp.exp(jnp.where(non_target, plan.gamma_neg * (logits - shift[:, None]), -jnp.inf))
     power, power_logit = weighted_total(powers), weighted_total(powers * logits)
   return _Sums(
       shift=shift,
       target_logit=jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1),
-      # Masking the exponent (not the exponential) keeps inf * 0 out of the gradient.
-      exp=jnp.sum(jnp.exp(jnp.where(non_target, shifted + _EXP_OFFSET, -jnp.inf)), axis=-1),
+      exp=jnp.sum(_scaled_exp(logits, shift, non_target), axis=-1),
       logit=logit, power=power, power_logit=power_logit)
 
 
@@ -151,7 +159,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
   is_new = chunk.is_new
   is_top = is_new & (chunk.columns == rows.top[:, None])
   others = is_new & ~is_top & (chunk.columns != labels[:, None])
-  log_p = logits - rows.log_normalizer[:, None]
+  log_p = logits - rows.lse[:, None]
   p = jnp.exp(jnp.where(others, log_p, -jnp.inf))  # <= 1/2 on `others`
 
   def weighted_log_p(base, gamma):
@@ -159,7 +167,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
     if gamma is None:
       return None
     # Small integer exponents (the usual ones) as products: no exp or log per entry.
-    power = (jax.lax.integer_pow(base, int(gamma)) if gamma == int(gamma) and gamma <= 8
+    power = (jax.lax.integer_pow(base, int(gamma)) if _is_small_integer(gamma)
              else jnp.power(base, gamma))
     return jnp.sum(jnp.where(others, _weighted(power * log_p, chunk), 0.0), axis=-1)
 
@@ -167,8 +175,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
       high_confidence=weighted_log_p(1 + p, plan.smoothed_gamma_hc),
       focal=weighted_log_p(1 - p, plan.smoothed_gamma_lc),
       top_logit=jnp.sum(jnp.where(is_top, logits, 0.0), axis=-1),
-      top_rest=jnp.sum(jnp.exp(jnp.where(is_new & ~is_top, logits - rows.shift[:, None]
-                                         + _EXP_OFFSET, -jnp.inf)), axis=-1),
+      top_rest=jnp.sum(_scaled_exp(logits, rows.shift, is_new & ~is_top), axis=-1),
       top_weight=None if chunk.class_weights is None else jnp.sum(
           jnp.where(is_top, chunk.class_weights, 0.0), axis=-1))
 
@@ -206,21 +213,16 @@ def _num_chunks(plan: _Plan) -> int:
 
 
 def _log_normalizer(sums: _Sums):
-  r""":math:`\operatorname{lse}(z) - m` and :math:`\log \sum_{j \ne t} e^{z_j - m}` from the sums."""
+  r"""Per row, :math:`\operatorname{lse}(z) - m` and :math:`\log \sum_{j \ne t} e^{z_j - m}`.
+
+  Both from the streamed sums; the shift carries no gradient.
+  """
   log_sum = jnp.log(sums.exp + _SUM_FLOOR) - _EXP_OFFSET
   return jnp.logaddexp(sums.target_logit - jax.lax.stop_gradient(sums.shift), log_sum), log_sum
 
 
 def _lse(sums: _Sums):
   return jax.lax.stop_gradient(sums.shift) + _log_normalizer(sums)[0]
-
-
-class _Inputs(NamedTuple):
-  """The differentiable inputs of the streamed computation (rows flattened)."""
-  embeddings: jax.Array            # [N, D]
-  kernel: jax.Array                # [D, V]
-  bias: jax.Array | None           # [V]
-  class_weights: jax.Array | None  # [V], no gradient
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -269,8 +271,8 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
     chunk = _chunk(inputs, index, plan)
     chunk_sums = jax.jvp(
         lambda lse: _chunk_smoothed_sums(chunk.logits, chunk, labels,
-                                         rows._replace(log_normalizer=lse), plan),
-        (rows.log_normalizer,), (jnp.ones_like(rows.log_normalizer),))
+                                         rows._replace(lse=lse), plan),
+        (rows.lse,), (jnp.ones_like(rows.lse),))
     return jax.tree.map(jnp.add, carry, chunk_sums), None
 
   zeros = jnp.zeros_like(rows.shift)
@@ -286,9 +288,9 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
 def _streamed_sums_fwd(inputs: _Inputs, labels, plan: _Plan):
   sums, top = _first_pass(inputs, labels, plan)
   smoothed = d_smoothed_d_lse = None
-  rows = _RowConstants(shift=sums.shift, top=None, log_normalizer=None)
+  rows = _RowConstants(shift=sums.shift, top=None, lse=None)
   if plan.smoothed:
-    rows = rows._replace(top=top, log_normalizer=_lse(sums))
+    rows = rows._replace(top=top, lse=_lse(sums))
     smoothed, d_smoothed_d_lse = _second_pass(inputs, labels, rows, plan)
   return (sums, smoothed), (inputs, labels, rows, sums, d_smoothed_d_lse)
 
