@@ -20,19 +20,20 @@ References:
 """
 
 import io
-import os
 
+from etils import epath
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+
+from cfl_jax import storage
 
 _SPLIT_LISTS = {"train": "train", "validation": "val", "test": "test"}
 
 
 def _jpeg_bytes(path: str) -> bytes:
   """The file's bytes if it is an RGB or grey JPEG, else the image re-encoded as an RGB JPEG."""
-  with open(path, "rb") as file:
-    data = file.read()
+  data = epath.Path(path).read_bytes()
   with PIL.Image.open(io.BytesIO(data)) as image:
     if image.format == "JPEG" and image.mode in ("RGB", "L"):
       return data
@@ -42,21 +43,20 @@ def _jpeg_bytes(path: str) -> bytes:
 
 
 def read_list(path: str, num_classes: int) -> list[tuple[str, int]]:
-  """``[(relative_path, label)]`` from an OLTR list file.
+  """``[(relative_path, label)]`` from an OLTR list file (a local path or ``gs://...``).
 
   Raises:
     ValueError: for a malformed line or a label outside ``[0, num_classes)``.
   """
   entries = []
-  with open(path) as file:
-    for number, line in enumerate(file, start=1):
-      if not line.strip():
-        continue
-      parts = line.rsplit(maxsplit=1)
-      if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) >= num_classes:
-        raise ValueError(f"{path}:{number}: expected 'relative/path label' with a label in "
-                         f"[0, {num_classes}), got {line.strip()!r}.")
-      entries.append((parts[0].lstrip("/"), int(parts[1])))
+  for number, line in enumerate(epath.Path(path).read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) >= num_classes:
+      raise ValueError(f"{path}:{number}: expected 'relative/path label' with a label in "
+                       f"[0, {num_classes}), got {line.strip()!r}.")
+    entries.append((parts[0].lstrip("/"), int(parts[1])))
   return entries
 
 
@@ -89,15 +89,15 @@ class _OltrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _split_generators(self, dl_manager):
-    root = os.fspath(dl_manager.manual_dir)
+    root = epath.Path(dl_manager.manual_dir)
     splits = {}
     for split, suffix in _SPLIT_LISTS.items():
-      list_path = os.path.join(root, f"{self.LIST_PREFIX}_{suffix}.txt")
-      if not os.path.isfile(list_path):
+      list_path = root / f"{self.LIST_PREFIX}_{suffix}.txt"
+      if not list_path.is_file():
         raise FileNotFoundError(f"Missing list file {list_path}. {self.layout()}")
       splits[split] = read_list(list_path, self.NUM_CLASSES)
-    missing = [path for entries in splits.values() for path, _ in entries
-               if not os.path.isfile(os.path.join(root, path))]
+    present = storage.relative_files(root)
+    missing = [path for entries in splits.values() for path, _ in entries if path not in present]
     if missing:
       raise FileNotFoundError(
           f"{len(missing)} listed images are missing under {root}, e.g. {missing[:3]}. "
@@ -108,7 +108,7 @@ class _OltrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, root, entries):
     for path, label in entries:
-      yield path, {"image": _jpeg_bytes(os.path.join(root, path)), "label": label,
+      yield path, {"image": _jpeg_bytes(root / path), "label": label,
                    "file_name": path}
 
 

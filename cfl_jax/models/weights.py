@@ -29,6 +29,7 @@ from absl import logging
 from flax import traverse_util
 
 from cfl_jax import models
+from cfl_jax import storage
 
 Path = tuple[str, ...]
 
@@ -182,7 +183,8 @@ def import_weights(
 
   Args:
     name: one of ``IMPORTABLE_MODELS`` (``'tresnet_m'``, ``'resnet50'``, ``'resnet152'``).
-    path: local ``.safetensors`` file in the naming of the table in the module docstring.
+    path: ``.safetensors`` file (local or ``gs://...``) in the naming of the table in the module
+      docstring.
     num_classes: output logits of the model the variables are for.
     seed: key seed of the re-initialised classifier, if there is one.
 
@@ -213,14 +215,14 @@ def import_weights(
         f"No checkpoint naming for model {name!r}; "
         f"importable models: {', '.join(IMPORTABLE_MODELS)}."
     )
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():
     raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}; {name}'s ImageNet weights "
                             f"are {WEIGHTS_SOURCES[name]}.")
   model = models.get_model(name, num_classes=num_classes)
   images = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
   init = lambda: model.init(jax.random.key(seed), images, train=False)
   expected = traverse_util.flatten_dict(jax.eval_shape(init))
-  tensors = safetensors.numpy.load_file(path)
+  tensors = safetensors.numpy.load(storage.as_path(path).read_bytes())
   flat, file_classes, problems = _match(expected, tensors, _CHECKPOINT_NAMING[name])
   if problems:
     raise ValueError(f"{os.fspath(path)} does not fit {name}: {'; '.join(problems)}.")

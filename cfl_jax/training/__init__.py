@@ -11,6 +11,7 @@ One job per module, in the order a run uses them:
 * ``sharding``: the ``('data',)`` mesh, shardings, global batches from host-local data, CPU devices.
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
 * ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, progress.
+* ``workdir_lock``: one run per workdir (``flock`` locally, a heartbeat lock object in a bucket).
 """
 
 from cfl_jax.training.checkpointing import CheckpointError
@@ -20,7 +21,7 @@ from cfl_jax.training.config import default_config
 from cfl_jax.training.config import resolve_config
 from cfl_jax.training.recipe import LOSS_NAMES
 from cfl_jax.training.recipe import get_loss_fn
-from cfl_jax.training.reporting import WorkdirLocked
+from cfl_jax.training.workdir_lock import WorkdirLocked
 from cfl_jax.training.train import TrainState
 from cfl_jax.training.train import TrainingDiverged
 from cfl_jax.training.train import create_train_state

@@ -1,7 +1,9 @@
 """Orbax checkpoints of a run, and preemption notices turned into a saved, clean stop.
 
-Orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact and the partial one is never restored. The JSON
+Orbax writes each step to a temporary directory and renames it when complete (on an object store,
+where there is no rename, it writes a commit marker last), so a run killed mid-save leaves the
+previous checkpoint intact and the partial one is never restored. The directory may be local or in
+a bucket (``gs://``); every process of a multi-host run writes its shards into it. The JSON
 ``progress`` record beside the state carries the resolved config (checked on resume: a
 checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the host-side state
 needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
@@ -14,7 +16,6 @@ every process stops, so all of them save the same step.
 """
 
 from collections.abc import Mapping
-import os
 import re
 import signal
 import threading
@@ -24,7 +25,10 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from cfl_jax import storage
 
 # Config keys that do not change the training trajectory: they may differ on resume (the new
 # values apply from there on, and the differences are logged). Every other key must match.
@@ -83,8 +87,8 @@ class Checkpointer:
     max_to_keep: most recent checkpoints kept on disk.
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: storage.PathLike, *, max_to_keep: int):
+    self.directory = storage.as_path(directory)
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "progress"))
@@ -138,7 +142,7 @@ class Checkpointer:
 
   def _save_error(self, error: BaseException) -> CheckpointSaveError:
     self._failed = True
-    where = os.path.join(self.directory, str(self._saving_step))
+    where = self.directory / str(self._saving_step)
     latest = self.latest_step()
     kept = ("no earlier checkpoint exists" if latest is None else
             f"the previous checkpoint, step {latest}, is intact in {self.directory}")
@@ -163,7 +167,7 @@ class Checkpointer:
         trajectory keys (any key but :data:`NON_TRAJECTORY_KEYS`), or does not match
         ``abstract_state``.
     """
-    where = os.path.join(self.directory, str(step))
+    where = self.directory / str(step)
     advice = "Restore the original config, or start afresh in a new workdir."
     try:
       progress = self._manager.restore(
@@ -215,14 +219,15 @@ class Checkpointer:
     return None
 
   def _move_aside(self, step: int, reason: BaseException) -> None:
-    aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
-    target = os.path.join(aside, f"{step}-{int(time.time())}")
+    damaged = self.directory / str(step)
+    # Every process must agree on the name: process 0's clock decides.
+    stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
+    target = self.directory.parent / "damaged_checkpoints" / f"{step}-{stamp}"
     if jax.process_index() == 0:
-      os.makedirs(aside, exist_ok=True)
-      os.replace(os.path.join(self.directory, str(step)), target)
+      storage.move_tree(damaged, target)
+    multihost_utils.sync_global_devices(f"cfl_jax moved aside checkpoint {step}")
     logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
-                    "the next older one, if any.", os.path.join(self.directory, str(step)),
-                    reason, target)
+                    "the next older one, if any.", damaged, reason, target)
     self._manager.reload()
 
   def close(self) -> None:

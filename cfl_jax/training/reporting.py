@@ -5,18 +5,19 @@ disabled writers, so the loop calls them unconditionally.
 """
 
 from collections.abc import Mapping, Sequence
-import datetime
-import fcntl
 import json
 import math
 import os
 import shutil
-import socket
 import sys
+import tempfile
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
+
+from cfl_jax import storage
 
 # Train metrics that are measurements (averaged over the window); the step's other metrics are
 # schedule values, reported as they were at the window's last step.
@@ -96,11 +97,11 @@ def _strict(value: Any) -> Any:
   return value
 
 
-def write_json(path: str, value: Any) -> None:
+def write_json(path: storage.PathLike, value: Any) -> None:
   """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically.
 
-  The file is written beside its destination and renamed over it, so a reader (or a run killed
-  mid-write) sees either the old file or the new one, never a torn one.
+  A reader (or a run killed mid-write) sees either the old file or the new one, never a torn one
+  (see :func:`cfl_jax.storage.write_atomic`); ``path`` may be in a bucket.
 
   Examples:
     >>> import json, os, tempfile
@@ -109,15 +110,15 @@ def write_json(path: str, value: Any) -> None:
     >>> json.load(open(path))
     {'loss': None, 'step': 3}
   """
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-  with open(temporary, "w") as f:
-    json.dump(_strict(value), f, indent=1, allow_nan=False)
-  os.replace(temporary, path)
+  storage.write_atomic(path, json.dumps(_strict(value), indent=1, allow_nan=False))
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The records of a ``metrics.jsonl`` file, in order.
+def _jsonl(records: Sequence[Mapping[str, Any]]) -> str:
+  return "".join(json.dumps(_strict(record), allow_nan=False) + "\n" for record in records)
+
+
+def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl`` file (local or in a bucket), in order.
 
   A torn last line (a run killed while appending) is dropped with a warning; a damaged line
   anywhere else is an error naming the file and the line.
@@ -125,8 +126,7 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   Raises:
     ValueError: for a line before the last that is not a JSON object.
   """
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in storage.as_path(path).read_text().splitlines() if line.strip()]
   records = []
   for number, line in enumerate(lines, start=1):
     try:
@@ -143,19 +143,33 @@ class RunFiles:
   """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
   ``tensorboard/`` (scalars ``train/<metric>`` and ``eval/<metric>``) and ``summary.json``.
 
-  Call :meth:`keep_metrics_until` once before appending (it opens the event writer) and
-  :meth:`close` at the end.
+  Call :meth:`keep_metrics_until` once before appending (it opens the event writer), :meth:`sync`
+  after each checkpoint save and :meth:`close` at the end.
+
+  On a local disk records are appended to ``metrics.jsonl`` as they come and TensorBoard writes
+  its event file in place. An object store has no append, so there both are kept in a local
+  staging directory and uploaded whole by :meth:`sync` (each file one atomic object write) at
+  every checkpoint and at :meth:`close`. The workdir then always holds the records up to a
+  checkpoint or beyond: a preempted VM loses at most the records after its newest checkpoint,
+  which are exactly the steps the resumed run computes (and logs) again. The upload rewrites the
+  whole log once per checkpoint, never per log step: a few bytes per logged step, next to the
+  checkpoint's size.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool):
-    self.workdir = workdir
+  def __init__(self, workdir: storage.PathLike, *, enabled: bool):
+    self.workdir = storage.as_path(workdir)
     self.enabled = enabled
+    self._local = storage.is_local(workdir)
     self._events = None
+    self._records: list[dict[str, Any]] = []  # object stores: the whole log, uploaded by sync
+    self._staging = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      if not self._local:
+        self._staging = tempfile.TemporaryDirectory(prefix="cfl_jax_run_files_")
 
-  def _path(self, name: str) -> str:
-    return os.path.join(self.workdir, name)
+  def _path(self, name: str) -> epath.Path:
+    return self.workdir / name
 
   def write_config(self, config: Mapping[str, Any]) -> None:
     """Writes ``config.json`` (atomically, as every JSON file here: see :func:`write_json`)."""
@@ -173,17 +187,19 @@ class RunFiles:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    events = (self._path("tensorboard") if self._local else
+              epath.Path(self._staging.name) / "tensorboard")
     # A file of its own per (process, start step): event file names only carry the second.
-    self._events = SummaryWriter(self._path("tensorboard"), purge_step=step + 1 if step else None,
+    self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
                                  filename_suffix=f".{os.getpid()}.{step}")
     path = self._path("metrics.jsonl")
-    if not os.path.exists(path):
-      return
-    kept = [record for record in read_metrics(path) if record["step"] <= step]
-    temporary = self._path(".metrics.jsonl.tmp")
-    with open(temporary, "w") as f:
-      f.writelines(json.dumps(_strict(record), allow_nan=False) + "\n" for record in kept)
-    os.replace(temporary, path)
+    kept = [record for record in read_metrics(path) if record["step"] <= step] if (
+        path.exists()) else []
+    if self._local:
+      if path.exists():
+        storage.write_atomic(path, _jsonl(kept))
+    else:
+      self._records = kept
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
@@ -193,67 +209,36 @@ class RunFiles:
     """
     if not self.enabled:
       return
-    with open(self._path("metrics.jsonl"), "a") as f:
-      f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+    if self._local:
+      with self._path("metrics.jsonl").open("a") as f:
+        f.write(_jsonl([record]))
+    else:
+      self._records.append(dict(record))
     if self._events is not None:
       for key, value in record.items():
         if key not in ("step", "split") and isinstance(value, (int, float)):
           self._events.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
+  def sync(self) -> None:
+    """Object stores: uploads ``metrics.jsonl`` and this session's event file (a no-op on a
+    local disk, where both are written in place)."""
+    if not self.enabled or self._local or self._events is None:
+      return
+    storage.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
+    self._events.flush()
+    staged = epath.Path(self._events.logdir)
+    for event_file in staged.iterdir():
+      storage.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
+
   def close(self) -> None:
-    """Flushes and closes the TensorBoard writer."""
+    """Uploads what :meth:`sync` uploads, then closes the TensorBoard writer."""
     if self._events is not None:
+      self.sync()
       self._events.close()
       self._events = None
-
-
-class WorkdirLocked(RuntimeError):
-  """Another live run holds the workdir."""
-
-
-class WorkdirLock:
-  """An exclusive lock on ``workdir/.lock`` for the duration of a run (process 0 only).
-
-  The lock is an ``flock`` on the file, which the operating system releases when its process
-  dies, so the lock of a killed run is stale at once and the next run takes it over; the file
-  itself only records who holds it (host, process id, start time) for the error message.
-
-  Raises:
-    WorkdirLocked: on entry, when another live process holds the lock.
-  """
-
-  def __init__(self, workdir: str, *, enabled: bool = True):
-    self.path = os.path.join(workdir, ".lock")
-    self.enabled = enabled
-    self._file = None
-
-  def __enter__(self) -> "WorkdirLock":
-    if not self.enabled:
-      return self
-    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-    handle = open(self.path, "a+")
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      holder = handle.read().strip() or "unknown process"
-      handle.close()
-      raise WorkdirLocked(
-          f"The workdir {os.path.dirname(self.path)} is in use by another run ({holder}); wait "
-          "for it to finish, or give this run its own --workdir.") from None
-    handle.seek(0)
-    handle.truncate()
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-    handle.flush()
-    self._file = handle
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._file is not None:
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
+    if self._staging is not None:
+      self._staging.cleanup()
+      self._staging = None
 
 
 def _number(value: float | None, digits: int, style: str = "f") -> str:

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -39,6 +38,8 @@ from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
+from cfl_jax import storage
+from cfl_jax.training import workdir_lock
 
 Batch = Mapping[str, jax.Array]
 
@@ -290,7 +291,7 @@ def _check_weights_file(model_config: ml_collections.ConfigDict) -> None:
   if name not in models.IMPORTABLE_MODELS:
     raise ValueError(f"model.init_from is set, but {name!r} has no weights naming; importable "
                      f"models: {', '.join(models.IMPORTABLE_MODELS)}.")
-  if not os.path.isfile(path):
+  if not storage.as_path(path).is_file():
     raise ValueError(f"model.init_from={path!r} is not a file; {name}'s ImageNet weights are "
                      f"{models.WEIGHTS_SOURCES[name]}.")
 
@@ -398,6 +399,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train,
                                       "wall_seconds": clock.total()})
+      files.sync()
   if last_eval is None and not preempted:  # resumed from the final checkpoint
     last_eval = run.evaluate(eval_step_fn, state)
   return step, last_train, last_eval, preempted
@@ -443,14 +445,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   session_started = time.time()
   run = Run.create(config)
   is_writer = jax.process_index() == 0
-  with reporting.WorkdirLock(workdir, enabled=is_writer):
+  with workdir_lock.WorkdirLock(workdir, enabled=is_writer):
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
 
 
 def _train_and_evaluate_locked(run: Run, workdir: str, is_writer: bool,
                                session_started: float) -> dict[str, Any]:
   files = reporting.RunFiles(workdir, enabled=is_writer)
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = checkpointing.Checkpointer(storage.as_path(workdir) / "checkpoints",
                                             max_to_keep=run.config.max_to_keep)
   summary = {"name": run.config.name, "seed": run.config.seed,
              "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,

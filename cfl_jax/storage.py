@@ -1,0 +1,99 @@
+"""Workdir storage: local directories and object stores (``gs://``, ``s3://``) behind one API.
+
+Every path a run reads or writes goes through :mod:`etils.epath`, as orbax and TFDS do, so a
+workdir, a weights file or a list file may be local or in a bucket. Object stores differ from a
+disk in three ways that matter here, and the helpers below hide them:
+
+* no rename: a local file is written beside its destination and renamed over it; an object is
+  written whole in one upload, which the store makes visible only once complete. Either way a
+  reader (or a resumed run) sees the old content or the new one, never a torn file.
+* no directories: a "directory" move is a copy of every object under the prefix followed by a
+  delete of the originals (:func:`move_tree`).
+* no append and no ``flock``: :class:`cfl_jax.training.reporting.RunFiles` and
+  :class:`cfl_jax.training.workdir_lock.WorkdirLock` take other routes there.
+
+``gs://`` needs ``gcsfs`` (``pip install 'cfl-jax[experiments]'``); set ``EPATH_USE_TF=false``
+to make epath use it instead of TensorFlow's GCS client (which ignores storage emulators).
+"""
+
+import os
+import uuid
+
+from etils import epath
+
+PathLike = str | os.PathLike
+
+
+def is_local(path: PathLike) -> bool:
+  """True for a path on a local or mounted file system, False for ``scheme://...`` URLs."""
+  return "://" not in os.fspath(path)
+
+
+def as_path(path: PathLike) -> epath.Path:
+  """``path`` as an :class:`etils.epath.Path`, made absolute when it is local.
+
+  Examples:
+    >>> str(as_path('gs://bucket/run'))
+    'gs://bucket/run'
+    >>> as_path('runs/a').is_absolute()
+    True
+  """
+  return epath.Path(os.path.abspath(path) if is_local(path) else path)
+
+
+def write_atomic(path: PathLike, data: str | bytes) -> None:
+  """Writes ``data`` to ``path`` so that readers see the old content or the new, never a part.
+
+  Locally a temporary sibling is renamed over ``path``; on an object store the object is written
+  in one upload. Missing parent directories are created.
+
+  Examples:
+    >>> import tempfile
+    >>> path = as_path(tempfile.mkdtemp()) / 'sub' / 'note.txt'
+    >>> write_atomic(path, 'hello')
+    >>> path.read_text()
+    'hello'
+  """
+  path = as_path(path)
+  if not is_local(path):
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+  try:
+    temporary.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(temporary, path)
+  finally:
+    if temporary.exists():
+      temporary.unlink()
+
+
+def move_tree(source: PathLike, target: PathLike) -> None:
+  """Moves the directory (or object prefix) ``source`` to ``target``, whose parent may be new.
+
+  Locally this is one rename. On an object store every object is copied, then the originals are
+  deleted, so an interrupted move leaves ``source`` whole (and maybe a partial ``target``).
+  """
+  source, target = as_path(source), as_path(target)
+  if is_local(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    return
+  import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
+  filesystem, source_key = fsspec.core.url_to_fs(os.fspath(source))
+  target_key = fsspec.core.url_to_fs(os.fspath(target))[1]
+  filesystem.copy(source_key, target_key, recursive=True)
+  filesystem.rm(source_key, recursive=True)
+
+
+def relative_files(root: PathLike) -> set[str]:
+  """The paths, relative to ``root``, of every file under it: one walk locally, one paginated
+  listing on an object store (instead of a request per file)."""
+  root = as_path(root)
+  if is_local(root):
+    return {os.path.relpath(os.path.join(directory, name), root)
+            for directory, _, names in os.walk(root) for name in names}
+  import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
+  filesystem, key = fsspec.core.url_to_fs(os.fspath(root))
+  prefix = key.rstrip("/") + "/"
+  return {found[len(prefix):] for found in filesystem.find(key)}
