@@ -211,3 +211,67 @@ def test_init_from_a_weights_file_in_a_bucket(bucket_dir, tmp_path):
                import_weights("resnet50", local, num_classes=10))
   with pytest.raises(FileNotFoundError, match="No weights file at 'gs://"):
     import_weights("resnet50", os.fspath(bucket_dir / "missing.safetensors"), num_classes=10)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir: str, config) -> list:
+  """The runner as processes 0 and 1 of one ``jax.distributed`` job, 4 CPU devices each."""
+  flags = ["--distributed", f"--coordinator_address=127.0.0.1:{_free_port()}",
+           "--num_processes=2", "--initialization_timeout=60"]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  return [start_trainer(workdir, config, *flags, f"--process_id={i}", env=env) for i in range(2)]
+
+
+def _finish_all(processes, timeout: float = 240) -> list[tuple[int, str]]:
+  try:
+    return [finish(process, timeout=timeout) for process in processes]
+  finally:
+    for process in processes:  # a missing peer would leave the other one waiting
+      process.kill()
+
+
+def test_two_processes_share_a_bucket_workdir_and_resume_together(bucket_dir, tmp_path):
+  config = tiny_config(num_train_steps=40, checkpoint_every_steps=10, log_every_steps=5,
+                       eval_every_epochs=2)
+  workdir = os.fspath(bucket_dir)
+  processes = _two_processes(workdir, config)
+  try:
+    # The run files reach the bucket with the first checkpoint: preempt process 0 only; JAX's
+    # preemption sync stops both at the same step, and both write their shards of it.
+    wait_for(lambda: (bucket_dir / "metrics.jsonl").exists(), processes[0], timeout=240)
+    processes[0].send_signal(signal.SIGTERM)
+  finally:
+    results = _finish_all(processes)
+  stopped = _steps(workdir)[-1]
+  for returncode, output in results:
+    assert returncode == 0 and f"Preempted after step {stopped}" in output, output
+  checkpoint = storage.relative_files(bucket_dir / "checkpoints" / str(stopped))
+  for process in range(2):
+    assert any(name.startswith(f"state/ocdbt.process_{process}/") for name in checkpoint)
+
+  results = _finish_all(_two_processes(workdir, config))
+  assert all(returncode == 0 for returncode, _ in results), results[0][1] + results[1][1]
+  summary = _read_json(bucket_dir / "summary.json")
+  assert summary["resumed_from_step"] == stopped and summary["num_processes"] == 2
+  # One writer: one set of run files, one event file a session, no duplicate record.
+  assert {p.name for p in bucket_dir.iterdir()} == {
+      "checkpoints", "config.json", "metrics.jsonl", "summary.json", "tensorboard"}
+  assert len(list((bucket_dir / "tensorboard").iterdir())) == 2
+
+  # The trajectory of one process on 8 devices, to float precision: the all-reduces over two
+  # processes sum in another order, and 40 steps amplify that to about 1e-4.
+  reference_dir = str(tmp_path / "one_process")
+  reference_summary = train_and_evaluate(config, reference_dir)
+  records, reference = _read_metrics(workdir), _read_metrics(reference_dir)
+  assert [(r["step"], r["split"]) for r in records] == [(r["step"], r["split"])
+                                                        for r in reference]
+  for record, expected in zip(records, reference):
+    numbers = {key: value for key, value in expected.items()
+               if isinstance(value, float) and key != "epoch"}
+    assert {key: record[key] for key in numbers} == pytest.approx(numbers, rel=1e-3, abs=1e-4)
+  assert summary["test_accuracy"] == pytest.approx(reference_summary["test_accuracy"], abs=0.01)
