@@ -10,8 +10,10 @@ with :math:`\pi(i) = b \lfloor i / b \rfloor + b - 1 - (i \bmod b)`:
   \tilde x_i = \lambda x_i + (1 - \lambda) x_{\pi(i)}, \qquad
   \tilde q_i = \lambda e_{t_i} + (1 - \lambda) e_{t_{\pi(i)}}
 
-so each label row is a probability vector, and no image leaves its device (:math:`S = 1`
-reverses the whole batch). timm also smooths the mixed targets; here smoothing stays with the loss
+so each label row is a probability vector; :math:`\lambda` is the same on every device (timm,
+one process per device, draws one per device) and :math:`S = 1` reverses the whole batch. The
+reshape to ``[S, b, ...]`` cuts along the shard boundaries, so the compiled step moves no image
+between devices. timm also smooths the mixed targets; here smoothing stays with the loss
 (``config.loss.label_smoothing``), which applies it to these probabilities.
 
 References:
