@@ -1,9 +1,11 @@
 """Tests of the Keras-based augmentation (cfl_jax.data.keras_augment), the streamed 224-px CIFAR
-pipeline (cfl_jax.data.array_stream) and augmentation in the ImageNet stream."""
+pipeline (cfl_jax.data.array_stream), augmentation in the ImageNet stream, and the draws of two
+processes' shares in every kind of stream."""
 
 import numpy as np
 import pytest
 
+from cfl_jax.data import augment as augment_lib
 from cfl_jax.data import base
 from cfl_jax.data import get_dataset
 
@@ -111,16 +113,59 @@ def test_streamed_cifar_refuses_augment_false(tmp_path):
                  "image_size": 224})
 
 
-def test_imagenet_stream_augments_deterministically(tmp_path_factory):
+@pytest.fixture(scope="module")
+def imagenet_config(tmp_path_factory):
+  """A prepared 8-image ImageNet-2012 of uniform-colour JPEGs, served at 32 px."""
   root = tmp_path_factory.mktemp("tfds")
   tfds_fakes.prepare_imagenet2012(root, tmp_path_factory.mktemp("ilsvrc2012"),
                                   synsets=("n01440764", "n01443537"), per_class=4, num_val=2)
-  config = {"name": "imagenet2012", "data_dir": str(root), "image_size": 32}
-  plain = get_dataset(config)
-  augmented = get_dataset({**config, "rand_augment": 9, "random_erasing": 1.0})
+  return {"name": "imagenet2012", "data_dir": str(root), "image_size": 32}
+
+
+def test_imagenet_stream_augments_deterministically(imagenet_config):
+  plain = get_dataset(imagenet_config)
+  augmented = get_dataset({**imagenet_config, "rand_augment": 9, "random_erasing": 1.0})
   kwargs = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
   first, again = (next(augmented.train_batches(**kwargs)) for _ in range(2))
   reference = next(plain.train_batches(**kwargs))
   np.testing.assert_array_equal(first["image"], again["image"])
   np.testing.assert_array_equal(first["label"], reference["label"])
   assert all(not np.array_equal(a, b) for a, b in zip(first["image"], reference["image"]))
+
+
+def _erased(images):
+  """Where random erasing drew its box in uniform-colour images: ``bool [B, H, W]``."""
+  return np.any(np.abs(images - np.median(images, axis=(1, 2), keepdims=True)) > 0.05, axis=-1)
+
+
+def _same_image_everywhere(make, **overrides):
+  """A dataset of ``make`` whose 24 training images are all one image: a batch shows the draws."""
+  images = np.repeat(_RNG.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), 24, axis=0)
+  return make(**{**dict(name="same", num_classes=4, train_images=images,
+                        train_labels=np.arange(24) % 4, eval_images=images[:4],
+                        eval_labels=np.arange(4)), **overrides})
+
+
+@pytest.mark.parametrize("dataset", ["array", "streamed_array", "tfds"])
+def test_processes_draw_different_augmentations(dataset, imagenet_config):
+  """The i-th examples of two processes get different draws, the same again on a rerun."""
+  if dataset == "tfds":  # Different images per process: compare where each was erased.
+    data, observe = get_dataset({**imagenet_config, "random_erasing": 1.0}), _erased
+  elif dataset == "array":
+    data, observe = _same_image_everywhere(
+        base.ArrayDataset, normalize=np.asarray,
+        augment=augment_lib.RandomCropFlip(padding=4)), np.asarray
+  else:
+    data, observe = _same_image_everywhere(
+        StreamedArrayDataset, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+        random_erasing=0.6), np.asarray
+
+  def draws(process_index):
+    batches = data.train_batches(global_batch_size=4, seed=7, start_step=1,
+                                 process_index=process_index, process_count=2)
+    return observe(np.concatenate([next(batches)["image"] for _ in range(2)]))
+
+  first, second = draws(0), draws(1)
+  assert all(not np.array_equal(a, b) for a, b in zip(first, second))
+  np.testing.assert_array_equal(draws(0), first)
+  np.testing.assert_array_equal(draws(1), second)

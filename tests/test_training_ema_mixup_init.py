@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -86,17 +87,40 @@ def test_ema_is_checkpointed_and_resumed(ema_run, tmp_path, monkeypatch):
                jax.device_get(states[1].ema))
 
 
-def test_mixup_labels_are_the_same_convex_combination_as_the_images():
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_mixup_pairs_each_row_with_its_mirror_in_its_shard(num_shards):
+  """Row i of a shard of b rows is mixed with row b - 1 - i of the same shard, images and labels
+  alike, with one weight for the whole batch."""
   images = jax.random.uniform(jax.random.key(1), (6, 4, 4, 3))
-  labels = jnp.array([0, 1, 2, 3, 4, 0])
-  mix = jax.jit(functools.partial(mixup, alpha=0.2, num_classes=5))
-  mixed, targets = mix(jax.random.key(2), images, labels)
+  mix = jax.jit(functools.partial(mixup, alpha=0.2, num_classes=6, num_shards=num_shards))
+  mixed, targets = mix(jax.random.key(2), images, jnp.arange(6))
+  rows, size = np.arange(6), 6 // num_shards
+  partner = size * (rows // size) + size - 1 - rows % size
+  weight = float(targets[0, 0])
+  assert 0 < weight < 1
+  np.testing.assert_allclose(targets, weight * np.eye(6) + (1 - weight) * np.eye(6)[partner],
+                             rtol=1e-6)
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
-  weight = float(targets[1, 1])  # example 1 (class 1) is mixed with example 4 (class 4)
-  assert 0 < weight < 1 and targets[1, 4] == pytest.approx(1 - weight)
-  np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[::-1], rtol=1e-5)
-  again, other = (mix(jax.random.key(k), images, labels)[1] for k in (2, 3))
+  np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[partner], rtol=1e-5)
+  again, other = (mix(jax.random.key(k), images, jnp.arange(6))[1] for k in (2, 3))
   assert np.array_equal(again, targets) and not np.array_equal(other, targets)
+  with pytest.raises(ValueError, match="num_shards=4"):
+    mixup(jax.random.key(2), images, jnp.arange(6), alpha=0.2, num_classes=6, num_shards=4)
+
+
+def test_mixup_moves_no_image_between_devices(ema_run):
+  """On 8 devices the compiled train step with mixup has no collective but the all-reduces of
+  the gradients and batch statistics: each row's partner is on its own device."""
+  run = Run.create(ema_run[0])  # the step ema_run compiled: loaded from the compilation cache
+  assert run.mesh.devices.size == 8 and run.config.mixup_alpha
+  step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
+                              schedules=run.plan.schedules, ema_decay=_DECAY, mixup=run.mixup())
+  batch = next(run.dataset.train_batches(global_batch_size=run.config.batch_size, seed=0))
+  compiled = step.lower(run.fresh_state(), sharding.shard_batch(batch, run.mesh),
+                        jax.random.key(0)).compile()
+  collectives = re.findall(r" (all-reduce|all-gather|all-to-all|collective-permute|"
+                           r"reduce-scatter)(?:-start)?\(", compiled.as_text())
+  assert set(collectives) == {"all-reduce"}
 
 
 # model.init_from: ResNet-50 on tiny CIFAR-10 (real TFDS format), from a synthetic torchvision

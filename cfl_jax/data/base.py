@@ -69,7 +69,8 @@ class ImageClassificationData(abc.ABC):
 
     Args:
       global_batch_size: examples per step over all processes; divisible by ``process_count``.
-      seed: non-negative int fixing the epoch permutations and the augmentation.
+      seed: non-negative int fixing the epoch permutations and the augmentation; each example
+        of a global batch gets its own augmentation draw, whichever process serves it.
       start_step: index of the first batch yielded; resuming there is cheap.
       process_index: this process, default ``jax.process_index()``.
       process_count: number of processes, default ``jax.process_count()``.

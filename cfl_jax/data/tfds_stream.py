@@ -5,12 +5,15 @@ the OLTR builders of :mod:`cfl_jax.data.oltr`). Images are never decoded in Pyth
 reads its own even share of the records (``tfds.even_splits``), decodes only the crop window in
 parallel map calls and prefetches host-local numpy batches.
 
-Order and resumption: process ``p`` of ``P`` owns the same ``N // P`` training records in every
-epoch; epoch ``e`` reads them with file order and a shuffle buffer seeded from ``(seed, e)``, and
-the ``i``-th example of that stream is augmented with the stateless seed ``(seed(seed, e), i)``.
-Batch ``k`` is therefore a pure function of ``(seed, k)`` for a given process count (unlike the
-in-memory datasets, the global batch depends on ``P``). Starting at ``start_step`` reads and drops
-the skipped records of the current epoch before decoding: cheap next to training, not free.
+Order and resumption: process ``p`` of ``P`` owns the same ``n = N // P`` training records in
+every epoch; epoch ``e`` reads them with file order and a shuffle buffer seeded from ``(seed, e)``,
+and the ``i``-th example of that stream is augmented with the stateless seed
+``(epoch_seed(seed, e), p * n + i)``, its position in the epoch's process streams laid end to end:
+no two examples of an epoch share an augmentation draw, whichever process reads them. The
+host-local batch ``k`` is therefore a pure function of ``(seed, k, p)`` for a given process count
+(unlike the in-memory datasets, the global batch depends on ``P``). Starting at ``start_step``
+reads and drops the skipped records of the current epoch before decoding: cheap next to training,
+not free.
 """
 
 import functools
@@ -103,6 +106,7 @@ class TfdsImageData(base.ImageClassificationData):
                     read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, options=options))
     skipped = first_step * local_batch
     records = records.shuffle(self._shuffle_buffer, seed=epoch_seed).skip(skipped)
+    first_position = process_index * (self.num_train_examples // process_count) + skipped
 
     def preprocess(position, example):
       seed_pair = tf.stack([tf.constant(epoch_seed, tf.int64), position])
@@ -111,8 +115,8 @@ class TfdsImageData(base.ImageClassificationData):
       return {"image": image_ops.standardize(self._augment(image, augment_seed)),
               "label": tf.cast(example["label"], tf.int32)}
 
-    examples = records.enumerate(start=skipped).map(preprocess,
-                                                    num_parallel_calls=tf.data.AUTOTUNE)
+    examples = records.enumerate(start=first_position).map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return examples.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0, process_index=None,

@@ -7,7 +7,8 @@ One job per module, in the order a run uses them:
   schedules, the optimizer, and the run's durations in steps (``Plan``).
 * ``train``: ``TrainState``, ``train_step`` / ``eval_step`` and their jitted, sharded forms, and
   ``train_and_evaluate(config, workdir)``, the loop that calls them. Start reading here.
-* ``mixup``: mixup of a global batch on device (probability labels), called by the train step.
+* ``mixup``: mixup within each device's shard of the batch (probability labels), called by the
+  train step.
 * ``sharding``: the ``('data',)`` mesh, shardings, global batches from host-local data, CPU devices.
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
 * ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, progress.

@@ -101,7 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   # optax.incremental_update; evaluated beside the raw weights. 0 = off.
   config.ema_decay = 0.0
   # Mixup (Zhang et al. 2018) on device: Beta(alpha, alpha) weight per batch, each image mixed
-  # with the batch's reverse (timm's batch mode); labels become probabilities. 0 = off.
+  # with the reverse of its device's shard (timm's batch mode, per device); labels become
+  # probabilities. 0 = off.
   config.mixup_alpha = 0.0
 
   config.many_shot_min = 100  # classes with >= this many training images are many-shot

@@ -218,11 +218,13 @@ class Run:
     return json.loads(self.config.to_json())
 
   def mixup(self) -> Callable | None:
-    """The train step's mixup function (``config.mixup_alpha``), or None."""
+    """The train step's mixup function (``config.mixup_alpha``), or None; it pairs rows within
+    each device's shard of the batch."""
     if not self.config.mixup_alpha:
       return None
     return functools.partial(mixup_lib.mixup, alpha=self.config.mixup_alpha,
-                             num_classes=self.dataset.num_classes)
+                             num_classes=self.dataset.num_classes,
+                             num_shards=self.mesh.shape[sharding.DATA_AXIS])
 
   def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
     """Test-set metrics of ``state``, and ``ema_test_accuracy`` / ``ema_test_loss`` of its
