@@ -417,14 +417,17 @@ class _WallClock:
     return self.before + time.time() - self.started
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict | dict,
+                       workdir: storage.PathLike) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, writing everything to ``workdir``.
 
   Args:
     config: a config over the schema of :func:`cfl_jax.training.config.default_config`.
-    workdir: gets ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/`` and
+    workdir: a local directory or a bucket (``gs://...``; see :mod:`cfl_jax.storage`); gets
+      ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/`` and
       ``summary.json``; a workdir holding checkpoints of the same config is resumed. It is locked
-      for the run: a second run in the same workdir stops at once.
+      for the run (:mod:`cfl_jax.training.workdir_lock`): a second run in the same workdir stops
+      at once.
 
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
@@ -451,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
 
 
-def _train_and_evaluate_locked(run: Run, workdir: str, is_writer: bool,
+def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: bool,
                                session_started: float) -> dict[str, Any]:
   files = reporting.RunFiles(workdir, enabled=is_writer)
   checkpointer = checkpointing.Checkpointer(storage.as_path(workdir) / "checkpoints",
