@@ -25,7 +25,7 @@ from cfl_jax import storage
 from cfl_jax.models import import_weights
 from cfl_jax.training import WorkdirLocked, reporting, train, train_and_evaluate, workdir_lock
 import checkpoint_fakes
-from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
+from training_helpers import comparable, finish, free_port, start_trainer, tiny_config, wait_for
 
 # Long enough (a few seconds of steps) that a subprocess is still training when it is interrupted
 # after its first checkpoint.
@@ -213,15 +213,10 @@ def test_init_from_a_weights_file_in_a_bucket(bucket_dir, tmp_path):
     import_weights("resnet50", os.fspath(bucket_dir / "missing.safetensors"), num_classes=10)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 def _two_processes(workdir: str, config) -> list:
   """The runner as processes 0 and 1 of one ``jax.distributed`` job, 4 CPU devices each."""
-  flags = ["--distributed", f"--coordinator_address=127.0.0.1:{_free_port()}",
+  flags = ["--distributed", f"--coordinator_address=127.0.0.1:{free_port()}",
            "--num_processes=2", "--initialization_timeout=60"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   return [start_trainer(workdir, config, *flags, f"--process_id={i}", env=env) for i in range(2)]

@@ -11,15 +11,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 
 import jax
 import numpy as np
 import pytest
 
 from cfl_jax.training import CheckpointError, train_and_evaluate
-from training_helpers import (REPO, comparable, final_params, finish, read_metrics, read_summary,
-                              start_trainer, tiny_config, wait_for)
+from training_helpers import (REPO, comparable, final_params, finish, free_port, read_metrics,
+                              read_summary, start_trainer, tiny_config, wait_for)
 
 # Long enough (~1 s of steps) that a subprocess is still training when it is interrupted.
 _CONFIG = tiny_config(num_train_steps=150, checkpoint_every_steps=20, log_every_steps=5,
@@ -68,11 +67,6 @@ def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, 
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 def _logged_step(workdir):
   """The last step in metrics.jsonl, 0 while there is none (or it is being written)."""
@@ -84,7 +78,7 @@ def _logged_step(workdir):
 
 def test_two_processes_agree_with_one_and_stop_together_on_sigterm(tmp_path, uninterrupted):
   workdir = str(tmp_path)
-  flags = ["--distributed", f"--coordinator_address=127.0.0.1:{_free_port()}",
+  flags = ["--distributed", f"--coordinator_address=127.0.0.1:{free_port()}",
            "--num_processes=2", "--initialization_timeout=60"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   processes = [start_trainer(workdir, _CONFIG, *flags, f"--process_id={i}", env=env)

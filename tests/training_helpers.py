@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,13 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None
       process.kill()
       raise AssertionError("condition not reached in time")
     time.sleep(0.01)
+
+
+def free_port() -> int:
+  """A free TCP port on loopback (for a ``jax.distributed`` coordinator or a local server)."""
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
 
 
 def read_metrics(workdir: str) -> list[dict]:
