@@ -9,6 +9,11 @@ when ``train=True`` and take the updated statistics from the second return value
 from collections.abc import Callable
 from typing import Any
 
+from cfl_jax import _extras
+
+_extras.require("cfl_jax.models", "train", ["flax", "safetensors", "etils"])
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax.numpy as jnp
 

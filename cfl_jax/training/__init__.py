@@ -15,6 +15,12 @@ One job per module, in the order a run uses them:
 * ``workdir_lock``: one run per workdir (``flock`` locally, a heartbeat lock object in a bucket).
 """
 
+from cfl_jax import _extras
+
+_extras.require("cfl_jax.training", "train", ["flax", "orbax.checkpoint", "ml_collections",
+                                                "absl", "tqdm", "tensorboardX", "etils"])
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from cfl_jax.training.checkpointing import CheckpointError
 from cfl_jax.training.checkpointing import CheckpointSaveError
 from cfl_jax.training.config import ConfigError
