@@ -111,7 +111,7 @@ def _lr_at_epochs(config, num_examples, epochs):
 @pytest.mark.parametrize("study, arg", [("cifar10", None), ("cifar100", None),
                                         ("cifar_4k", "c100,sampler6_2")])
 def test_cifar_studies_are_the_timm_tresnet_recipe(study, arg):
-  """SPEC section 5: TResNet-M at 224, batch 384, SGD Nesterov 0.9, lr 0.15 cosine, 3 warm-up
+  """docs/method.md §5: TResNet-M at 224, batch 384, SGD Nesterov 0.9, lr 0.15 cosine, 3 warm-up
   epochs from 0.01, 200 + 1 cool-down epochs, wd 5e-4 not on biases/norms, RandAugment m9,
   erasing 0.6."""
   config = resolve_config(_get_config(study, arg))

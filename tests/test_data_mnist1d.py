@@ -41,7 +41,7 @@ def test_standard_profile_is_the_packages_published_split(package_standard_split
                                 np.bincount(package_standard_split["y"], minlength=10))
 
 
-def _long_tail(rho):  # SPEC section 5, n_max = 400
+def _long_tail(rho):  # docs/method.md §5, n_max = 400
   return [int(400 * (1 / rho)**(i / 9)) for i in range(10)]
 
 

@@ -1,7 +1,7 @@
 """Tests for cfl_jax.losses, in the manner of optax's _classification_test.py.
 
 The expected values come from an independent float64 numpy implementation of
-both forms (SPEC sections 1 and 3), written here from the formulas.
+both forms (docs/method.md §1, §3), written here from the formulas.
 """
 
 import functools
@@ -173,12 +173,12 @@ def test_reference_form_collapses_soft_labels_to_argmax(data):
 
 
 # --------------------------------------------------------------------------
-# Limits and equivalences (SPEC section 1)
+# Limits and equivalences (docs/method.md §1)
 # --------------------------------------------------------------------------
 
 
 class LimitsTest(chex.TestCase):
-  """SPEC section 1's limits, eagerly and under jit, with xi as a (traced) argument."""
+  """docs/method.md §1's limits, eagerly and under jit, with xi as a (traced) argument."""
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_limits(self):
@@ -312,7 +312,7 @@ def test_axis_equals_moveaxis(gamma_neg):
 
 
 # --------------------------------------------------------------------------
-# Gradients and numerics (SPEC trap 1)
+# Gradients and numerics (docs/method.md §6)
 # --------------------------------------------------------------------------
 
 FORMS = {

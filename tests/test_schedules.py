@@ -1,4 +1,4 @@
-"""Tests for cfl_jax.schedules: the values listed in SPEC section 2, jit, optax composition."""
+"""Tests for cfl_jax.schedules: the values listed in docs/method.md §2, jit, optax composition."""
 
 import jax
 import jax.numpy as jnp

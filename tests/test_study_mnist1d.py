@@ -51,7 +51,7 @@ def test_each_profile_builds_its_training_set(label):
   elif label.startswith("linear"):
     head, tail = map(int, label.split("_")[1:])
     assert (counts[0], counts[-1]) == (head, tail) and np.all(np.diff(counts) < 0)
-  else:  # SPEC section 5: n_i = int(n_max * (1 / rho)^(i / (C - 1)))
+  else:  # docs/method.md §5: n_i = int(n_max * (1 / rho)^(i / (C - 1)))
     rho = int(label.split("_")[-1])
     assert counts.tolist() == [int(400 * (1 / rho) ** (i / 9)) for i in range(10)]
 

@@ -287,7 +287,7 @@ _PROBABILITIES = np.asarray(jax.nn.softmax(np.random.default_rng(1).normal(size=
     ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
         _LOGITS, optax.smooth_labels(_PROBABILITIES, 0.1), 0.3, gamma_hc=3.0,
         gamma_lc=1.5).sum(axis=-1)),
-    # The reference form collapses probability labels to their argmax (SPEC section 3).
+    # The reference form collapses probability labels to their argmax (docs/method.md §3).
     ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
         _LOGITS, _PROBABILITIES.argmax(-1), 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0,
         label_smoothing=0.1)),

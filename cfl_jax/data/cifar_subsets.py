@@ -2,7 +2,7 @@
 
 An index ``i`` is the ``i``-th image of the original training set (``data_batch_1`` .. ``5`` order),
 which TFDS exposes as the ``id`` feature ``'train_%05d' % i``. Each list keeps the first ``n_c``
-images of each class ``c`` (SPEC section 5):
+images of each class ``c`` (docs/method.md §5):
 
 =========================== ======== =====================================================
 name                        dataset  per-class counts

@@ -46,7 +46,7 @@ STANDARD_NUM_SAMPLES = 5000
 POOL_SEED = 0
 POOL_PER_CLASS = 600
 DEFAULT_MAX_COUNT = 400
-# The paper's two 4K CIFAR-10 imbalance profiles (SPEC section 5): head and tail class counts.
+# The paper's two 4K CIFAR-10 imbalance profiles (docs/method.md §5): head and tail class counts.
 LINEAR_PROFILES = {"linear_580_220": (580, 220), "linear_490_310": (490, 310)}
 PROFILES = ("standard", "balanced", *LINEAR_PROFILES, "long_tail")
 

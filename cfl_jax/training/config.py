@@ -86,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
       "xi_first_epoch": 0,  # 'reference' only: 0 (timm path) or 1 (long-tail path, xi > 1 at end)
   })
 
-  # General cyclical training (SPEC section 4): h = (1 - xi) * max + xi * min, following the
+  # General cyclical training (docs/method.md §4): h = (1 - xi) * max + xi * min, following the
   # loss's xi (clipped to [0, 1]); min at the start and the end, max at the hard middle.
   config.cyclical = ml_collections.ConfigDict({
       # replaces optimizer.weight_decay when enabled (weights only, as the constant one)

@@ -5,7 +5,7 @@
 * :func:`xi_schedule`: the loss's xi (paper or reference form, step or epoch granular).
 * :func:`learning_rate_schedule`: warm-up, then cosine to a floor and a cool-down, step decay
   or constant.
-* :func:`cyclical_schedules`: general cyclical training (SPEC section 4): weight decay, gradient
+* :func:`cyclical_schedules`: general cyclical training (docs/method.md §4): weight decay, gradient
   clipping threshold and softmax temperature, each ``(1 - xi) * max + xi * min`` on the run's xi,
   so they all share the loss's cyclical factor.
 * :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``,
@@ -82,7 +82,7 @@ _CYCLICAL_FOCAL = _by_label_kind(cfl_jax.cyclical_focal_loss_with_integer_labels
 
 # name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
 # Probability labels (mixup) take the probability-label variants; the reference form collapses
-# them to their argmax class and re-smooths, as the authors' code does (SPEC section 3).
+# them to their argmax class and re-smooths, as the authors' code does (docs/method.md §3).
 _LOSSES = {
     "cross_entropy": (_cross_entropy, {}),
     "focal": (_by_label_kind(cfl_jax.focal_loss_with_integer_labels, cfl_jax.focal_loss),

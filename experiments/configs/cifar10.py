@@ -7,8 +7,8 @@ Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | `
 ``data_dir=PATH`` (TFDS data directory holding ``cifar10``); ``smoke`` (two steps of a tiny model
 through the same 224-px augmented pipeline, e.g. ``:smoke,data_dir=/tmp/tiny_tfds``).
 
-Targets the paper's CIFAR-10 table, TResNet-M rows (CE, focal, CFL). The recipe of SPEC section 5
-(the authors' timm command):
+Targets the paper's CIFAR-10 table, TResNet-M rows (CE, focal, CFL). The recipe of
+docs/method.md §5 (the authors' timm command):
 
 * TResNet-M (``tresnet_m``, 31.39M parameters at 1,000 classes) from scratch, bfloat16 compute
   (the paper used AMP);

@@ -24,7 +24,7 @@ Losses: the long-tail hyper-parameters of the authors' reference runs, gamma_hc=
 (gamma_pos)=0, f=2; ``cfl_reference`` adds gamma_neg=4 and smoothing 0.1 with the reference xi
 counted from epoch 0 (``common.PROTOCOLS['ldam']``). ``ce`` / ``focal`` are unsmoothed.
 
-Published top-1 error, ResNet-32 (SPEC section 5): CE on CIFAR-10-LT 29.6 (rho=100), 13.6
+Published top-1 error, ResNet-32 (docs/method.md §5): CE on CIFAR-10-LT 29.6 (rho=100), 13.6
 (rho=10); LDAM-DRW 22.97 / 11.84.
 """
 

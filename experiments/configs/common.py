@@ -31,7 +31,7 @@ LOSSES = {
     "cfl_reference": "cyclical_focal_reference",
 }
 
-# Loss hyper-parameters of the papers' protocols (SPEC sections 1, 3 and 5).
+# Loss hyper-parameters of the papers' protocols (docs/method.md §1, §3, §5).
 #   timm: the reference CIFAR / ImageNet command (gamma_hc=3, gamma_pos=2, gamma_neg=2, f=4,
 #     smoothing 0.1 for every loss, as timm's default; reference xi counted from epoch 0).
 #   oltr: the reference long-tail runs (gamma_hc=2, gamma_pos=0, gamma_neg=4, f=2; xi counted
@@ -39,7 +39,7 @@ LOSSES = {
 #     baselines train with plain (unsmoothed) cross-entropy.
 #   ldam: CIFAR-LT with the long-tail hyper-parameters, but xi counted from epoch 0 (the reference
 #     code has no CIFAR-LT path; this keeps xi inside [0, 1]); unsmoothed, as LDAM's baselines.
-#   guidance: the author's untuned defaults (SPEC section 1: gamma_hc=2, focal gamma 2, f=4),
+#   guidance: the author's untuned defaults (docs/method.md §1: gamma_hc=2, focal gamma 2, f=4),
 #     unsmoothed, for benchmarks the papers did not run (MNIST-1D).
 # The reference loss always smooths by 0.1 (hard-wired in the authors' code: its non-target terms
 # exist only through smoothing). Focal loss always uses gamma 2 (Lin et al.).
@@ -185,7 +185,7 @@ TIMM_MIN_LEARNING_RATE = 1e-5
 def timm_config(args: types.SimpleNamespace, *, name: str, dataset: Mapping[str, Any],
                 batch_size: int, learning_rate: float,
                 weight_decay: float) -> ml_collections.ConfigDict:
-  """The paper's timm recipe for balanced CIFAR and ImageNet (SPEC section 5) on TResNet-M.
+  """The paper's timm recipe for balanced CIFAR and ImageNet (docs/method.md §5) on TResNet-M.
 
   201 epochs: 3 linear warm-up epochs from 0.01 to ``learning_rate``, cosine decay to
   :data:`TIMM_MIN_LEARNING_RATE` over the next 197, 1 cool-down epoch at that floor; SGD with

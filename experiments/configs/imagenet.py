@@ -7,7 +7,7 @@ Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | `
 ``data_dir=PATH`` (TFDS data directory holding the prepared ``imagenet2012``); ``smoke``.
 
 Targets the paper's ImageNet table, TResNet-M rows. The timm recipe the paper ran on 4 GPUs
-(SPEC section 5):
+(docs/method.md §5):
 
 * TResNet-M from scratch at 224 px, bfloat16 compute; random-resized crop + flip, RandAugment m9
   (2 ops), random erasing with probability 0.4; centre crop at evaluation;
@@ -18,7 +18,7 @@ Targets the paper's ImageNet table, TResNet-M rows. The timm recipe the paper ra
 * EMA of the weights, decay 0.9998, evaluated beside the raw weights (``ema_test_accuracy``);
 * CFL gamma_hc=3, gamma_lc=2, f=4, label smoothing 0.1 for every loss (``common.PROTOCOLS``).
 
-Where the paper is silent: the length (201 epochs assumed: SPEC gives it only for CIFAR, "same
+Where the paper is silent: the length (201 epochs assumed: the paper gives it only for CIFAR, "same
 family" for ImageNet); the EMA decay (0.9998, timm's ``--model-ema-decay`` default); the cosine's
 floor (1e-5, a timm default); the erasing fill (Gaussian noise, timm's ``mode='pixel'``). The
 port's other differences are ``cifar10.py``'s (per-step schedules, ImageNet-standardised inputs,
