@@ -59,3 +59,16 @@ def test_the_declared_core_is_jax_optax_and_numpy():
   assert project["license"] == "Apache-2.0" and project["dynamic"] == ["version"]
   assert os.path.isfile(os.path.join(REPO, "LICENSE"))
   assert os.path.isfile(os.path.join(REPO, "cfl_jax", "py.typed"))
+
+
+def test_code_cites_the_method_page_in_the_repository():
+  citing = []
+  for folder in ("cfl_jax", "experiments", "tests", "benchmarks", "docs"):
+    for root, _, names in os.walk(os.path.join(REPO, folder)):
+      for name in names:
+        if name.endswith((".py", ".md")) and name != os.path.basename(__file__):
+          with open(os.path.join(root, name), encoding="utf-8") as f:
+            if "SPEC" in f.read():
+              citing.append(os.path.relpath(os.path.join(root, name), REPO))
+  assert not citing, f"cite docs/method.md, not a SPEC outside the repository: {citing}"
+  assert os.path.isfile(os.path.join(REPO, "docs", "method.md"))
