@@ -150,9 +150,9 @@ def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str,
     num_classes: length of the count vectors.
 
   Returns:
-    ``{'correct': [C], 'total': [C], 'loss_sum': [], 'bin_count': [15],
-    'bin_confidence_sum': [15], 'bin_correct': [15]}`` (the last three: top-1 confidence
-    histogram for the expected calibration error), additive over batches.
+    A dict of counts, additive over batches, with ``correct`` and ``total`` (``[C]``),
+    ``loss_sum`` (a scalar) and ``bin_count``, ``bin_confidence_sum``, ``bin_correct`` (``[15]``,
+    the top-1 confidence histogram of the expected calibration error).
   """
   logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
   logits = logits.astype(jnp.float32)
