@@ -12,6 +12,9 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# etils.epath picks its gs:// client once per process, at its first path of any kind: gcsfs, which
+# honours the emulator of the gcs_bucket fixture, rather than TensorFlow's GCS client.
+os.environ["EPATH_USE_TF"] = "false"
 
 
 @contextlib.contextmanager
@@ -64,8 +67,8 @@ def gcs_bucket(tmp_path_factory):
   GCS that it lacks).
 
   The environment points every client at it, for this process and its subprocesses: tensorstore
-  (orbax's arrays), gcsfs (``etils.epath`` with ``EPATH_USE_TF=false``, the workdir lock) and
-  google-cloud-storage. No credentials are needed.
+  (orbax's arrays), gcsfs (``etils.epath``, with ``EPATH_USE_TF=false`` set above, and the
+  workdir lock) and google-cloud-storage. No credentials are needed.
   """
   # pylint: disable=g-import-not-at-top
   import importlib.util
@@ -86,7 +89,7 @@ def gcs_bucket(tmp_path_factory):
                             stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
   environment = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "EPATH_USE_TF": "false",
+                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
                  "GOOGLE_CLOUD_PROJECT": "cfl-jax-test"}
   saved = {key: os.environ.get(key) for key in environment}

@@ -6,11 +6,15 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 
+from etils import epath
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from cfl_jax import storage
+from cfl_jax.training import reporting
 from experiments.study import digits
 from experiments.study import grid as grid_lib
 from experiments.study import provenance
@@ -205,6 +209,37 @@ def test_report_from_results(tmp_path):
   for name in ("xi_schedule.png", "test_accuracy_curves.png", "per_class_accuracy_vs_count.png"):
     assert (tmp_path / name).stat().st_size > 1000
   assert (tmp_path / "REPORT.md").read_text() == text
+
+
+def test_a_study_in_a_bucket_reads_and_writes_everything_there(gcs_bucket, tmp_path):
+  """Shards, a trained cell's workdir, results.json, REPORT.md and plots on ``gs://``; the report
+  and plots are those of a local directory."""
+  bucket = epath.Path(gcs_bucket) / uuid.uuid4().hex[:8]
+  out = bucket / "study"
+  fake = _fake_results()
+  for k in range(2):
+    reporting.write_json(out / "shards" / f"{k}_of_2" / "results.json",
+                         {"runs": fake["runs"][k::2]})
+  cell = grid_lib.Cell("long_tail_10", "cross_entropy", 3)  # a seed the report leaves out
+  results = run.run_study(
+      GRID, [cell], out=out, num_epochs=1, eval_every_epochs=1, workdir_root=bucket / "runs",
+      reproduce_root=os.fspath(bucket / "reproduce"), progress=False,
+      metadata={"seeds": fake["seeds"], "num_epochs": fake["num_epochs"]})
+  assert [s["shard"] for s in results["shards"]] == ["0_of_2", "1_of_2"]
+  entry = results["runs"][0]
+  assert entry["run_id"] == cell.run_id and len(entry["eval_curve"]) == 1
+  assert entry["command"].endswith(f" --workdir={bucket}/reproduce/{cell.run_id}")
+  workdir = bucket / "runs" / cell.run_id
+  assert (workdir / "summary.json").exists() and not (workdir / "checkpoints").exists()
+  assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+
+  text = report.write_report(GRID, run.load_results(out / "results.json"), out)
+  assert (out / "REPORT.md").read_text() == text
+  assert text == report.write_report(GRID, results, tmp_path)
+  plots = {name for name in storage.relative_files(out) if name.endswith(".png")}
+  assert plots == {p.name for p in tmp_path.glob("*.png")} and "xi_schedule.png" in plots
+  for name in plots:
+    assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
 def test_report_takes_the_recipe_from_the_config(tmp_path):

@@ -5,6 +5,7 @@ r"""Runs a study's grid, then writes ``results.json``, ``REPORT.md`` and the plo
   python -m experiments.study --report_only                 # tables and plots from results.json
   python -m experiments.study --shard=0/2 & python -m experiments.study --shard=1/2; wait
   python -m experiments.study                               # merges the shards, then reports
+  python -m experiments.study --out=gs://BUCKET/study --workdir_root=gs://BUCKET/runs   # a bucket
 
 ``--study=NAME`` picks the grid file ``experiments/study/NAME.py`` (default ``digits``). The study
 sets up JAX as ``experiments/train.py`` does (``--cpu_devices`` XLA host devices unless the
@@ -25,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from cfl_jax import storage
 from experiments.study import grid as grid_lib
 from experiments.study import provenance
 from experiments.study import report
@@ -42,10 +44,11 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", 2, "Test-set evaluation 
 _ONLY = flags.DEFINE_string(
     "only", None, "Run one cell DATASET/LOSS/SEED (e.g. long_tail_10/cfl_hc2/0) and print it; "
     "writes results.json but no report.")
-_OUT = flags.DEFINE_string("out", None, "Results directory (default experiments/results/<study>).")
+_OUT = flags.DEFINE_string(
+    "out", None, "Results directory, local or gs://... (default experiments/results/<study>).")
 _WORKDIR_ROOT = flags.DEFINE_string(
-    "workdir_root", None, "Where the study's run directories go (wiped per run; default "
-    "runs/study_<study>).")
+    "workdir_root", None, "Where the study's run directories go, local or gs://... (wiped per "
+    "run; default runs/study_<study>).")
 _REPRODUCE_ROOT = flags.DEFINE_string(
     "reproduce_root", None, "Workdir root written into the printed commands (a separate tree, so "
     "rerunning a command trains afresh instead of resuming the study's run; default "
@@ -130,9 +133,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   grid = load_grid(_STUDY.value)
   os.chdir(provenance.REPO)
-  out = _OUT.value or f"experiments/results/{grid.name}"
+  out = storage.as_path(_OUT.value or f"experiments/results/{grid.name}")
   if _REPORT_ONLY.value:
-    print(report.write_report(grid, run.load_results(os.path.join(out, "results.json")), out))
+    print(report.write_report(grid, run.load_results(out / "results.json"), out))
     return
   logging.set_verbosity(logging.WARNING)
   configure_jax(_CPU_DEVICES.value, _CACHE_DIR.value)
@@ -145,7 +148,7 @@ def main(argv):
   shard = _shard()
   if shard:
     cells = cells[shard[0]::shard[1]]
-    out = os.path.join(out, "shards", f"{shard[0]}_of_{shard[1]}")
+    out = out / "shards" / f"{shard[0]}_of_{shard[1]}"
   num_epochs = _NUM_EPOCHS.value or provenance.base_config(grid.config_file).num_epochs
   started = time.time()
   command = " ".join(["python", "-m", "experiments.study", *map(shlex.quote, sys.argv[1:])])
@@ -173,7 +176,7 @@ def main(argv):
   results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
   if shard:
-    reporting.write_json(os.path.join(out, "results.json"), results)
+    reporting.write_json(out / "results.json", results)
     return
   now = provenance.source_fingerprint(grid.config_file)
   if now != results.get("source_fingerprint"):
@@ -183,7 +186,7 @@ def main(argv):
   results["source_fingerprint_at_verification"] = now
   if _VERIFY.value:
     results["reproduction_checks"] = _verify(results, cells, _VERIFY.value)
-  reporting.write_json(os.path.join(out, "results.json"), results)
+  reporting.write_json(out / "results.json", results)
   if _REPORT.value:
     print(report.write_report(grid, results, out))
 

@@ -2,10 +2,12 @@
 reliability diagrams."""
 
 from collections.abc import Sequence
+import io
 import os
 
 import numpy as np
 
+from cfl_jax import storage
 from experiments.study import stats
 from experiments.study.grid import Grid
 
@@ -18,11 +20,13 @@ _IMBALANCED_RATIO = 1.1
 _MIN_BIN_COUNT = 20
 
 
-def _save(fig, out: str, name: str) -> str:
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, name)
-  fig.savefig(path, dpi=110)
-  return path
+def _save(fig, out: storage.PathLike, name: str) -> str:
+  """Writes ``fig`` as the PNG file ``out/name`` (local or in a bucket); returns its path."""
+  path = storage.as_path(out) / name
+  data = io.BytesIO()
+  fig.savefig(data, format="png", dpi=110)
+  storage.write_atomic(path, data.getvalue())
+  return os.fspath(path)
 
 
 def _xi_schedules(grid: Grid, runs: Sequence[dict]):
@@ -156,7 +160,7 @@ def _reliability(grid: Grid, results, datasets: Sequence[str]):
   return fig
 
 
-def make_plots(grid: Grid, results, out: str) -> list[str]:
+def make_plots(grid: Grid, results, out: storage.PathLike) -> list[str]:
   """Writes the figures of ``results`` to ``out``; returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

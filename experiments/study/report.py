@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cfl_jax import storage
 from experiments.study import plots
 from experiments.study import provenance
 from experiments.study import stats
@@ -473,11 +474,10 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
   return "\n".join(lines)
 
 
-def write_report(grid: Grid, results: Mapping[str, Any], out: str) -> str:
-  """Writes REPORT.md and the plots to ``out``; returns the report text."""
+def write_report(grid: Grid, results: Mapping[str, Any], out: storage.PathLike) -> str:
+  """Writes REPORT.md and the plots to ``out`` (local or in a bucket); returns the report text."""
   results = reportable(results)
   paths = plots.make_plots(grid, results, out)
   text = render(grid, results, paths)
-  with open(os.path.join(out, "REPORT.md"), "w") as f:
-    f.write(text)
+  storage.write_atomic(storage.as_path(out) / "REPORT.md", text)
   return text

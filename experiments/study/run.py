@@ -4,19 +4,19 @@
 each entry (:data:`RUN_KEYS`) carries the command that reproduces it, which the runner checks
 before training and :func:`reproduce` reruns in a fresh process. Disjoint shards of a grid may
 run in parallel processes, each into ``<out>/shards/<K>_of_<N>/results.json``; a later run over
-``out`` merges them (:func:`merge_shards`).
+``out`` merges them (:func:`merge_shards`). ``out``, the workdir roots and the printed commands'
+workdirs may be local or in a bucket (``gs://...``): every path goes through :mod:`etils.epath`.
 """
 
 from collections.abc import Mapping, Sequence
-import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from typing import Any
 
+from cfl_jax import storage
 from experiments.study import provenance
 from experiments.study.grid import Cell
 from experiments.study.grid import Grid
@@ -35,16 +35,16 @@ _SUMMARY_KEYS = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
                  "train_steps", "steps_per_epoch")
 
 
-def _eval_curve(workdir: str) -> list[dict[str, float]]:
+def _eval_curve(workdir: storage.PathLike) -> list[dict[str, float]]:
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   return [{"step": r["step"], "epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
            "few_shot_accuracy": r.get("few_shot_accuracy")}
-          for r in reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+          for r in reporting.read_metrics(storage.as_path(workdir) / "metrics.jsonl")
           if r.get("split") == "eval"]
 
 
 def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
-             workdir_root: str, reproduce_root: str,
+             workdir_root: storage.PathLike, reproduce_root: str,
              num_train_steps: int | None = None) -> dict[str, Any]:
   """Trains one cell in this process and returns its results.json entry."""
   from cfl_jax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
@@ -57,12 +57,12 @@ def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
   if (provenance.resolved_dict(provenance.parse_runner_config(argv))
       != provenance.resolved_dict(config)):
     raise AssertionError(f"The printed command of {cell.run_id} would not build its config.")
-  workdir = os.path.join(workdir_root, cell.run_id)
-  shutil.rmtree(workdir, ignore_errors=True)  # never resume a stale run
+  workdir = storage.as_path(workdir_root) / cell.run_id
+  workdir.rmtree(missing_ok=True)  # never resume a stale run
   started = time.perf_counter()
-  summary = train_and_evaluate(config, workdir)
+  summary = train_and_evaluate(config, os.fspath(workdir))
   wall = time.perf_counter() - started
-  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+  (workdir / "checkpoints").rmtree(missing_ok=True)
   loss_config = json.loads(config.loss.to_json())
   values = {
       "run_id": cell.run_id, "grid": grid.grids_of(cell), "dataset": cell.dataset,
@@ -75,22 +75,20 @@ def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
   return {key: values[key] for key in RUN_KEYS}
 
 
-def load_results(path: str) -> dict[str, Any]:
+def load_results(path: storage.PathLike) -> dict[str, Any]:
   """The results.json at ``path``, or an empty one."""
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {"runs": []}
+  path = storage.as_path(path)
+  return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
 
-def merge_shards(results: dict[str, Any], out: str) -> None:
+def merge_shards(results: dict[str, Any], out: storage.PathLike) -> None:
   """Adds the runs of ``out/shards/*/results.json`` that ``results`` lacks (shards in name
   order) and lists the shards in ``results['shards']`` (name, command, runs, wall time)."""
   known = {r["run_id"] for r in results["runs"]}
   shards = []
-  for path in sorted(glob.glob(os.path.join(out, "shards", "*", "results.json"))):
+  for path in sorted(storage.as_path(out).glob("shards/*/results.json"), key=os.fspath):
     shard = load_results(path)
-    shards.append({"shard": os.path.basename(os.path.dirname(path)),
+    shards.append({"shard": path.parent.name,
                    "study_command": shard.get("study_command"), "runs": len(shard["runs"]),
                    "study_wall_seconds": shard.get("study_wall_seconds")})
     for entry in shard["runs"]:
@@ -101,8 +99,8 @@ def merge_shards(results: dict[str, Any], out: str) -> None:
     results["shards"] = shards
 
 
-def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
-              eval_every_epochs: int, workdir_root: str, reproduce_root: str,
+def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_epochs: int,
+              eval_every_epochs: int, workdir_root: storage.PathLike, reproduce_root: str,
               num_train_steps: int | None = None, rerun: bool = False,
               metadata: Mapping[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -111,7 +109,7 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: str, num_epochs: int,
   import jax  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
-  path = os.path.join(out, "results.json")
+  path = storage.as_path(out) / "results.json"
   results = load_results(path)
   merge_shards(results, out)
   old = results.get("source_fingerprint")
@@ -160,13 +158,15 @@ def reproduce(entry: Mapping[str, Any], *, timeout: float = 600,
   """
   env, argv = provenance.split_command(entry["command"])
   workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
-  shutil.rmtree(os.path.join(provenance.REPO, workdir), ignore_errors=True)
+  # The command runs in the repository root: a relative local workdir is relative to it.
+  workdir = storage.as_path(os.path.join(provenance.REPO, workdir) if storage.is_local(workdir)
+                            else workdir)
+  workdir.rmtree(missing_ok=True)
   started = time.perf_counter()
   subprocess.run([sys.executable, "-m", "experiments.train", *argv], cwd=provenance.REPO,
                  check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                  env={**os.environ, **env, **(extra_env or {})})
-  with open(os.path.join(provenance.REPO, workdir, "summary.json")) as f:
-    summary = json.load(f)
+  summary = json.loads((workdir / "summary.json").read_text())
   return {"run_id": entry["run_id"], "original_test_accuracy": entry["test_accuracy"],
           "reproduced_test_accuracy": summary["test_accuracy"],
           "difference_pp": 100 * (summary["test_accuracy"] - entry["test_accuracy"]),
