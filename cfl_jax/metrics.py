@@ -13,6 +13,7 @@ examples by top-1 confidence; :func:`expected_calibration_error` and :func:`reli
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -101,20 +102,20 @@ def summarize(
     >>> s['top1_accuracy'], s['balanced_accuracy'], s['many_shot_accuracy'], s['few_shot_accuracy']
     (0.5, 0.5, 0.9, 0.1)
   """
-  correct = np.asarray(correct, dtype=np.float64)
-  total = np.asarray(total, dtype=np.float64)
-  if correct.shape != total.shape or total.shape != np.shape(train_class_counts):
+  hits = np.asarray(correct, dtype=np.float64)
+  counts = np.asarray(total, dtype=np.float64)
+  if hits.shape != counts.shape or counts.shape != np.shape(train_class_counts):
     raise ValueError(
-        f"correct {correct.shape}, total {total.shape} and train_class_counts "
+        f"correct {hits.shape}, total {counts.shape} and train_class_counts "
         f"{np.shape(train_class_counts)} must have the same [num_classes] shape."
     )
-  seen = total > 0
-  accuracy = np.divide(correct, total, out=np.zeros_like(correct), where=seen)
+  seen = counts > 0
+  accuracy = np.divide(hits, counts, out=np.zeros_like(hits), where=seen)
   groups = shot_groups(
       train_class_counts, many_shot_min=many_shot_min, few_shot_max=few_shot_max
   )
-  summary = {
-      "top1_accuracy": float(correct.sum() / total.sum()) if total.sum() else None,
+  summary: dict[str, Any] = {
+      "top1_accuracy": float(hits.sum() / counts.sum()) if counts.sum() else None,
       "balanced_accuracy": _mean_or_none(accuracy[seen]),
       "per_class_accuracy": [float(a) if s else None for a, s in zip(accuracy, seen)],
   }
@@ -191,8 +192,9 @@ def calibration_counts(
 
 def _calibration_arrays(counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """``counts`` from :func:`calibration_counts` as float64 host arrays, checked."""
-  arrays = tuple(np.asarray(counts[key], dtype=np.float64)
-                 for key in ("bin_count", "bin_confidence_sum", "bin_correct"))
+  count, confidence_sum, correct = (np.asarray(counts[key], dtype=np.float64)
+                                    for key in ("bin_count", "bin_confidence_sum", "bin_correct"))
+  arrays = (count, confidence_sum, correct)
   if arrays[0].ndim != 1 or any(a.shape != arrays[0].shape for a in arrays):
     raise ValueError(f"Calibration counts must be three [num_bins] arrays, got shapes "
                      f"{[a.shape for a in arrays]}.")

@@ -44,7 +44,7 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
 def _factor(value) -> float:
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"cyclical_factor must be a number, got {value!r}.")
-  if not 1.0 <= value < float("inf"):
+  if not 1.0 <= float(value) < float("inf"):
     raise ValueError(f"cyclical_factor must be >= 1 and finite, got {value}.")
   return float(value)
 

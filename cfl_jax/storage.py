@@ -54,15 +54,16 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
     >>> path.read_text()
     'hello'
   """
-  path = as_path(path)
-  if not is_local(path):
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
+  destination = as_path(path)
+  content = data.encode() if isinstance(data, str) else data
+  if not is_local(destination):
+    destination.write_bytes(content)
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.tmp"
   try:
-    temporary.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(temporary, path)
+    temporary.write_bytes(content)
+    os.replace(temporary, destination)
   finally:
     if temporary.exists():
       temporary.unlink()
@@ -74,10 +75,9 @@ def move_tree(source: PathLike, target: PathLike) -> None:
   Locally this is one rename. On an object store every object is copied, then the originals are
   deleted, so an interrupted move leaves ``source`` whole (and maybe a partial ``target``).
   """
-  source, target = as_path(source), as_path(target)
   if is_local(source):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
+    as_path(target).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(as_path(source), as_path(target))
     return
   import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
   filesystem, source_key = fsspec.core.url_to_fs(os.fspath(source))
@@ -89,10 +89,10 @@ def move_tree(source: PathLike, target: PathLike) -> None:
 def relative_files(root: PathLike) -> set[str]:
   """The paths, relative to ``root``, of every file under it: one walk locally, one paginated
   listing on an object store (instead of a request per file)."""
-  root = as_path(root)
   if is_local(root):
-    return {os.path.relpath(os.path.join(directory, name), root)
-            for directory, _, names in os.walk(root) for name in names}
+    top = os.fspath(as_path(root))
+    return {os.path.relpath(os.path.join(directory, name), top)
+            for directory, _, names in os.walk(top) for name in names}
   import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
   filesystem, key = fsspec.core.url_to_fs(os.fspath(root))
   prefix = key.rstrip("/") + "/"

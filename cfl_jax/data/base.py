@@ -270,16 +270,17 @@ class ArrayDataset(ImageClassificationData):
             f"{labels.shape}.")
       check_labels(labels, self.num_classes, f"{self.name} {split}")
 
+  # Read-only views of the arrays, where the interface declares plain attributes.
   @property
-  def image_shape(self) -> tuple[int, ...]:
+  def image_shape(self) -> tuple[int, ...]:  # type: ignore[override]
     return tuple(self.train_images.shape[1:])
 
   @property
-  def train_class_counts(self) -> np.ndarray:
+  def train_class_counts(self) -> np.ndarray:  # type: ignore[override]
     return np.bincount(self.train_labels, minlength=self.num_classes).astype(np.int64)
 
   @property
-  def num_eval_examples(self) -> int:
+  def num_eval_examples(self) -> int:  # type: ignore[override]
     return len(self.eval_labels)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0, process_index=None,

@@ -40,7 +40,8 @@ _MEAN_STD = {
 
 def _standardize(images: np.ndarray, mean: tuple[float, ...],
                  std: tuple[float, ...]) -> np.ndarray:
-  return (images.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+  return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
+      std, np.float32)
 
 
 def _load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

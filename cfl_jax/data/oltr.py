@@ -60,7 +60,8 @@ def read_list(path: str, num_classes: int) -> list[tuple[str, int]]:
   return entries
 
 
-class _OltrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _OltrBuilder(tfds.core.GeneratorBasedBuilder,  # type: ignore[call-arg]
+                   skip_registration=True):
   """Shared builder; subclasses set ``LIST_PREFIX`` and ``NUM_CLASSES``."""
 
   VERSION = tfds.core.Version("1.0.0")

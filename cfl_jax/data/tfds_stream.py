@@ -88,7 +88,7 @@ class TfdsImageData(base.ImageClassificationData):
     return self._num_train_examples
 
   @functools.cached_property
-  def train_class_counts(self) -> np.ndarray:  # pylint: disable=method-hidden
+  def train_class_counts(self) -> np.ndarray:  # type: ignore[override]
     labels = self._builder.as_dataset(split=self._train_split,
                                       decoders=tfds.decode.PartialDecoding({"label": True}))
     counts = np.zeros(self.num_classes, dtype=np.int64)

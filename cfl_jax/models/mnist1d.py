@@ -37,6 +37,7 @@ References:
   (https://arxiv.org/abs/2011.14439).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _torch_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
+def _torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
   """PyTorch's default bias initialisation, ``U(-1 / sqrt(fan_in), 1 / sqrt(fan_in))``."""
   bound = fan_in**-0.5
 

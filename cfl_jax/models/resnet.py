@@ -193,8 +193,9 @@ class ResNet(nn.Module):
     return layers.ClassifierHead(self.num_classes, self.dtype, name="head")(x)
 
 
-_CIFAR = dict(widths=(16, 32, 64), block_cls=BasicBlock, stem="cifar", shortcut="A")
-_IMAGENET = dict(widths=(64, 128, 256, 512), stem="imagenet", shortcut="B")
+_CIFAR: dict[str, Any] = dict(widths=(16, 32, 64), block_cls=BasicBlock, stem="cifar",
+                              shortcut="A")
+_IMAGENET: dict[str, Any] = dict(widths=(64, 128, 256, 512), stem="imagenet", shortcut="B")
 
 ResNet20 = functools.partial(ResNet, stage_sizes=(3, 3, 3), **_CIFAR)
 ResNet32 = functools.partial(ResNet, stage_sizes=(5, 5, 5), **_CIFAR)

@@ -49,7 +49,7 @@ class CheckpointSaveError(RuntimeError):
 def _root_cause(error: BaseException) -> str:
   """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
   first line of its message."""
-  seen = error
+  seen: BaseException | None = error
   while seen is not None:
     if isinstance(seen, OSError):
       return str(seen)

@@ -187,8 +187,8 @@ class RunFiles:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    events = (self._path("tensorboard") if self._local else
-              epath.Path(self._staging.name) / "tensorboard")
+    events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
+              else self._path("tensorboard"))
     # A file of its own per (process, start step): event file names only carry the second.
     self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
                                  filename_suffix=f".{os.getpid()}.{step}")

@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from typing import IO, Any
 import uuid
 
 from absl import logging
@@ -75,8 +76,8 @@ class WorkdirLock:
     self.path = storage.as_path(workdir) / ".lock"
     self.enabled = enabled
     self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
-    self._file = None
-    self._record: dict | None = None
+    self._file: IO[str] | None = None
+    self._record: dict[str, Any] | None = None
     self._stop = threading.Event()
     self._heartbeat: threading.Thread | None = None
 
@@ -96,7 +97,8 @@ class WorkdirLock:
       self._file = None
     if self._record is not None:
       self._stop.set()
-      self._heartbeat.join()
+      if self._heartbeat is not None:
+        self._heartbeat.join()
       if self._holds():
         self._store[0].rm_file(self._store[1])
       self._record = None
@@ -127,7 +129,7 @@ class WorkdirLock:
     import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
     return fsspec.core.url_to_fs(os.fspath(self.path))
 
-  def _write(self, record: dict, **kwargs) -> None:
+  def _write(self, record: dict[str, Any], **kwargs) -> None:
     filesystem, key = self._store
     filesystem.pipe_file(key, json.dumps(record).encode(), **kwargs)
 
@@ -171,12 +173,13 @@ class WorkdirLock:
 
   def _holds(self) -> bool:
     stored = self._read()
-    return stored is not None and stored.get("token") == self._record["token"]
+    return (self._record is not None and stored is not None
+            and stored.get("token") == self._record["token"])
 
   def _beat(self) -> None:
     while not self._stop.wait(self.heartbeat_seconds):
       try:
-        if not self._holds():
+        if self._record is None or not self._holds():
           logging.error("The lock of %s was taken over by another run (%s); this run no longer "
                         "holds it.", self.workdir, (self._read() or {}).get("holder"))
           return
