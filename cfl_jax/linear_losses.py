@@ -14,8 +14,9 @@ running sums, rescaling the exponential ones whenever the running maximum
 grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
 only. The backward pass (a ``jax.custom_vjp``) recomputes each chunk's logits,
 turns the sums' cotangents into the chunk's logit gradient and accumulates the
-gradients of the embeddings, the kernel and the bias chunk by chunk. Memory
-beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
+gradients of the embeddings, the kernel, the bias and the class weights chunk by
+chunk. Memory beyond inputs and outputs is a few ``[N, chunk_size]`` arrays,
+whatever ``V``.
 
 The paper form with label smoothing weights every class by a function of
 :math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
@@ -115,7 +116,7 @@ class _Inputs(NamedTuple):
   embeddings: jax.Array            # [N, D]
   kernel: jax.Array                # [D, V]
   bias: jax.Array | None           # [V]
-  class_weights: jax.Array | None  # [V], no gradient
+  class_weights: jax.Array | None  # [V]
 
 
 class _Chunk(NamedTuple):
@@ -297,7 +298,7 @@ def _streamed_sums_fwd(inputs: _Inputs, labels, plan: _Plan):
 
 def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
   inputs, labels, rows, sums, d_smoothed_d_lse = residuals
-  embeddings, kernel, bias, _ = inputs
+  embeddings, kernel, bias, class_weights = inputs
   sums_cotangent, smoothed_cotangent = cotangents
   sums_cotangent = sums_cotangent._replace(shift=jnp.zeros_like(rows.shift))  # held fixed
   if plan.smoothed:
@@ -316,30 +317,40 @@ def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
     return first, _chunk_smoothed_sums(logits, chunk, labels, rows, plan)
 
   def step(carry, index):
-    d_embeddings, d_kernel, d_bias = carry
+    d_embeddings, d_kernel, d_bias, d_class_weights = carry
     chunk = _chunk(inputs, index, plan)
-    _, vjp = jax.vjp(lambda z: chunk_sums(z, chunk), chunk.logits)
-    (d_logits,) = vjp((sums_cotangent, smoothed_cotangent))
+    _, vjp = jax.vjp(lambda z, c: chunk_sums(z, chunk._replace(class_weights=c)),
+                     chunk.logits, chunk.class_weights)
+    d_logits, d_chunk_weights = vjp((sums_cotangent, smoothed_cotangent))
     d_low = d_logits.astype(kernel.dtype)
     d_embeddings += jnp.dot(d_low, chunk.kernel.T, preferred_element_type=plan.dtype)
-    # Overlapping columns of the last chunk get a zero gradient: adding is exact.
     # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
     d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
                       out_sharding=replicated)
-    d_kernel = jax.lax.dynamic_update_slice_in_dim(
-        d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, chunk.start, plan.chunk_size, axis=1)
-        + d_chunk.astype(kernel.dtype), chunk.start, axis=1)
-    if bias is not None:
-      d_bias = jax.lax.dynamic_update_slice_in_dim(
-          d_bias, jax.lax.dynamic_slice_in_dim(d_bias, chunk.start, plan.chunk_size)
-          + jnp.sum(d_logits, axis=0).astype(bias.dtype), chunk.start, axis=0)
-    return (d_embeddings, d_kernel, d_bias), None
+    add = functools.partial(_add_to_columns, start=chunk.start)
+    return (d_embeddings, add(d_kernel, d_chunk), add(d_bias, jnp.sum(d_logits, axis=0)),
+            add(d_class_weights, d_chunk_weights)), None
 
   initial = (jnp.zeros(embeddings.shape, plan.dtype), jnp.zeros_like(kernel),
-             None if bias is None else jnp.zeros_like(bias))
-  (d_embeddings, d_kernel, d_bias), _ = jax.lax.scan(
+             None if bias is None else jnp.zeros_like(bias),
+             None if class_weights is None else jnp.zeros_like(class_weights))
+  (d_embeddings, d_kernel, d_bias, d_class_weights), _ = jax.lax.scan(
       step, initial, jnp.arange(_num_chunks(plan)))
-  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, None), None
+  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, d_class_weights), None
+
+
+def _add_to_columns(total, values, *, start):
+  """``total`` (``[V]`` or ``[D, V]``) plus ``values`` on the chunk's columns from ``start``.
+
+  Overlapping columns of the last chunk get a zero gradient: adding is exact.
+  """
+  if total is None:
+    return None
+  axis = total.ndim - 1
+  size = values.shape[axis]
+  return jax.lax.dynamic_update_slice_in_dim(
+      total, jax.lax.dynamic_slice_in_dim(total, start, size, axis) + values.astype(total.dtype),
+      start, axis)
 
 
 _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
@@ -457,7 +468,8 @@ def linear_cyclical_focal_loss_with_integer_labels(
       matmul); the reference form's smoothed sum comes from the first pass.
     class_weights: optional ``[V]`` weights :math:`c_j` multiplying each class
       term (the target's and, with smoothing, every non-target's), as in
-      :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`.
+      :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`; differentiable
+      (the backward pass accumulates their gradient chunk by chunk).
     where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
       padding token) has loss 0 and contributes 0 gradient, whatever its label.
     chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,

@@ -48,20 +48,22 @@ def dense_on_projection(h, w, labels, xi, *, bias=None, **kw):
   return dense(logits if bias is None else logits + bias, labels, xi, **kw)
 
 
-def assert_matches_dense(form, chunk_size, **kwargs):
-  """Per-example losses and gradients w.r.t. embeddings, kernel and bias equal the dense ones."""
+def assert_matches_dense(form, chunk_size, class_weights=None, **kwargs):
+  """Per-example losses and gradients w.r.t. embeddings, kernel, bias and (when given) class
+  weights equal the dense ones."""
   h, w, b, labels = make_inputs()
   xi = jnp.linspace(0.0, 1.0, 6)  # per-example xi, 0 and 1 included
 
   @functools.partial(jax.jit, static_argnums=0)
-  def losses_and_grads(loss_fn, h, w, b):
-    per_example = lambda h, w, b: loss_fn(h, w, labels, xi, bias=b, **FORMS[form], **kwargs)
+  def losses_and_grads(loss_fn, *args):
+    per_example = lambda h, w, b, c: loss_fn(h, w, labels, xi, bias=b, class_weights=c,
+                                             **FORMS[form], **kwargs)
     weights = jnp.arange(1.0, 7.0)  # distinct cotangents per example
-    return per_example(h, w, b), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
-                                          argnums=(0, 1, 2))(h, w, b)
+    return per_example(*args), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
+                                        argnums=(0, 1, 2, 3))(*args)
 
-  got = losses_and_grads(functools.partial(fused, chunk_size=chunk_size), h, w, b)
-  expected = losses_and_grads(dense_on_projection, h, w, b)
+  got = losses_and_grads(functools.partial(fused, chunk_size=chunk_size), h, w, b, class_weights)
+  expected = losses_and_grads(dense_on_projection, h, w, b, class_weights)
   jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, **TOL), got, expected)
 
 
@@ -73,7 +75,8 @@ def test_value_and_gradients_match_dense(form):
 
 @pytest.mark.parametrize("form", ["paper", "paper_smoothed", "reference", "reference_gneg_1.5"])
 def test_class_weights_match_dense(form):
-  """Per-class weights on the target term and on every smoothed non-target term."""
+  """Per-class weights on the target term and on every smoothed non-target term; their own
+  gradient too."""
   class_weights = jax.random.uniform(jax.random.key(7), (37,), minval=0.2, maxval=2.0)
   assert_matches_dense(form, chunk_size=8, class_weights=class_weights)
 
@@ -86,11 +89,14 @@ def test_any_chunk_size_gives_the_same_loss(chunk_size):
 @pytest.mark.parametrize(
     "form", ["paper", "paper_smoothed", "reference", "reference_gneg_1.5"])
 def test_gradients_match_finite_differences_in_float64(form):
+  """Embeddings, kernel, bias and class weights."""
   with jax.enable_x64(True):
     h, w, b, labels = make_inputs(batch=(3,), dim=4, vocab=11, dtype=jnp.float64)
-    fn = lambda h, w, b: fused(h, w, labels, 0.4, bias=b, chunk_size=4, **FORMS[form])
-    assert fn(h, w, b).dtype == jnp.float64
-    check_grads(fn, (h, w, b), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    c = jax.random.uniform(jax.random.key(7), (11,), jnp.float64, minval=0.2, maxval=2.0)
+    fn = lambda h, w, b, c: fused(h, w, labels, 0.4, bias=b, class_weights=c, chunk_size=4,
+                                  **FORMS[form])
+    assert fn(h, w, b, c).dtype == jnp.float64
+    check_grads(fn, (h, w, b, c), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_gamma_zero_is_cross_entropy():
