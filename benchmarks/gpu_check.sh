@@ -16,12 +16,20 @@ if [[ "${1:-}" == "--small" ]]; then
   loss_args=(--shapes 256x1000:float32 --sigmoid_shapes 256x1000:float32 --rounds 3)
   train_args=(--model digits_cnn --batch_size 16 --rounds 2 --steps_per_round 2)
   vocab_args=(--batch 128 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024)
+  # The vocabulary-parallel loss on 8 CPU devices.
+  sharded_args=(--batch 256 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024 --mesh 2x4)
+  sharded_env=(XLA_FLAGS=--xla_force_host_platform_device_count=8)
 elif [[ -z "${1:-}" ]]; then
   loss_args=(--shapes 8192x32768:float32 8192x32768:bfloat16 --sigmoid_shapes 8192x32768:float32
              --rounds 50)
   train_args=(--model resnet18_cifar --dtype bfloat16 --batch_size 256 --rounds 10
               --steps_per_round 10)
   vocab_args=(--batch 8192 --dim 4096 --vocab 131072 --dtype bfloat16 --rounds 10)
+  # The vocabulary-parallel loss over every device on 'model' (one GPU: the shard_map path alone).
+  devices="$("$python" -c 'import jax; print(jax.device_count())')"
+  sharded_args=(--batch 8192 --dim 4096 --vocab 131072 --dtype bfloat16 --rounds 10
+                --mesh "1x$devices")
+  sharded_env=(XLA_FLAGS="${XLA_FLAGS:-}")
 else
   echo "usage: $0 [--small]" >&2
   exit 2
@@ -30,17 +38,19 @@ fi
 "$python" benchmarks/loss_benchmark.py "${loss_args[@]}" --record "$records/1_loss.json"
 "$python" benchmarks/train_step_benchmark.py "${train_args[@]}" --record "$records/2_train_step.json"
 "$python" benchmarks/large_vocab_benchmark.py "${vocab_args[@]}" --record "$records/3_large_vocab.json"
+env "${sharded_env[@]}" "$python" benchmarks/large_vocab_benchmark.py "${sharded_args[@]}" \
+  --record "$records/4_large_vocab_sharded.json"
 
 "$python" - "$records" <<'PY'
 import json, pathlib, sys
 
 records = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))]
 print(f"\ngpu_check: {records[0]['device']} ({records[0]['backend']}), jax {records[0]['jax']}")
-print(f"| {'benchmark':<44} | {'case':<34} | {'loss':<34} | {'ms':>10} | {'x CE':>5} | {'temp MiB':>8} |")
-print(f"|{'-' * 46}|{'-' * 36}|{'-' * 36}|{'-' * 12}|{'-' * 7}|{'-' * 10}|")
+print(f"| {'benchmark':<44} | {'case':<42} | {'loss':<34} | {'ms':>10} | {'x CE':>5} | {'temp MiB':>8} |")
+print(f"|{'-' * 46}|{'-' * 44}|{'-' * 36}|{'-' * 12}|{'-' * 7}|{'-' * 10}|")
 for record in records:
   for row in record["rows"]:
     temp = f"{row['temp_mib']:.0f}" if "temp_mib" in row else ""
-    print(f"| {record['title']:<44} | {row['case']:<34} | {row['loss']:<34} | "
+    print(f"| {record['title']:<44} | {row['case']:<42} | {row['loss']:<34} | "
           f"{row['ms']:>10.2f} | {row['x_ce']:>5.2f} | {temp:>8} |")
 PY

@@ -14,8 +14,9 @@ running sums, rescaling the exponential ones whenever the running maximum
 grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
 only. The backward pass (a ``jax.custom_vjp``) recomputes each chunk's logits,
 turns the sums' cotangents into the chunk's logit gradient and accumulates the
-gradients of the embeddings, the kernel and the bias chunk by chunk. Memory
-beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
+gradients of the embeddings, the kernel, the bias and the class weights chunk by
+chunk. Memory beyond inputs and outputs is a few ``[N, chunk_size]`` arrays,
+whatever ``V``.
 
 The paper form with label smoothing weights every class by a function of
 :math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
@@ -26,6 +27,17 @@ so the one backward pass adds :math:`L`'s gradient through the first pass's
 sums. :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's
 largest non-target one, :math:`a` (the others have :math:`p_j \le 1/2`), and
 comes from the log-sum-exp of the classes other than :math:`a` for :math:`a`.
+
+Tensor-parallel output projections (the kernel's columns sharded over a mesh
+axis, ``vocab_axis``) run vocabulary-parallel in a ``jax.shard_map``: each
+device streams over its own columns for its own rows, and the per-row sums are
+combined across the axis with ``[N]`` collectives (the maximum shift, then the
+sums rescaled to it and added; :math:`a` and the second pass's sums likewise).
+The backward pass needs no collective of its own: each device recomputes its
+columns' part of the sums relative to the combined shift, to which the sums'
+cotangents apply as they are; the embeddings' gradient is summed over the
+vocabulary shards and the kernel's over the batch shards by the transposes of
+``jax.lax.pcast``.
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
@@ -42,6 +54,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfl_jax.losses import (
     _EXP_OFFSET,
@@ -87,8 +100,9 @@ class _SmoothedSums(NamedTuple):
 
 
 class _Plan(NamedTuple):
-  """Static description of the streamed computation."""
-  num_classes: int
+  """Static description of the streamed computation (over one device's vocabulary shard)."""
+  num_classes: int      # the kernel's columns here: V, or V / shards rounded up
+  vocab_size: int       # V
   chunk_size: int
   sum_logits: bool      # track sum_{j != t} z_j
   gamma_neg: float      # > 0: track the two power sums
@@ -97,6 +111,7 @@ class _Plan(NamedTuple):
   # (None: that sum is not needed), or both None: no second pass.
   smoothed_gamma_hc: float | None = None
   smoothed_gamma_lc: float | None = None
+  vocab_axis: str | None = None  # the mesh axis of the vocabulary shards (inside jax.shard_map)
 
   @property
   def smoothed(self) -> bool:
@@ -115,7 +130,7 @@ class _Inputs(NamedTuple):
   embeddings: jax.Array            # [N, D]
   kernel: jax.Array                # [D, V]
   bias: jax.Array | None           # [V]
-  class_weights: jax.Array | None  # [V], no gradient
+  class_weights: jax.Array | None  # [V]
 
 
 class _Chunk(NamedTuple):
@@ -124,7 +139,8 @@ class _Chunk(NamedTuple):
   kernel: jax.Array         # [D, c]
   start: jax.Array          # the first class index
   columns: jax.Array        # [c] class indices
-  is_new: jax.Array         # [c]: not counted by an earlier chunk (the last may overlap)
+  is_new: jax.Array         # [c]: not counted by an earlier chunk (the last may overlap),
+                            # nor padding (the last vocabulary shards)
   class_weights: jax.Array | None  # [c]
 
 
@@ -190,6 +206,41 @@ def _rescaled(sums: _Sums, new_shift, plan: _Plan) -> _Sums:
       power_logit=None if sums.power is None else sums.power_logit * power_scale)
 
 
+def _offset(plan: _Plan):
+  """The first class of this device's vocabulary shard (0 unsharded)."""
+  if plan.vocab_axis is None:
+    return 0
+  return jax.lax.axis_index(plan.vocab_axis) * plan.num_classes
+
+
+def _psum(tree, plan: _Plan):
+  """``tree`` summed over the vocabulary shards."""
+  return tree if plan.vocab_axis is None else jax.lax.psum(tree, plan.vocab_axis)
+
+
+def _across_shards(sums: _Sums, plan: _Plan) -> _Sums:
+  """The shards' sums as one: the largest shift, the exponential sums rescaled to it, added."""
+  if plan.vocab_axis is None:
+    return sums
+  shift = jax.lax.pmax(sums.shift, plan.vocab_axis)
+  return _psum(_rescaled(sums, shift, plan)._replace(shift=None), plan)._replace(shift=shift)
+
+
+def _top_across_shards(top_logit, top, plan: _Plan):
+  """The largest non-target class of all shards (the lowest among ties), as a local index."""
+  if plan.vocab_axis is None:
+    return top
+  offset = _offset(plan)
+  is_top = top_logit == jax.lax.pmax(top_logit, plan.vocab_axis)
+  return jax.lax.pmin(jnp.where(is_top, top + offset, plan.vocab_size), plan.vocab_axis) - offset
+
+
+def _row_zeros(inputs: _Inputs, dtype):
+  """Zeros ``[N]`` typed like the rows: sharded like them and, inside ``jax.shard_map``,
+  varying like the logits, as a scan's carries must keep their type."""
+  return jnp.zeros_like(inputs.embeddings[:, 0], dtype)
+
+
 def _chunk(inputs: _Inputs, index, plan: _Plan) -> _Chunk:
   """Chunk ``index`` of the vocabulary, its logits computed."""
   start = jnp.minimum(index * plan.chunk_size, plan.num_classes - plan.chunk_size)
@@ -202,8 +253,10 @@ def _chunk(inputs: _Inputs, index, plan: _Plan) -> _Chunk:
   logits = jnp.dot(inputs.embeddings, kernel, preferred_element_type=plan.dtype)
   if inputs.bias is not None:
     logits += columns_of(inputs.bias).astype(plan.dtype)
-  return _Chunk(logits=logits, kernel=kernel, start=start, columns=columns,
-                is_new=columns >= index * plan.chunk_size,
+  is_new = columns >= index * plan.chunk_size
+  if plan.vocab_axis is not None:
+    is_new &= columns < plan.vocab_size - _offset(plan)
+  return _Chunk(logits=logits, kernel=kernel, start=start, columns=columns, is_new=is_new,
                 class_weights=None if inputs.class_weights is None
                 else columns_of(inputs.class_weights))
 
@@ -232,9 +285,7 @@ def _streamed_sums(inputs: _Inputs, labels, plan: _Plan):
 
 
 def _first_pass(inputs: _Inputs, labels, plan: _Plan):
-  """The running sums and (second pass only) the largest non-target class of each row."""
-  rows = inputs.embeddings.shape[0]
-
+  """The running sums and (second pass only) ``(z_a, a)``, the largest non-target class."""
   def step(carry, index):
     sums, top_logit, top = carry
     chunk = _chunk(inputs, index, plan)
@@ -251,8 +302,8 @@ def _first_pass(inputs: _Inputs, labels, plan: _Plan):
     chunk_sums = _chunk_sums(chunk.logits, chunk, labels, sums.shift, plan)
     return (jax.tree.map(jnp.add, sums._replace(shift=0.0), chunk_sums), top_logit, top), None
 
-  zeros = jnp.zeros((rows,), plan.dtype)
-  lowest = jnp.full((rows,), jnp.finfo(plan.dtype).min)
+  zeros = _row_zeros(inputs, plan.dtype)
+  lowest = jnp.full_like(zeros, jnp.finfo(plan.dtype).min)
   initial = _Sums(
       # Not -inf: the first rescaling would compute e^{-inf - (-inf)}.
       shift=lowest, target_logit=zeros, exp=zeros,
@@ -260,9 +311,9 @@ def _first_pass(inputs: _Inputs, labels, plan: _Plan):
       power=zeros if plan.gamma_neg > 0 else None,
       power_logit=zeros if plan.gamma_neg > 0 else None)
   # A label outside [0, V) leaves every class a candidate; one inside leaves V - 1 >= 1.
-  (sums, _, top), _ = jax.lax.scan(
-      step, (initial, lowest, jnp.zeros((rows,), jnp.int32)), jnp.arange(_num_chunks(plan)))
-  return sums, top
+  (sums, top_logit, top), _ = jax.lax.scan(
+      step, (initial, lowest, jnp.zeros_like(zeros, jnp.int32)), jnp.arange(_num_chunks(plan)))
+  return sums, (top_logit, top)
 
 
 def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
@@ -275,7 +326,7 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
         (rows.lse,), (jnp.ones_like(rows.lse),))
     return jax.tree.map(jnp.add, carry, chunk_sums), None
 
-  zeros = jnp.zeros_like(rows.shift)
+  zeros = _row_zeros(inputs, plan.dtype)
   initial = _SmoothedSums(
       high_confidence=None if plan.smoothed_gamma_hc is None else zeros,
       focal=None if plan.smoothed_gamma_lc is None else zeros,
@@ -286,20 +337,23 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
 
 
 def _streamed_sums_fwd(inputs: _Inputs, labels, plan: _Plan):
+  # Vocabulary shards: the sums of all shards, relative to the largest shift. The backward
+  # pass recomputes each shard's part relative to that shift, so the sums' cotangents apply
+  # to every shard as they are.
   sums, top = _first_pass(inputs, labels, plan)
+  sums = _across_shards(sums, plan)
   smoothed = d_smoothed_d_lse = None
   rows = _RowConstants(shift=sums.shift, top=None, lse=None)
   if plan.smoothed:
-    rows = rows._replace(top=top, lse=_lse(sums))
-    smoothed, d_smoothed_d_lse = _second_pass(inputs, labels, rows, plan)
+    rows = rows._replace(top=_top_across_shards(*top, plan), lse=_lse(sums))
+    smoothed, d_smoothed_d_lse = _psum(_second_pass(inputs, labels, rows, plan), plan)
   return (sums, smoothed), (inputs, labels, rows, sums, d_smoothed_d_lse)
 
 
 def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
   inputs, labels, rows, sums, d_smoothed_d_lse = residuals
-  embeddings, kernel, bias, _ = inputs
+  embeddings, kernel, bias, class_weights = inputs
   sums_cotangent, smoothed_cotangent = cotangents
-  sums_cotangent = sums_cotangent._replace(shift=jnp.zeros_like(rows.shift))  # held fixed
   if plan.smoothed:
     # The second pass held the lse fixed: its gradient reaches the logits through the first
     # pass's sums, the lse being a function of them.
@@ -307,39 +361,52 @@ def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
         jnp.multiply, smoothed_cotangent, d_smoothed_d_lse)))
     _, lse_vjp = jax.vjp(_lse, sums)
     sums_cotangent = jax.tree.map(jnp.add, sums_cotangent, lse_vjp(lse_cotangent)[0])
-  replicated = jax.typeof(embeddings).sharding.update(spec=jax.sharding.PartitionSpec())
+  # The shift is held fixed. The other sums add up the shards' parts: their cotangents apply
+  # to this shard's part as they are.
+  cotangents = jax.lax.pcast((sums_cotangent._replace(shift=None), smoothed_cotangent),
+                             plan.vocab_axis or (), to="varying")
+  replicated = jax.typeof(embeddings).sharding.update(spec=P())
 
   def chunk_sums(logits, chunk):
-    first = _chunk_sums(logits, chunk, labels, rows.shift, plan)
+    first = _chunk_sums(logits, chunk, labels, rows.shift, plan)._replace(shift=None)
     if not plan.smoothed:
       return first, None
     return first, _chunk_smoothed_sums(logits, chunk, labels, rows, plan)
 
   def step(carry, index):
-    d_embeddings, d_kernel, d_bias = carry
+    d_embeddings, d_kernel, d_bias, d_class_weights = carry
     chunk = _chunk(inputs, index, plan)
-    _, vjp = jax.vjp(lambda z: chunk_sums(z, chunk), chunk.logits)
-    (d_logits,) = vjp((sums_cotangent, smoothed_cotangent))
+    _, vjp = jax.vjp(lambda z, c: chunk_sums(z, chunk._replace(class_weights=c)),
+                     chunk.logits, chunk.class_weights)
+    d_logits, d_chunk_weights = vjp(cotangents)
     d_low = d_logits.astype(kernel.dtype)
     d_embeddings += jnp.dot(d_low, chunk.kernel.T, preferred_element_type=plan.dtype)
-    # Overlapping columns of the last chunk get a zero gradient: adding is exact.
     # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
     d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
                       out_sharding=replicated)
-    d_kernel = jax.lax.dynamic_update_slice_in_dim(
-        d_kernel, jax.lax.dynamic_slice_in_dim(d_kernel, chunk.start, plan.chunk_size, axis=1)
-        + d_chunk.astype(kernel.dtype), chunk.start, axis=1)
-    if bias is not None:
-      d_bias = jax.lax.dynamic_update_slice_in_dim(
-          d_bias, jax.lax.dynamic_slice_in_dim(d_bias, chunk.start, plan.chunk_size)
-          + jnp.sum(d_logits, axis=0).astype(bias.dtype), chunk.start, axis=0)
-    return (d_embeddings, d_kernel, d_bias), None
+    add = functools.partial(_add_to_columns, start=chunk.start)
+    return (d_embeddings, add(d_kernel, d_chunk), add(d_bias, jnp.sum(d_logits, axis=0)),
+            add(d_class_weights, d_chunk_weights)), None
 
-  initial = (jnp.zeros(embeddings.shape, plan.dtype), jnp.zeros_like(kernel),
-             None if bias is None else jnp.zeros_like(bias))
-  (d_embeddings, d_kernel, d_bias), _ = jax.lax.scan(
+  initial = (jnp.zeros_like(embeddings, plan.dtype),
+             *jax.tree.map(jnp.zeros_like, (kernel, bias, class_weights)))
+  (d_embeddings, d_kernel, d_bias, d_class_weights), _ = jax.lax.scan(
       step, initial, jnp.arange(_num_chunks(plan)))
-  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, None), None
+  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, d_class_weights), None
+
+
+def _add_to_columns(total, values, *, start):
+  """``total`` (``[V]`` or ``[D, V]``) plus ``values`` on the chunk's columns from ``start``.
+
+  Overlapping columns of the last chunk get a zero gradient: adding is exact.
+  """
+  if total is None:
+    return None
+  axis = total.ndim - 1
+  size = values.shape[axis]
+  return jax.lax.dynamic_update_slice_in_dim(
+      total, jax.lax.dynamic_slice_in_dim(total, start, size, axis) + values.astype(total.dtype),
+      start, axis)
 
 
 _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
@@ -406,6 +473,112 @@ def _class_vector(name: str, value, num_classes: int) -> jax.Array | None:
   return value
 
 
+def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, plan: _Plan,
+                static_xi, **form):
+  """The loss of ``[batch..., D]`` embeddings against a ``[D, plan.num_classes]`` kernel: the
+  whole vocabulary, or (inside ``jax.shard_map``) one shard of it; ``form`` holds the
+  hyper-parameters of :func:`_loss_from_sums`."""
+  batch_shape = labels.shape
+  rows = math.prod(batch_shape)
+  if where is not None:
+    # Double-where: masked rows may hold garbage; keep their gradient exactly 0.
+    embeddings = jnp.where(where[..., None], embeddings, 0)
+  labels_in_rows = labels.reshape(rows).astype(jnp.int32)
+  shard_labels = labels_in_rows - _offset(plan)  # outside [0, num_classes): another shard's
+  inputs = _Inputs(embeddings.reshape(rows, -1), kernel, bias, class_weights)
+  sums, smoothed_sums = _streamed_sums(inputs, shard_labels, plan)
+  if static_xi is None:
+    static_xi = xi.reshape(rows) if xi.ndim else xi
+  target_weight, non_target_weight = 1.0, plan.vocab_size - 1
+  if class_weights is not None:
+    in_shard = (shard_labels >= 0) & (shard_labels < plan.num_classes)
+    target_weight = _psum(jnp.where(
+        in_shard, class_weights[jnp.clip(shard_labels, 0, plan.num_classes - 1)], 0.0), plan)
+    non_target_weight = _psum(jnp.sum(class_weights), plan) - target_weight
+  loss = _loss_from_sums(sums, smoothed_sums, num_classes=plan.vocab_size, xi=static_xi,
+                         target_weight=target_weight, non_target_weight=non_target_weight,
+                         **form).reshape(batch_shape)
+  loss = jnp.where((labels < 0) | (labels >= plan.vocab_size), jnp.nan, loss)
+  return loss if where is None else jnp.where(where, loss, 0.0)
+
+
+def _vocab_sharding(vocab_axis, kernel):
+  """``(vocab_axis, mesh)``: the argument or, under Explicit axes, the kernel's column axis;
+  ``(None, None)`` for the unsharded path."""
+  if vocab_axis is None:
+    sharding = getattr(jax.typeof(kernel), "sharding", None)
+    axes = () if sharding is None or len(sharding.spec) < 2 else _axes(sharding.spec[1])
+    if not axes or not set(axes) <= set(sharding.mesh.explicit_axes):
+      return None, None
+    if len(axes) > 1:
+      raise ValueError(f"the kernel's vocabulary axis is sharded over {axes}; the fused loss "
+                       "shards it over one mesh axis.")
+    vocab_axis = axes[0]
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    sharding = getattr(jax.typeof(kernel), "sharding", None)
+    mesh = mesh if sharding is None else sharding.mesh
+  if not isinstance(vocab_axis, str) or vocab_axis not in mesh.axis_names:
+    raise ValueError(f"vocab_axis={vocab_axis!r} must name an axis of the mesh set with "
+                     f"jax.set_mesh(mesh); the mesh's axes are {mesh.axis_names}.")
+  return vocab_axis, mesh
+
+
+def _axes(entry) -> tuple[str, ...]:
+  """The mesh axes of a partition spec entry (``None``, a name or a tuple of names)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def _entry(axes: tuple[str, ...]):
+  """The partition spec entry of ``axes``."""
+  return axes[0] if len(axes) == 1 else axes or None
+
+
+def _batch_spec(embeddings, mesh, vocab_axis):
+  """How the batch axes are sharded (never over ``vocab_axis``): as the embeddings are under
+  Explicit axes; under Auto axes the leading one over the mesh's other axes, if they divide it."""
+  batch_shape = embeddings.shape[:-1]
+  if vocab_axis in mesh.explicit_axes:
+    spec = tuple(jax.typeof(embeddings).sharding.spec) + (None,) * embeddings.ndim
+    return P(*(_entry(tuple(a for a in _axes(entry) if a != vocab_axis))
+               for entry in spec[:len(batch_shape)]))
+  others = tuple(a for a in mesh.axis_names if a != vocab_axis)
+  size = math.prod(mesh.shape[a] for a in others)
+  if not batch_shape or size == 1 or batch_shape[0] % size:
+    return P()
+  return P(_entry(others))
+
+
+def _vocab_parallel(loss, args, plan: _Plan, mesh):
+  """``loss(*args)`` in a ``jax.shard_map``: each device streams over its vocabulary shard
+  (padded to ``plan.num_classes`` columns) for the rows of its batch shard."""
+  embeddings, kernel, labels, xi, bias, class_weights, where = args
+  padding = plan.num_classes * mesh.shape[plan.vocab_axis] - plan.vocab_size
+  if padding:
+    kernel = jnp.pad(kernel, ((0, 0), (0, padding)))
+    bias, class_weights = (None if v is None else jnp.pad(v, (0, padding))
+                           for v in (bias, class_weights))
+  batch = _batch_spec(embeddings, mesh, plan.vocab_axis)
+  batch_axes = tuple(a for entry in batch for a in _axes(entry))
+
+  def shard_loss(embeddings, kernel, labels, xi, bias, class_weights, where):
+    # The differentiable inputs vary like the logits: the casts' transposes sum the
+    # embeddings' gradient over the vocabulary shards and the kernel's over the batch shards.
+    embeddings = jax.lax.pcast(embeddings, plan.vocab_axis, to="varying")
+    kernel, bias, class_weights = jax.lax.pcast((kernel, bias, class_weights), batch_axes,
+                                                to="varying")
+    return loss(embeddings, kernel, labels, xi, bias, class_weights, where, plan=plan)
+
+  vocab = P(plan.vocab_axis)
+  specs = (P(*batch, None), P(None, plan.vocab_axis), batch, batch if xi.ndim else P(),
+           vocab, vocab, batch)
+  args = (embeddings, kernel, labels, xi, bias, class_weights, where)
+  if plan.vocab_axis in mesh.explicit_axes:
+    args = tuple(None if a is None else jax.sharding.reshard(a, NamedSharding(mesh, spec))
+                 for a, spec in zip(args, specs))
+  return jax.shard_map(shard_loss, mesh=mesh, in_specs=specs, out_specs=batch)(*args)
+
+
 def linear_cyclical_focal_loss_with_integer_labels(
     embeddings: ArrayLike,
     kernel: ArrayLike,
@@ -420,6 +593,7 @@ def linear_cyclical_focal_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
+    vocab_axis: str | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss of ``embeddings @ kernel + bias``, without the ``[N, V]`` logits.
 
@@ -457,11 +631,24 @@ def linear_cyclical_focal_loss_with_integer_labels(
       matmul); the reference form's smoothed sum comes from the first pass.
     class_weights: optional ``[V]`` weights :math:`c_j` multiplying each class
       term (the target's and, with smoothing, every non-target's), as in
-      :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`.
+      :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`; differentiable
+      (the backward pass accumulates their gradient chunk by chunk).
     where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
       padding token) has loss 0 and contributes 0 gradient, whatever its label.
     chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,
-      4,096 for bfloat16 (capped at ``V``).
+      4,096 for bfloat16 (capped at ``V``, or at the classes per device).
+    vocab_axis: for a tensor-parallel output projection, the mesh axis (of the
+      mesh set with ``jax.set_mesh``) that the kernel's columns are sharded over:
+      each device streams over its ``V / shards`` classes and the per-row sums
+      are combined across the axis; no ``[D, V]`` or ``[N, V]`` array is
+      gathered. Layouts: kernel ``P(None, vocab_axis)``, bias and class weights
+      ``P(vocab_axis)``, the gradients of all three the same; the batch as the
+      embeddings are sharded under Explicit axes, under Auto axes its leading
+      axis over the mesh's other axes (replicated if they do not divide it).
+      Under Explicit axes ``None`` reads the axis from the kernel's sharding. A
+      ``V`` the axis does not divide (the kernel is then replicated) is padded.
+      Temporaries per device: a few ``[N / batch shards, chunk_size]`` arrays
+      and, with the batch sharded, the kernel shard's partial gradient.
 
   Returns:
     The loss of each example, ``[batch...]``, float32 (float64 for float64 inputs).
@@ -523,29 +710,19 @@ def linear_cyclical_focal_loss_with_integer_labels(
     where = jnp.asarray(where, bool)
     if where.shape != batch_shape:
       raise ValueError(f"where must have the batch shape {batch_shape}, got {where.shape}.")
-    # Double-where: masked rows may hold garbage; keep their gradient exactly 0.
-    embeddings = jnp.where(where[..., None], embeddings, 0)
+  vocab_axis, mesh = _vocab_sharding(vocab_axis, kernel)
+  shards = 1 if vocab_axis is None else mesh.shape[vocab_axis]
+  shard_classes = -(-num_classes // shards)
   smoothed = gamma_neg is None and label_smoothing > 0
-  plan = _Plan(num_classes=num_classes,
-               chunk_size=_chunk_size(chunk_size, num_classes, kernel.dtype),
+  plan = _Plan(num_classes=shard_classes, vocab_size=num_classes,
+               chunk_size=_chunk_size(chunk_size, shard_classes, kernel.dtype),
                sum_logits=gamma_neg is not None and label_smoothing > 0,
                gamma_neg=gamma_neg if gamma_neg is not None and label_smoothing > 0 else 0.0,
                dtype=dtype,
                smoothed_gamma_hc=gamma_hc if smoothed and static != 0 else None,
-               smoothed_gamma_lc=gamma_lc if smoothed and static != 1 else None)
-  rows = math.prod(batch_shape)
-  labels_in_rows = labels.reshape(rows).astype(jnp.int32)
-  sums, smoothed_sums = _streamed_sums(
-      _Inputs(embeddings.reshape(rows, -1), kernel, bias, class_weights), labels_in_rows, plan)
-  if static is None:
-    static = xi.reshape(rows) if xi.ndim else xi
-  target_weight, non_target_weight = 1.0, num_classes - 1
-  if class_weights is not None:
-    target_weight = class_weights[jnp.clip(labels_in_rows, 0, num_classes - 1)]
-    non_target_weight = jnp.sum(class_weights) - target_weight
-  loss = _loss_from_sums(sums, smoothed_sums, num_classes=num_classes, xi=static,
-                         gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
-                         label_smoothing=label_smoothing, target_weight=target_weight,
-                         non_target_weight=non_target_weight).reshape(batch_shape)
-  loss = jnp.where((labels < 0) | (labels >= num_classes), jnp.nan, loss)
-  return loss if where is None else jnp.where(where, loss, 0.0)
+               smoothed_gamma_lc=gamma_lc if smoothed and static != 1 else None,
+               vocab_axis=vocab_axis)
+  loss = functools.partial(_fused_loss, static_xi=static, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
+                           gamma_neg=gamma_neg, label_smoothing=label_smoothing)
+  args = (embeddings, kernel, labels, xi, bias, class_weights, where)
+  return loss(*args, plan=plan) if vocab_axis is None else _vocab_parallel(loss, args, plan, mesh)

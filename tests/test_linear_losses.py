@@ -7,6 +7,7 @@ Tolerance: float32 inputs agree with the dense loss to rtol = atol = 1e-5 in val
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -48,20 +49,22 @@ def dense_on_projection(h, w, labels, xi, *, bias=None, **kw):
   return dense(logits if bias is None else logits + bias, labels, xi, **kw)
 
 
-def assert_matches_dense(form, chunk_size, **kwargs):
-  """Per-example losses and gradients w.r.t. embeddings, kernel and bias equal the dense ones."""
+def assert_matches_dense(form, chunk_size, class_weights=None, **kwargs):
+  """Per-example losses and gradients w.r.t. embeddings, kernel, bias and (when given) class
+  weights equal the dense ones."""
   h, w, b, labels = make_inputs()
   xi = jnp.linspace(0.0, 1.0, 6)  # per-example xi, 0 and 1 included
 
   @functools.partial(jax.jit, static_argnums=0)
-  def losses_and_grads(loss_fn, h, w, b):
-    per_example = lambda h, w, b: loss_fn(h, w, labels, xi, bias=b, **FORMS[form], **kwargs)
+  def losses_and_grads(loss_fn, *args):
+    per_example = lambda h, w, b, c: loss_fn(h, w, labels, xi, bias=b, class_weights=c,
+                                             **FORMS[form], **kwargs)
     weights = jnp.arange(1.0, 7.0)  # distinct cotangents per example
-    return per_example(h, w, b), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
-                                          argnums=(0, 1, 2))(h, w, b)
+    return per_example(*args), jax.grad(lambda *a: (weights * per_example(*a)).sum(),
+                                        argnums=(0, 1, 2, 3))(*args)
 
-  got = losses_and_grads(functools.partial(fused, chunk_size=chunk_size), h, w, b)
-  expected = losses_and_grads(dense_on_projection, h, w, b)
+  got = losses_and_grads(functools.partial(fused, chunk_size=chunk_size), h, w, b, class_weights)
+  expected = losses_and_grads(dense_on_projection, h, w, b, class_weights)
   jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, **TOL), got, expected)
 
 
@@ -73,7 +76,8 @@ def test_value_and_gradients_match_dense(form):
 
 @pytest.mark.parametrize("form", ["paper", "paper_smoothed", "reference", "reference_gneg_1.5"])
 def test_class_weights_match_dense(form):
-  """Per-class weights on the target term and on every smoothed non-target term."""
+  """Per-class weights on the target term and on every smoothed non-target term; their own
+  gradient too."""
   class_weights = jax.random.uniform(jax.random.key(7), (37,), minval=0.2, maxval=2.0)
   assert_matches_dense(form, chunk_size=8, class_weights=class_weights)
 
@@ -86,11 +90,14 @@ def test_any_chunk_size_gives_the_same_loss(chunk_size):
 @pytest.mark.parametrize(
     "form", ["paper", "paper_smoothed", "reference", "reference_gneg_1.5"])
 def test_gradients_match_finite_differences_in_float64(form):
+  """Embeddings, kernel, bias and class weights."""
   with jax.enable_x64(True):
     h, w, b, labels = make_inputs(batch=(3,), dim=4, vocab=11, dtype=jnp.float64)
-    fn = lambda h, w, b: fused(h, w, labels, 0.4, bias=b, chunk_size=4, **FORMS[form])
-    assert fn(h, w, b).dtype == jnp.float64
-    check_grads(fn, (h, w, b), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    c = jax.random.uniform(jax.random.key(7), (11,), jnp.float64, minval=0.2, maxval=2.0)
+    fn = lambda h, w, b, c: fused(h, w, labels, 0.4, bias=b, class_weights=c, chunk_size=4,
+                                  **FORMS[form])
+    assert fn(h, w, b, c).dtype == jnp.float64
+    check_grads(fn, (h, w, b, c), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_gamma_zero_is_cross_entropy():
@@ -208,6 +215,108 @@ def test_sharded_batch_matches_unsharded(axis_type, form):
                sharded, step(h, w, b, labels))
 
 
+AUTO, EXPLICIT = jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit
+
+
+def token_batch(vocab, batch=(4, 4)):
+  """``[B, T, 8]`` embeddings and their inputs; the last token of odd rows is padding, its
+  label an ignore index."""
+  h, w, b, labels = make_inputs(batch=batch, dim=8, vocab=vocab)
+  class_weights = jax.random.uniform(jax.random.key(7), (vocab,), minval=0.2, maxval=2.0)
+  xi = jnp.linspace(0.0, 1.0, labels.size).reshape(batch)
+  where = (jnp.arange(batch[1]) < batch[1] - 1) | (jnp.arange(batch[0])[:, None] % 2 == 0)
+  return (h, w, b, class_weights), (jnp.where(where, labels, -100), xi, where)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def losses_and_all_grads(loss_fn, form, params, rest):
+  """Per-example losses and the gradients of their weighted sum w.r.t. ``params``."""
+  labels, xi, where = rest
+  per_example = lambda h, w, b, c: loss_fn(h, w, labels, xi, bias=b, class_weights=c,
+                                           where=where, **FORMS[form])
+  weights = jnp.arange(1.0, 1.0 + labels.size).reshape(labels.shape)
+  return per_example(*params), jax.grad(lambda a: (weights * per_example(*a)).sum())(params)
+
+
+@functools.cache
+def dense_losses_and_grads(form, vocab):
+  """The oracle, on one device."""
+  return losses_and_all_grads(dense_on_projection, form, *token_batch(vocab))
+
+
+def assert_vocab_parallel_matches_dense(form, mesh, vocab, kernel_spec, vocab_axis="model"):
+  """Fused on ``mesh`` (vocabulary over 'model', tokens over 'data' when the mesh has it) equals
+  the dense loss on one device; the gradients keep their inputs' shardings."""
+  params, rest = token_batch(vocab)
+  rows = P("data") if "data" in mesh.axis_names else P()
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, (P(*rows, None, None), kernel_spec, P(*kernel_spec[1:]),
+                                     P(*kernel_spec[1:])))
+    rest = jax.device_put(rest, (rows, rows, rows))
+    got = losses_and_all_grads(
+        functools.partial(fused, chunk_size=3, vocab_axis=vocab_axis), form, params, rest)
+  for grad, param in zip(got[1], params):
+    assert grad.sharding.is_equivalent_to(param.sharding, param.ndim), (grad.sharding, param)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, **TOL), got,
+               dense_losses_and_grads(form, vocab))
+
+
+@pytest.mark.parametrize("form", ["paper", "paper_smoothed", "reference"])
+@pytest.mark.parametrize("axis_type", [AUTO, EXPLICIT])
+def test_vocab_parallel_matches_dense_on_one_device(axis_type, form):
+  """(data 2, model 4) mesh: 40 classes, 10 per device in chunks of 3 (the last overlaps);
+  class weights, bias, per-token xi, a padding mask; kernel gradient on P(None, 'model').
+  Explicit axes name the vocabulary axis in the kernel's sharding: no argument needed."""
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
+  assert_vocab_parallel_matches_dense(form, mesh, 40, P(None, "model"),
+                                      vocab_axis="model" if axis_type == AUTO else None)
+
+
+@pytest.mark.parametrize("axis_type, form", [(AUTO, "paper_smoothed"), (EXPLICIT, "reference")])
+def test_vocab_parallel_pads_a_vocabulary_the_axis_does_not_divide(axis_type, form):
+  """('model' 8) mesh, 33 classes: 5 per device, 3 on the seventh, none on the last (an array
+  cannot be sharded unevenly, so the kernel comes in replicated)."""
+  mesh = jax.make_mesh((8,), ("model",), axis_types=(axis_type,))
+  assert_vocab_parallel_matches_dense(form, mesh, 33, P())
+
+
+def test_vocab_parallel_labels_outside_the_vocabulary_give_nan():
+  h, w, _, labels = make_inputs(batch=(8,), dim=8, vocab=40)
+  labels = labels.at[1].set(-1).at[4].set(40)
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AUTO, AUTO))
+  with jax.set_mesh(mesh):
+    loss = jax.jit(functools.partial(fused, xi=0.5, chunk_size=4, vocab_axis="model"))(
+        jax.device_put(h, P("data")), jax.device_put(w, P(None, "model")), labels)
+  assert np.isnan(loss[np.array([1, 4])]).all()
+  keep = np.array([0, 2, 3, 5, 6, 7])
+  np.testing.assert_allclose(loss[keep], dense_on_projection(h[keep], w, labels[keep], 0.5), **TOL)
+
+
+@pytest.mark.parametrize("axis_type", [AUTO, EXPLICIT])
+def test_vocab_parallel_never_gathers_the_kernel(axis_type):
+  """N 256, D 64, V 32,768 on (data 2, model 4), compiled: no all-gather with V columns, the
+  kernel's gradient on P(None, 'model'), per-device temporaries at most 1/8 of the dense
+  loss's on one device."""
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
+  vocab = 32768
+  step = lambda loss: jax.jit(jax.value_and_grad(
+      lambda h, w, t: loss(h, w, t, 0.3, **FORMS["paper"]).mean(), argnums=(0, 1)))
+  specs = (P("data", None), P(None, "model"), P("data"))
+  shapes = [jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+            for shape, dtype, spec in zip([(256, 64), (64, vocab), (256,)],
+                                          [jnp.float32, jnp.float32, jnp.int32], specs)]
+  with jax.set_mesh(mesh):
+    compiled = step(functools.partial(fused, vocab_axis="model")).lower(*shapes).compile()
+  gathered = re.findall(r"= \w+\[([\d,]*)\][^\n]* all-gather(?:-start)?\(", compiled.as_text())
+  assert not [shape for shape in gathered if str(vocab) in shape.split(",")], gathered
+  kernel_grad = compiled.output_shardings[1][1]
+  assert kernel_grad.is_equivalent_to(NamedSharding(mesh, P(None, "model")), 2), kernel_grad
+  dense_temp = step(dense_on_projection).lower(*[
+      jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes]).compile().memory_analysis()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp <= dense_temp.temp_size_in_bytes / 8, (temp, dense_temp.temp_size_in_bytes)
+
+
 def compiled_temporaries(vocab, **kw):
   """Temp bytes of value + grad (h, w) of the mean loss at N=256, D=64, chunks of 256."""
   fn = jax.jit(jax.value_and_grad(
@@ -236,6 +345,7 @@ def test_compiled_temporaries_do_not_grow_with_the_vocabulary(form):
     (dict(where=jnp.ones(5, bool)), "where"),
     (dict(gamma_lc=-1.0), "gamma_lc"),
     (dict(gamma_neg=2.0, label_smoothing=1.0), "label_smoothing"),
+    (dict(vocab_axis="model"), "vocab_axis"),
 ])
 def test_bad_arguments_name_the_problem(kwargs, message):
   h, w, _, labels = make_inputs()
