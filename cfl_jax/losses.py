@@ -529,36 +529,6 @@ def _cyclical_losses(inputs: _Inputs, *, xi, integer_labels, gamma_hc, gamma_lc,
 # Public API
 # ----------------------------------------------------------------------------
 
-_COMMON_ARGS_DOC = """
-    gamma_hc: high-confidence exponent :math:`\\gamma_{hc} \\ge 0` (2 is the
-      safe default, 3 the paper's CIFAR/ImageNet choice).
-    gamma_lc: focal exponent :math:`\\gamma_{lc} \\ge 0` (the reference code's
-      ``gamma_pos``).
-    gamma_neg: ``None`` for the paper form; a number :math:`\\ge 0` for the
-      reference-code form, whose non-target weight is
-      :math:`\\xi + (1 - \\xi) p_j^{\\gamma_{neg}}`.
-    label_smoothing: :math:`\\epsilon \\in [0, 1)`; labels become
-      :math:`(1 - \\epsilon) q + \\epsilon / C` inside the weighted sum.
-    class_weights: optional ``[num_classes]`` weights multiplying each class
-      term (alpha-balancing for long tails).
-    axis: the class axis of ``logits``.
-    where: optional boolean mask, either of the batch shape (examples to
-      include) or of the logits' shape (entries to include, like optax); a
-      fully masked example has loss 0 and gradient 0. Integer labels outside
-      ``[0, num_classes)`` give a NaN loss for their example (never a silent
-      finite value, so a divergence check catches them): mask such examples
-      (e.g. padding labelled -1) with ``where``."""
-
-
-def _document(marker: str, text: str):
-  """Decorator: replaces ``marker`` in the docstring by ``text`` (shared Args entries)."""
-  def decorate(fn):
-    fn.__doc__ = fn.__doc__.replace(f"    {marker}", text.strip("\n"))
-    return fn
-  return decorate
-
-
-@_document("__COMMON_ARGS__", _COMMON_ARGS_DOC)
 def cyclical_focal_loss_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -589,7 +559,24 @@ def cyclical_focal_loss_with_integer_labels(
     labels: integer class indices, ``[batch...]``.
     xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced
       (e.g. ``cfl_jax.xi_schedule(...)(state.step)`` inside ``jit``).
-    __COMMON_ARGS__
+    gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0` (2 is the
+      safe default, 3 the paper's CIFAR/ImageNet choice).
+    gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0` (the reference code's
+      ``gamma_pos``).
+    gamma_neg: ``None`` for the paper form; a number :math:`\ge 0` for the
+      reference-code form, whose non-target weight is
+      :math:`\xi + (1 - \xi) p_j^{\gamma_{neg}}`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`; labels become
+      :math:`(1 - \epsilon) q + \epsilon / C` inside the weighted sum.
+    class_weights: optional ``[num_classes]`` weights multiplying each class
+      term (alpha-balancing for long tails).
+    axis: the class axis of ``logits``.
+    where: optional boolean mask, either of the batch shape (examples to
+      include) or of the logits' shape (entries to include, like optax); a
+      fully masked example has loss 0 and gradient 0. Integer labels outside
+      ``[0, num_classes)`` give a NaN loss for their example (never a silent
+      finite value, so a divergence check catches them): mask such examples
+      (e.g. padding labelled -1) with ``where``.
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -612,7 +599,6 @@ def cyclical_focal_loss_with_integer_labels(
                    axis=axis, where=where)
 
 
-@_document("__COMMON_ARGS__", _COMMON_ARGS_DOC)
 def cyclical_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -641,7 +627,24 @@ def cyclical_focal_loss(
     logits: unnormalised log-probabilities, ``[batch..., num_classes]``.
     labels: class probabilities, same shape as ``logits``.
     xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced.
-    __COMMON_ARGS__
+    gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0` (2 is the
+      safe default, 3 the paper's CIFAR/ImageNet choice).
+    gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0` (the reference code's
+      ``gamma_pos``).
+    gamma_neg: ``None`` for the paper form; a number :math:`\ge 0` for the
+      reference-code form, whose non-target weight is
+      :math:`\xi + (1 - \xi) p_j^{\gamma_{neg}}`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`; labels become
+      :math:`(1 - \epsilon) q + \epsilon / C` inside the weighted sum.
+    class_weights: optional ``[num_classes]`` weights multiplying each class
+      term (alpha-balancing for long tails).
+    axis: the class axis of ``logits``.
+    where: optional boolean mask, either of the batch shape (examples to
+      include) or of the logits' shape (entries to include, like optax); a
+      fully masked example has loss 0 and gradient 0. Integer labels outside
+      ``[0, num_classes)`` give a NaN loss for their example (never a silent
+      finite value, so a divergence check catches them): mask such examples
+      (e.g. padding labelled -1) with ``where``.
 
   Returns:
     The loss of each example, ``[batch...]``, float32.

@@ -5,6 +5,8 @@ both forms (SPEC sections 1 and 3), written here from the formulas.
 """
 
 import functools
+import subprocess
+import sys
 
 import chex
 import jax
@@ -541,6 +543,19 @@ def test_traced_gamma_is_rejected_with_a_clear_message(data):
 def test_public_api_is_reexported():
   for name in losses.__all__:
     assert getattr(cfl_jax, name) is getattr(losses, name)
+
+
+def test_importing_does_not_need_docstrings():
+  """``python -OO`` strips docstrings: cfl_jax (training included) imports and computes."""
+  code = ("import jax.numpy as jnp, cfl_jax, cfl_jax.training\n"
+          "assert cfl_jax.cyclical_focal_loss.__doc__ is None  # really stripped\n"
+          "print(float(cfl_jax.cyclical_focal_loss_with_integer_labels(\n"
+          "    jnp.array([[2.0, 0.0]]), jnp.array([0]), 0.5)[0]))")
+  result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  expected = np_paper_form([[2.0, 0.0]], [[1.0, 0.0]], 0.5, 2.0, 2.0)[0]
+  assert float(result.stdout) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("fn", [
