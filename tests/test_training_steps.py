@@ -126,19 +126,86 @@ def test_shard_batch_builds_a_batch_sharded_global_array():
     sharding.check_batch_size("batch_size", 12, mesh)
 
 
-def test_a_non_finite_update_is_skipped_and_counted_when_asked():
-  run = _run(optimizer={"skip_nonfinite_updates": 3})
-  step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
-                              schedules=run.plan.schedules)
-  clean, = _batches(run, 1)
-  poisoned = {**clean, "image": clean["image"].at[0].set(jnp.nan)}
+def test_init_dropout_and_mixup_draw_from_their_own_streams():
+  """The run's key is ``jax.random.key(seed)`` (default implementation); init folds in 0,
+  dropout 1 then the step, mixup 2 then the step: mixup's key is no fold of dropout's."""
+  run = _run(jax.devices()[:1], mixup_alpha=0.2, seed=3)
+  root = jax.random.key(3)
   state = run.fresh_state()
-  before = jax.device_get(state.params)
-  state, metrics = step(state, poisoned, jax.random.key(1))
-  assert int(metrics["skipped_updates"]) == 1 and not np.isfinite(float(metrics["grad_norm"]))
-  chex.assert_trees_all_equal(jax.device_get(state.params), before)  # the update was skipped
-  state, metrics = step(state, clean, jax.random.key(1))
-  assert int(metrics["skipped_updates"]) == 1 and np.isfinite(float(metrics["loss"]))
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params),
-                         before)
-  assert all(jax.tree.leaves(changed))
+  expected = run.model.init(jax.random.fold_in(root, 0), jnp.zeros((1, 8, 8, 1)), train=False)
+  chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(expected["params"]),
+                              rtol=1e-6, atol=1e-7)  # jitted vs eager: the same numbers to 1 ulp
+
+  seen = {}
+
+  def apply_fn(variables, images, **kwargs):
+    seen["dropout"] = kwargs["rngs"]["dropout"]
+    return state.apply_fn(variables, images, **kwargs)
+
+  def mixup(rng, images, labels):
+    seen["mixup"] = rng
+    return run.mixup()(rng, images, labels)
+
+  train.train_step(state.replace(step=jnp.int32(5), apply_fn=apply_fn), _batches(run, 1)[0],
+                   run.key, loss_fn=recipe.get_loss_fn(run.config.loss),
+                   schedules=run.plan.schedules, mixup=mixup)
+  bits = jax.random.key_data
+  for name, purpose in (("dropout", 1), ("mixup", 2)):
+    want = jax.random.fold_in(jax.random.fold_in(root, purpose), 5)
+    np.testing.assert_array_equal(bits(seen[name]), bits(want), err_msg=name)
+  for folded in range(4):
+    assert not np.array_equal(bits(seen["mixup"]),
+                              bits(jax.random.fold_in(seen["dropout"], folded)))
+
+
+def test_a_skipped_update_keeps_the_whole_state_while_every_schedule_moves_on():
+  """A BatchNorm model with EMA, plain SGD warming up (lr(k) = 0.1 k / steps_per_epoch): step 2's
+  NaN image makes the gradient, batch_stats and EMA non-finite, so its update is skipped;
+  step 3 then applies lr(3) to its own gradient. With N = 1, the second of two non-finite updates
+  in a row is applied."""
+  run = _run(jax.devices()[:1], ema_decay=0.9,
+             cyclical={"weight_decay": {"enabled": False}, "grad_clip": {"enabled": False}},
+             optimizer={"momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 1.0,
+                        "skip_nonfinite_updates": 1})
+  loss_fn, schedules = recipe.get_loss_fn(run.config.loss), run.plan.schedules
+  step = train.jit_train_step(run.mesh, loss_fn=loss_fn, schedules=schedules, ema_decay=0.9,
+                              skip_nonfinite_updates=1)
+  batches = _batches(run, 4)
+  poisoned = {**batches[2], "image": batches[2]["image"].at[0].set(jnp.nan)}
+  state = run.fresh_state()
+  for batch in batches[:2]:
+    state, _ = step(state, batch, run.key)
+  before = jax.device_get(state)
+  assert before.batch_stats and before.ema  # BatchNorm statistics and an average to keep
+
+  state, metrics = step(state, poisoned, run.key)
+  after = jax.device_get(state)
+  assert not np.isfinite(metrics["grad_norm"]) and int(metrics["skipped_updates"]) == 1
+  assert (int(after.step), int(after.skipped_updates), int(after.nonfinite_in_a_row)) == (3, 1, 1)
+  for field in ("params", "batch_stats", "ema", "opt_state"):
+    chex.assert_trees_all_equal(getattr(after, field), getattr(before, field))
+
+  learning_rate, xi = schedules["learning_rate"], schedules["xi"]
+  assert float(learning_rate(3)) == pytest.approx(1.5 * float(learning_rate(2)))
+
+  @jax.jit
+  def gradient(params, batch_stats, batch):
+    def objective(params):
+      logits, _ = state.apply_fn({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                 train=True, mutable=["batch_stats"])
+      return jnp.mean(loss_fn(logits, batch["label"], xi(3)))
+    return jax.grad(objective)(params)
+
+  grads = jax.device_get(gradient(state.params, state.batch_stats, batches[3]))
+  state, metrics = step(state, batches[3], run.key)
+  assert metrics["learning_rate"] == pytest.approx(float(learning_rate(3)))
+  assert metrics["xi"] == pytest.approx(float(xi(3)))
+  expected = jax.tree.map(lambda p, g: p - float(learning_rate(3)) * g, after.params, grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state.params), expected)
+
+  for _ in range(2):
+    state, metrics = step(state, poisoned, run.key)
+  assert int(state.skipped_updates) == 2 and int(state.nonfinite_in_a_row) == 2
+  written = jax.device_get((state.params, state.batch_stats, state.ema))
+  assert not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(written))

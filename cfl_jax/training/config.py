@@ -70,7 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
       "lr_decay_epochs": (),  # 'step' schedule: epochs at which the rate is multiplied ...
       "lr_decay_factor": 0.1,  # ... by this factor
       # 0: a non-finite loss or gradient stops the run (a divergence guard). N > 0: skip such
-      # updates (optax.apply_if_finite), counted as skipped_updates, stopping only after N in a row
+      # updates, keeping the whole state (params, batch_stats, EMA, optimizer) while the step and
+      # every schedule move on; counted as skipped_updates; stopping after more than N in a row
       "skip_nonfinite_updates": 0,
   })
 
