@@ -212,6 +212,9 @@ def test_temperature_schedule_is_returned_when_enabled():
     ({"lr_schedule": "constant"}, {0: 0.1, 50: 0.1, 99: 0.1}),
     ({"lr_schedule": "cosine"}, {0: 0.1, 50: 0.05, 100: 0.0}),
     ({"lr_schedule": "step", "lr_decay_epochs": (4, 8)}, {39: 0.1, 40: 0.01, 80: 0.001}),
+    # After a warm-up the decays still fall at their epochs (steps 40 and 80), not 20 later.
+    ({"lr_schedule": "step", "lr_decay_epochs": (4, 8), "warmup_epochs": 2.0},
+     {0: 0.0, 10: 0.05, 20: 0.1, 39: 0.1, 40: 0.01, 79: 0.01, 80: 0.001}),
     ({"lr_schedule": "constant", "warmup_epochs": 2.0, "warmup_init_learning_rate": 0.01},
      {0: 0.01, 10: 0.055, 20: 0.1, 90: 0.1}),
     ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, {0: 0.0, 20: 0.1, 60: 0.05, 100: 0.0}),
@@ -257,19 +260,25 @@ def test_parameter_groups_put_the_head_apart():
   assert heads == {"head/dense/kernel", "head/dense/bias"} and len(groups) > len(heads)
 
 
-def test_head_learning_rate_scales_the_head_schedule_only():
-  """Places-LT: backbone 0.001, classifier 0.1, both following one step schedule."""
-  params = _params()
+@pytest.mark.parametrize("name, decay_on", [("sgd", "kernels"), ("sgd", "all"),
+                                            ("adamw", "all")])
+def test_head_learning_rate_scales_the_head_schedule_only(name, decay_on):
+  """Places-LT: backbone 0.001, classifier 0.1, both following one step schedule, each group
+  decayed (kernels only or every parameter) as its own optax optimizer at its own rate."""
+  params = jax.tree.map(lambda p: p + 0.5, _params())  # no zero biases: decaying them shows
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-  config = _optimizer_config(learning_rate=0.001, head_learning_rate=0.1, weight_decay=5e-4,
-                             lr_schedule="step", lr_decay_epochs=(1,), nesterov=False)
+  config = _optimizer_config(name=name, learning_rate=0.001, head_learning_rate=0.1,
+                             weight_decay=5e-4, weight_decay_on=decay_on, lr_schedule="step",
+                             lr_decay_epochs=(1,), nesterov=False)
   schedule = recipe.learning_rate_schedule(config, total_steps=_STEPS, steps_per_epoch=2)
   tx = recipe.build_optimizer(config)
+  mask = recipe.weight_decay_mask if decay_on == "kernels" else None
   for rate, group in ((0.001, lambda tree: {k: v for k, v in tree.items() if k != "head"}),
                       (0.1, lambda tree: {"head": tree["head"]})):
-    reference = optax.chain(
-        optax.add_decayed_weights(5e-4, recipe.weight_decay_mask),
-        optax.sgd(optax.piecewise_constant_schedule(rate, {2: 0.1}), momentum=0.9))
+    rate = optax.piecewise_constant_schedule(rate, {2: 0.1})
+    reference = (optax.chain(optax.add_decayed_weights(5e-4, mask),
+                             optax.sgd(rate, momentum=0.9)) if name == "sgd"
+                 else optax.adamw(rate, weight_decay=5e-4, mask=mask))
     expected = _run(reference, group(params), group(grads), 4)
     for ours, theirs in zip(_run(tx, params, grads, 4, {"learning_rate": schedule}), expected):
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), group(ours), theirs)
