@@ -248,8 +248,8 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
   ``learning_rate`` and, when used, ``weight_decay`` and ``grad_clip_norm``, starting at the
   config's values. To follow schedules, set them before each update with
   :func:`set_hyperparameters`, as the train step does from :attr:`Plan.schedules` at
-  ``state.step``: the optimizer then holds no step count of its own, so a skipped update cannot
-  put its schedules out of step with the rest of the run.
+  ``state.step``: no schedule reads the optimizer's own counts (which a skipped update leaves
+  where they were), so all of them stay in step with the rest of the run.
 
   Args:
     optimizer_config: ``config.optimizer``.

@@ -65,7 +65,7 @@ class TrainState(train_state.TrainState):
   ``{'params', 'batch_stats'}`` averaged over the steps (``config.ema_decay``), or an empty dict
   when the run keeps no average. ``step`` counts the train steps taken, skipped ones included
   (see :func:`train_step`); ``skipped_updates`` counts those whose update was skipped and
-  ``nonfinite_in_a_row`` the latest run of consecutive non-finite ones (int32 scalars).
+  ``nonfinite_in_a_row`` how many of the latest updates in a row were not finite (int32).
   """
 
   batch_stats: Any
