@@ -45,7 +45,7 @@ def train_steps(model_name: str, dtype: str, mesh):
   optimizer = resolve_config({}).optimizer
   learning_rate = recipe.learning_rate_schedule(optimizer, total_steps=TOTAL_STEPS,
                                                steps_per_epoch=100)
-  tx = recipe.build_optimizer(optimizer, learning_rate=learning_rate)
+  tx = recipe.build_optimizer(optimizer)  # the train step sets its learning rate
   schedules = {"xi": cfl_jax.xi_schedule(TOTAL_STEPS), "learning_rate": learning_rate}
   shape = IMAGE_SHAPES.get(model_name, (32, 32, 3))
   init = jax.jit(lambda rng: train.create_train_state(model, tx, rng, shape),

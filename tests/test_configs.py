@@ -269,7 +269,7 @@ def test_mnist1d_ce_is_the_published_cnn_recipe():
   lr = recipe.learning_rate_schedule(config.optimizer, total_steps=6000, steps_per_epoch=40)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 3000, 5999)], 1e-2, rtol=1e-6)
   # The optimizer is plain Adam (PyTorch's defaults, no weight decay) at that rate.
-  ours = recipe.build_optimizer(config.optimizer, learning_rate=lr)
+  ours = recipe.build_optimizer(config.optimizer)  # its constant learning rate: 1e-2
   adam = optax.adam(1e-2, b1=0.9, b2=0.999, eps=1e-8)
   params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}
   state_ours, state_adam = ours.init(params), adam.init(params)

@@ -59,6 +59,11 @@ def test_config_dicts_are_accepted():
     ({"optimizer": {"weight_decay": -1e-4}}, "optimizer.weight_decay must be >= 0.0"),
     ({"optimizer": {"lr_schedule": "linear"}}, "optimizer.lr_schedule must be one of cosine"),
     ({"optimizer": {"lr_decay_epochs": (20, 10)}}, "lr_decay_epochs must be increasing"),
+    # A decay the schedule would apply at the warm-up's end instead of at its epoch, or never.
+    ({"optimizer": {"lr_schedule": "step", "lr_decay_epochs": (1, 30), "warmup_epochs": 2.0}},
+     r"lr_decay_epochs \(1, 30\) must not fall inside the 2 warm-up epochs"),
+    ({"optimizer": {"lr_decay_epochs": (30,)}},
+     "lr_decay_epochs apply to optimizer.lr_schedule='step' only"),
     ({"optimizer": {"lr_decay_factor": 2.0}}, "lr_decay_factor must be in \\(0, 1\\]"),
     ({"cyclical": {"temperature": {"min": 0.0}}}, "cyclical.temperature.min must be > 0"),
     ({"cyclical": {"grad_clip": {"max": -1.0}}}, "cyclical.grad_clip.max must be > 0"),

@@ -11,6 +11,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import safetensors.numpy
 
@@ -28,21 +29,35 @@ _DECAY = 0.9
 pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
-def test_ema_follows_the_numpy_recurrence():
-  """ema_0 = initial variables, ema_k = d * ema_{k-1} + (1 - d) * variables_k."""
-  run = dataclasses.replace(Run.create(tiny_config(ema_decay=_DECAY)),
-                            mesh=sharding.make_data_mesh(jax.devices()[:1]))
+def test_ema_follows_the_numpy_recurrence_under_mixup_and_label_smoothing():
+  """ema_0 = initial variables, ema_k = d * ema_{k-1} + (1 - d) * variables_k; the first step's
+  loss is cross-entropy on mixup's images against its probability labels smoothed by epsilon
+  (mixup's own stream at step 0)."""
+  run = dataclasses.replace(
+      Run.create(tiny_config(ema_decay=_DECAY, mixup_alpha=0.4,
+                             loss={"name": "cross_entropy", "label_smoothing": 0.1})),
+      mesh=sharding.make_data_mesh(jax.devices()[:1]))
   step_fn = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
-                                 schedules=run.plan.schedules, ema_decay=_DECAY)
+                                 schedules=run.plan.schedules, ema_decay=_DECAY,
+                                 mixup=run.mixup())
   state = run.fresh_state()
   variables = lambda s: jax.device_get({"params": s.params, "batch_stats": s.batch_stats})
   expected = variables(state)
   assert jax.tree.structure(jax.device_get(state.ema)) == jax.tree.structure(expected)
   batches = run.dataset.train_batches(global_batch_size=run.config.batch_size, seed=0)
-  for _ in range(3):
-    state, _ = step_fn(state, next(batches), jax.random.key(0))
+  first = next(batches)
+  images, targets = run.mixup()(train.stream_key(run.key, "mixup", 0), first["image"],
+                                first["label"])
+  assert not np.allclose(targets, jax.nn.one_hot(first["label"], 10))  # mixed
+  logits = state.apply_fn(expected, images, train=True, mutable=["batch_stats"])[0]
+  first_loss = optax.softmax_cross_entropy(logits, 0.9 * targets + 0.1 / 10).mean()
+  losses = []
+  for batch in (first, next(batches), next(batches)):
+    state, metrics = step_fn(state, batch, run.key)
+    losses.append(float(metrics["loss"]))
     expected = jax.tree.map(lambda e, v: _DECAY * np.float64(e) + (1 - _DECAY) * np.float64(v),
                             expected, variables(state))
+  assert losses[0] == pytest.approx(float(first_loss), rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                jax.device_get(state.ema), expected)
   assert not np.allclose(state.ema["params"]["head"]["dense"]["kernel"],

@@ -43,6 +43,35 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_only_finite_checkpoints(t
       assert all(np.isfinite(leaf).all() for leaf in _leaves(params)), name
 
 
+def _skipping_run(workdir, limit, env) -> tuple[int, str, dict]:
+  """The issue-17 command, short: learning rate 1e4 with EMA, skipping non-finite updates."""
+  config = tiny_config(num_train_steps=10, ema_decay=0.9,
+                       optimizer={"learning_rate": 1e4, "skip_nonfinite_updates": limit})
+  returncode, output = _run(workdir, config, env=env)
+  return returncode, output, read_summary(workdir)
+
+
+def test_skipped_non_finite_updates_keep_the_run_finite(tmp_path, module_compilation_cache):
+  """Most updates are skipped, and the run completes with a finite state (BatchNorm statistics
+  and EMA included): both evaluations run, and the final checkpoint is written."""
+  returncode, output, summary = _skipping_run(str(tmp_path / "skip"), 100_000,
+                                              module_compilation_cache)
+  assert returncode == 0, output
+  assert summary["status"] == "completed" and summary["train_steps"] == 10
+  assert 0 < summary["skipped_updates"] < 10
+  for key in ("test_accuracy", "ema_test_accuracy"):
+    assert 0 <= summary[key] <= 1, key
+
+
+def test_more_non_finite_updates_in_a_row_than_allowed_stop_the_run(tmp_path,
+                                                                    module_compilation_cache):
+  returncode, output, summary = _skipping_run(str(tmp_path / "skip"), 2,
+                                              module_compilation_cache)
+  assert returncode == 1 and summary["status"] == "diverged", output
+  assert summary["error"].startswith("Training diverged by step ")
+  assert "more than optimizer.skip_nonfinite_updates=2 in a row" in summary["error"]
+
+
 def _leaves(tree):
   if isinstance(tree, dict):
     for value in tree.values():

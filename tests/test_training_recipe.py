@@ -116,10 +116,14 @@ def _optimizer_config(**overrides):
   return resolve_config({"optimizer": overrides}).optimizer
 
 
-def _run(tx, params, grads, steps):
-  """Updates of ``steps`` successive steps of ``tx`` for fixed ``grads``."""
+def _run(tx, params, grads, steps, schedules=None):
+  """Updates of ``steps`` successive steps of ``tx`` for fixed ``grads``, its hyper-parameters
+  set from ``schedules`` at each step as the train step does (optax's own schedules otherwise)."""
   opt_state, updates, step = tx.init(params), [], jax.jit(tx.update)
-  for _ in range(steps):
+  for count in range(steps):
+    if schedules:
+      opt_state = recipe.set_hyperparameters(
+          opt_state, {name: schedule(count) for name, schedule in schedules.items()})
     update, opt_state = step(grads, opt_state, params)
     updates.append(update)
   return updates
@@ -140,7 +144,7 @@ def test_weight_decay_mask_selects_kernels_only():
 def test_optimizers_equal_their_optax_counterparts(name, reference):
   params = _params()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-  tx = recipe.build_optimizer(_optimizer_config(name=name, weight_decay=1e-2), learning_rate=0.1)
+  tx = recipe.build_optimizer(_optimizer_config(name=name, weight_decay=1e-2, learning_rate=0.1))
   expected = reference(0.1, 1e-2, recipe.weight_decay_mask)
   for ours, theirs in zip(_run(tx, params, grads, 3), _run(expected, params, grads, 3)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
@@ -153,10 +157,10 @@ def test_cyclical_weight_decay_follows_xi_on_weights_only():
       resolve_config({"cyclical": {"weight_decay": {"enabled": True, "min": 1e-4, "max": 1e-2}}}
                      ).cyclical, xi)
   assert set(schedules) == {"weight_decay"}
-  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
-                             learning_rate=1.0, schedules=schedules)
+  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0, learning_rate=1.0),
+                              scheduled=schedules)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  updates = _run(tx, params, zeros, _STEPS // 4 + 1)
+  updates = _run(tx, params, zeros, _STEPS // 4 + 1, schedules)
   for step in (0, _STEPS // 4):  # xi = 1 (min decay), then xi = 0 (max decay)
     decay = float(schedules["weight_decay"](step))
     np.testing.assert_allclose(updates[step]["head"]["dense"]["kernel"],
@@ -172,10 +176,10 @@ def test_cyclical_clipping_threshold_follows_xi():
   params = _params()
   xi = cfl_jax.xi_schedule(_STEPS, cyclical_factor=2.0)
   clip = cfl_jax.follow_xi(xi, 0.5, 5.0)
-  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0),
-                             learning_rate=1.0, schedules={"grad_clip_norm": clip})
+  tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0, learning_rate=1.0),
+                              scheduled=["grad_clip_norm"])
   huge = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
-  updates = _run(tx, params, huge, _STEPS // 2 + 1)
+  updates = _run(tx, params, huge, _STEPS // 2 + 1, {"grad_clip_norm": clip})
   for step, threshold in ((0, 0.5), (_STEPS // 2, 5.0)):
     assert float(optax.tree.norm(updates[step])) == pytest.approx(threshold, rel=1e-5)
 
@@ -183,7 +187,7 @@ def test_cyclical_clipping_threshold_follows_xi():
 def test_constant_clipping_from_the_config():
   params = _params()
   tx = recipe.build_optimizer(_optimizer_config(momentum=0.0, weight_decay=0.0,
-                                               grad_clip_norm=2.0), learning_rate=1.0)
+                                               grad_clip_norm=2.0, learning_rate=1.0))
   huge = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
   assert float(optax.tree.norm(_run(tx, params, huge, 1)[0])) == pytest.approx(2.0, rel=1e-5)
 
@@ -208,6 +212,9 @@ def test_temperature_schedule_is_returned_when_enabled():
     ({"lr_schedule": "constant"}, {0: 0.1, 50: 0.1, 99: 0.1}),
     ({"lr_schedule": "cosine"}, {0: 0.1, 50: 0.05, 100: 0.0}),
     ({"lr_schedule": "step", "lr_decay_epochs": (4, 8)}, {39: 0.1, 40: 0.01, 80: 0.001}),
+    # After a warm-up the decays still fall at their epochs (steps 40 and 80), not 20 later.
+    ({"lr_schedule": "step", "lr_decay_epochs": (4, 8), "warmup_epochs": 2.0},
+     {0: 0.0, 10: 0.05, 20: 0.1, 39: 0.1, 40: 0.01, 79: 0.01, 80: 0.001}),
     ({"lr_schedule": "constant", "warmup_epochs": 2.0, "warmup_init_learning_rate": 0.01},
      {0: 0.01, 10: 0.055, 20: 0.1, 90: 0.1}),
     ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, {0: 0.0, 20: 0.1, 60: 0.05, 100: 0.0}),
@@ -236,13 +243,13 @@ def test_warmup_and_cooldown_must_leave_steps(overrides):
 def test_weight_decay_on_all_parameters_equals_unmasked_optax():
   params = _params()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-  tx = recipe.build_optimizer(_optimizer_config(weight_decay=1e-2, weight_decay_on="all"),
-                              learning_rate=0.1)
+  tx = recipe.build_optimizer(_optimizer_config(weight_decay=1e-2, weight_decay_on="all",
+                                                learning_rate=0.1))
   expected = optax.chain(optax.add_decayed_weights(1e-2),
                          optax.sgd(0.1, momentum=0.9, nesterov=True))
   for ours, theirs in zip(_run(tx, params, grads, 3), _run(expected, params, grads, 3)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
-  masked = _run(recipe.build_optimizer(_optimizer_config(weight_decay=1e-2), learning_rate=0.1),
+  masked = _run(recipe.build_optimizer(_optimizer_config(weight_decay=1e-2, learning_rate=0.1)),
                 params, grads, 1)[0]
   assert not np.allclose(masked["head"]["dense"]["bias"], ours["head"]["dense"]["bias"])
 
@@ -253,21 +260,27 @@ def test_parameter_groups_put_the_head_apart():
   assert heads == {"head/dense/kernel", "head/dense/bias"} and len(groups) > len(heads)
 
 
-def test_head_learning_rate_scales_the_head_schedule_only():
-  """Places-LT: backbone 0.001, classifier 0.1, both following one step schedule."""
-  params = _params()
+@pytest.mark.parametrize("name, decay_on", [("sgd", "kernels"), ("sgd", "all"),
+                                            ("adamw", "all")])
+def test_head_learning_rate_scales_the_head_schedule_only(name, decay_on):
+  """Places-LT: backbone 0.001, classifier 0.1, both following one step schedule, each group
+  decayed (kernels only or every parameter) as its own optax optimizer at its own rate."""
+  params = jax.tree.map(lambda p: p + 0.5, _params())  # no zero biases: decaying them shows
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-  config = _optimizer_config(learning_rate=0.001, head_learning_rate=0.1, weight_decay=5e-4,
-                             lr_schedule="step", lr_decay_epochs=(1,), nesterov=False)
+  config = _optimizer_config(name=name, learning_rate=0.001, head_learning_rate=0.1,
+                             weight_decay=5e-4, weight_decay_on=decay_on, lr_schedule="step",
+                             lr_decay_epochs=(1,), nesterov=False)
   schedule = recipe.learning_rate_schedule(config, total_steps=_STEPS, steps_per_epoch=2)
-  tx = recipe.build_optimizer(config, learning_rate=schedule)
+  tx = recipe.build_optimizer(config)
+  mask = recipe.weight_decay_mask if decay_on == "kernels" else None
   for rate, group in ((0.001, lambda tree: {k: v for k, v in tree.items() if k != "head"}),
                       (0.1, lambda tree: {"head": tree["head"]})):
-    reference = optax.chain(
-        optax.add_decayed_weights(5e-4, recipe.weight_decay_mask),
-        optax.sgd(optax.piecewise_constant_schedule(rate, {2: 0.1}), momentum=0.9))
+    rate = optax.piecewise_constant_schedule(rate, {2: 0.1})
+    reference = (optax.chain(optax.add_decayed_weights(5e-4, mask),
+                             optax.sgd(rate, momentum=0.9)) if name == "sgd"
+                 else optax.adamw(rate, weight_decay=5e-4, mask=mask))
     expected = _run(reference, group(params), group(grads), 4)
-    for ours, theirs in zip(_run(tx, params, grads, 4), expected):
+    for ours, theirs in zip(_run(tx, params, grads, 4, {"learning_rate": schedule}), expected):
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), group(ours), theirs)
 
 

@@ -84,9 +84,9 @@ def test_two_processes_agree_with_one_and_stop_together_on_sigterm(tmp_path, uni
   processes = [start_trainer(workdir, _CONFIG, *flags, f"--process_id={i}", env=env)
                for i in range(2)]
   try:
-    # Cross-process all-reduces are slow on CPU (~0.2 s a step): compare the first 30 steps,
+    # Cross-process all-reduces are slow on CPU (~0.2 s a step): compare the first 20 steps,
     # then preempt process 0 only; JAX's preemption sync stops both at the same step.
-    wait_for(lambda: _logged_step(workdir) >= 30, processes[0], timeout=240)
+    wait_for(lambda: _logged_step(workdir) >= 20, processes[0], timeout=240)
     processes[0].send_signal(signal.SIGTERM)
     results = [finish(process, timeout=240) for process in processes]
   finally:
@@ -99,11 +99,12 @@ def test_two_processes_agree_with_one_and_stop_together_on_sigterm(tmp_path, uni
   assert "on 8 cpu device(s), 2 process(es)" in results[0][1]
 
   # The same trajectory to float precision (the all-reduces over two processes sum in another
-  # order than over eight local devices; after ~30 steps chaotic amplification sets in).
+  # order than over eight local devices; the relative difference grows from 1e-8 at step 10 and
+  # 2e-7 at step 20 to 1e-4 at step 25 and 5e-3 at step 30: chaotic amplification).
   reference_dir, reference_summary = uninterrupted
   reference = {(r["step"], r["split"]): r for r in read_metrics(reference_dir)}
-  records = [r for r in read_metrics(workdir) if r["step"] <= 30]
-  assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+  records = [r for r in read_metrics(workdir) if r["step"] <= 20]
+  assert [r["step"] for r in records] == [5, 10, 15, 20]
   for record in records:
     expected = reference[record["step"], record["split"]]
     assert record.keys() == expected.keys() and record["split"] == expected["split"]

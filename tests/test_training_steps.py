@@ -4,6 +4,7 @@ import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +38,8 @@ def _logits(state, images, train):
 
 
 def _trajectory(run, num_steps, schedules=None):
-  """(final params on host, list of host metrics, the step) after ``num_steps`` jitted steps."""
+  """(final params on host, list of host metrics, the step, the optimizer's final
+  hyper-parameters) after ``num_steps`` jitted steps."""
   train_step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
                                     schedules=schedules or run.plan.schedules)
   state, history = run.fresh_state(), []
@@ -46,7 +48,8 @@ def _trajectory(run, num_steps, schedules=None):
     state, step_metrics = train_step(state, batch, jax.random.key(1))
     history.append(step_metrics)
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(previous.params))  # donated
-  return jax.device_get(state.params), jax.device_get(history), train_step
+  return (jax.device_get(state.params), jax.device_get(history), train_step,
+          jax.device_get(state.opt_state.hyperparams))
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +60,21 @@ def trajectories():
 
 
 def test_schedules_are_read_at_state_step_inside_one_compiled_step(trajectories):
-  run, _, history, train_step = trajectories[8]
+  run, _, history, train_step, hyperparams = trajectories[8]
   assert train_step._cache_size() == 1  # one program for every step: no retracing on step
   for step, step_metrics in enumerate(history):
     for name in ("xi", "learning_rate", "weight_decay", "grad_clip_norm"):
       assert step_metrics[name] == pytest.approx(float(run.plan.schedules[name](step))), name
+  # The optimizer applied the last step's values: the same schedules at the same step.
+  assert set(hyperparams) == {"learning_rate", "weight_decay", "grad_clip_norm"}
+  for name, value in hyperparams.items():
+    assert value == pytest.approx(float(run.plan.schedules[name](len(history) - 1))), name
   assert {"loss", "accuracy", "grad_norm"} <= set(history[0])
   assert history[0]["xi"] == 1.0 and history[1]["xi"] < 1.0
 
 
 def test_sharded_equals_unsharded(trajectories):
-  (single, params_1, history_1, _), (sharded, params_8, history_8, _) = (
+  (single, params_1, history_1, *_), (sharded, params_8, history_8, *_) = (
       trajectories[1], trajectories[8])
   assert single.mesh.devices.size == 1 and sharded.mesh.devices.size == 8
   for one, eight in zip(history_1, history_8):
@@ -84,14 +91,14 @@ def test_temperature_divides_the_training_logits():
   logits = _logits(state, batch["image"], train=True)
   expected = optax.softmax_cross_entropy_with_integer_labels(logits / 2.0, batch["label"]).mean()
   schedules = {**run.plan.schedules, "temperature": lambda step: jnp.float32(2.0)}
-  _, history, _ = _trajectory(run, 1, schedules)
+  _, history, *_ = _trajectory(run, 1, schedules)
   assert history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
   assert history[0]["temperature"] == 2.0
 
 
 def test_bfloat16_compute_keeps_float32_params_and_loss():
   run = _run(model={"name": "digits_cnn", "dtype": "bfloat16"})
-  params, history, _ = _trajectory(run, 2)
+  params, history, *_ = _trajectory(run, 2)
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
   assert history[-1]["loss"].dtype == np.float32 and np.isfinite(history[-1]["loss"])
 
@@ -126,19 +133,102 @@ def test_shard_batch_builds_a_batch_sharded_global_array():
     sharding.check_batch_size("batch_size", 12, mesh)
 
 
-def test_a_non_finite_update_is_skipped_and_counted_when_asked():
-  run = _run(optimizer={"skip_nonfinite_updates": 3})
-  step = train.jit_train_step(run.mesh, loss_fn=recipe.get_loss_fn(run.config.loss),
-                              schedules=run.plan.schedules)
-  clean, = _batches(run, 1)
-  poisoned = {**clean, "image": clean["image"].at[0].set(jnp.nan)}
+class _DropoutNet(nn.Module):
+  """Dropout then a dense layer: a model that draws from the dropout stream."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dropout(0.5, deterministic=not train)(x.reshape(x.shape[0], -1))
+    return nn.Dense(10)(x)
+
+
+def test_init_dropout_and_mixup_draw_from_their_own_streams():
+  """The run's key is ``jax.random.key(seed)`` (default implementation); init folds in 0,
+  dropout 1 then the step, mixup 2 then the step: mixup's key is no fold of dropout's."""
+  model = _DropoutNet()
+  run = dataclasses.replace(_run(jax.devices()[:1], mixup_alpha=0.2, seed=3), model=model)
+  root = jax.random.key(3)
+  init = jax.jit(functools.partial(model.init, train=False))
   state = run.fresh_state()
-  before = jax.device_get(state.params)
-  state, metrics = step(state, poisoned, jax.random.key(1))
-  assert int(metrics["skipped_updates"]) == 1 and not np.isfinite(float(metrics["grad_norm"]))
-  chex.assert_trees_all_equal(jax.device_get(state.params), before)  # the update was skipped
-  state, metrics = step(state, clean, jax.random.key(1))
-  assert int(metrics["skipped_updates"]) == 1 and np.isfinite(float(metrics["loss"]))
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params),
-                         before)
-  assert all(jax.tree.leaves(changed))
+  chex.assert_trees_all_equal(
+      jax.device_get(state.params),
+      jax.device_get(init(jax.random.fold_in(root, 0), jnp.zeros((1, 8, 8, 1)))["params"]))
+
+  seen = {}
+
+  def record(name, key):
+    jax.debug.callback(lambda bits: seen.__setitem__(name, bits), jax.random.key_data(key))
+
+  def apply_fn(variables, images, **kwargs):
+    record("dropout", kwargs["rngs"]["dropout"])
+    return model.apply(variables, images, **kwargs)
+
+  def mixup(rng, images, labels):
+    record("mixup", rng)
+    return run.mixup()(rng, images, labels)
+
+  step = jax.jit(functools.partial(train.train_step, loss_fn=recipe.get_loss_fn(run.config.loss),
+                                   schedules=run.plan.schedules, mixup=mixup))
+  batch = {"image": jnp.ones((4, 8, 8, 1)), "label": jnp.arange(4)}
+  step(state.replace(step=jnp.int32(5), apply_fn=apply_fn), batch, run.key)
+  jax.effects_barrier()
+  bits = jax.random.key_data
+  for name, purpose in (("dropout", 1), ("mixup", 2)):
+    want = jax.random.fold_in(jax.random.fold_in(root, purpose), 5)
+    np.testing.assert_array_equal(seen[name], bits(want), err_msg=name)
+  dropout_key = jax.random.wrap_key_data(seen["dropout"])
+  for folded in range(4):
+    assert not np.array_equal(seen["mixup"], bits(jax.random.fold_in(dropout_key, folded)))
+
+
+def test_a_skipped_update_keeps_the_whole_state_while_every_schedule_moves_on():
+  """A BatchNorm model with EMA, plain SGD warming up (lr(k) = 0.1 k / steps_per_epoch): step 2's
+  NaN image makes the gradient, batch_stats and EMA non-finite, so its update is skipped;
+  step 3 then applies lr(3) to its own gradient. With N = 1, the second of two non-finite updates
+  in a row is applied."""
+  run = _run(jax.devices()[:1], ema_decay=0.9,
+             cyclical={"weight_decay": {"enabled": False}, "grad_clip": {"enabled": False}},
+             optimizer={"momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 1.0,
+                        "skip_nonfinite_updates": 1})
+  loss_fn, schedules = recipe.get_loss_fn(run.config.loss), run.plan.schedules
+  step = train.jit_train_step(run.mesh, loss_fn=loss_fn, schedules=schedules, ema_decay=0.9,
+                              skip_nonfinite_updates=1)
+  batches = _batches(run, 4)
+  poisoned = {**batches[2], "image": batches[2]["image"].at[0].set(jnp.nan)}
+  state = run.fresh_state()
+  for batch in batches[:2]:
+    state, _ = step(state, batch, run.key)
+  before = jax.device_get(state)
+  assert before.batch_stats and before.ema  # BatchNorm statistics and an average to keep
+
+  state, metrics = step(state, poisoned, run.key)
+  after = jax.device_get(state)
+  assert not np.isfinite(metrics["grad_norm"]) and int(metrics["skipped_updates"]) == 1
+  assert (int(after.step), int(after.skipped_updates), int(after.nonfinite_in_a_row)) == (3, 1, 1)
+  for field in ("params", "batch_stats", "ema", "opt_state"):
+    chex.assert_trees_all_equal(getattr(after, field), getattr(before, field))
+
+  learning_rate, xi = schedules["learning_rate"], schedules["xi"]
+  assert float(learning_rate(3)) == pytest.approx(1.5 * float(learning_rate(2)))
+
+  @jax.jit
+  def gradient(params, batch_stats, batch):
+    def objective(params):
+      logits, _ = state.apply_fn({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                 train=True, mutable=["batch_stats"])
+      return jnp.mean(loss_fn(logits, batch["label"], xi(3)))
+    return jax.grad(objective)(params)
+
+  grads = jax.device_get(gradient(state.params, state.batch_stats, batches[3]))
+  state, metrics = step(state, batches[3], run.key)
+  assert metrics["learning_rate"] == pytest.approx(float(learning_rate(3)))
+  assert metrics["xi"] == pytest.approx(float(xi(3)))
+  expected = jax.tree.map(lambda p, g: p - float(learning_rate(3)) * g, after.params, grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state.params), expected)
+
+  for _ in range(2):
+    state, metrics = step(state, poisoned, run.key)
+  assert int(state.skipped_updates) == 2 and int(state.nonfinite_in_a_row) == 2
+  written = jax.device_get((state.params, state.batch_stats, state.ema))
+  assert not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(written))

@@ -70,7 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
       "lr_decay_epochs": (),  # 'step' schedule: epochs at which the rate is multiplied ...
       "lr_decay_factor": 0.1,  # ... by this factor
       # 0: a non-finite loss or gradient stops the run (a divergence guard). N > 0: skip such
-      # updates (optax.apply_if_finite), counted as skipped_updates, stopping only after N in a row
+      # updates, keeping the whole state (params, batch_stats, EMA, optimizer) while the step and
+      # every schedule move on; counted as skipped_updates; stopping after more than N in a row
       "skip_nonfinite_updates": 0,
   })
 
@@ -207,9 +208,15 @@ def _check_values(c: dict, errors: list[str]) -> None:
   need(0 < opt["lr_decay_factor"] <= 1,
        f"optimizer.lr_decay_factor must be in (0, 1], got {opt['lr_decay_factor']}")
   decays = opt["lr_decay_epochs"]
-  need(all(isinstance(e, numbers.Integral) and e > 0 for e in decays)
-       and list(decays) == sorted(set(decays)),
+  increasing = (all(isinstance(e, numbers.Integral) and e > 0 for e in decays)
+                and list(decays) == sorted(set(decays)))
+  need(increasing,
        f"optimizer.lr_decay_epochs must be increasing positive integers, got {decays!r}")
+  need(opt["lr_schedule"] == "step" or not decays,
+       "optimizer.lr_decay_epochs apply to optimizer.lr_schedule='step' only")
+  need(not (increasing and decays) or decays[0] >= opt["warmup_epochs"],
+       f"optimizer.lr_decay_epochs {decays!r} must not fall inside the "
+       f"{opt['warmup_epochs']:g} warm-up epochs")
 
   choice("loss.name", loss["name"], recipe.LOSS_NAMES)
   for key in ("gamma_hc", "gamma_lc", "gamma_neg"):

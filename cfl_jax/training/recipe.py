@@ -10,11 +10,12 @@
   so they all share the loss's cyclical factor.
 * :func:`build_optimizer`: ``clip -> [adam] -> masked weight decay -> [momentum] -> -lr``,
   the last four per parameter group (backbone, classifier head) when the head has its own
-  learning rate, optionally skipping non-finite updates.
+  learning rate; its learning rate, weight decay and clipping threshold are set each step
+  (:func:`set_hyperparameters`) from the plan's schedules.
 * :class:`Plan`: the run's durations in steps and all of its schedules, read at ``state.step``.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 import dataclasses
 import functools
 
@@ -224,19 +225,13 @@ def parameter_groups(params) -> object:
       lambda path, _: "head" if path[0].key == HEAD_MODULE else "backbone", params)
 
 
-def _scaled(schedule: optax.ScalarOrSchedule, factor: float) -> optax.ScalarOrSchedule:
-  if callable(schedule):
-    return lambda step: schedule(step) * factor
-  return schedule * factor
-
-
-def _update_rule(c: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule,
-                 weight_decay) -> list[optax.GradientTransformation]:
-  """``[adam] -> weight decay -> [momentum] -> -learning_rate`` of one parameter group."""
+def _update_rule(c: ml_collections.ConfigDict, learning_rate, weight_decay
+                 ) -> list[optax.GradientTransformation]:
+  """``[adam] -> [weight decay] -> [momentum] -> -learning_rate`` of one parameter group."""
   parts = []
   if c.name == "adamw":
     parts.append(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps))
-  if callable(weight_decay) or weight_decay > 0:
+  if weight_decay is not None:
     mask = weight_decay_mask if c.weight_decay_on == "kernels" else None
     parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
   if c.name == "sgd" and c.momentum > 0:
@@ -246,45 +241,68 @@ def _update_rule(c: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSche
 
 
 def build_optimizer(optimizer_config: ml_collections.ConfigDict, *,
-                    learning_rate: optax.ScalarOrSchedule,
-                    schedules: Mapping[str, optax.Schedule] | None = None
-                    ) -> optax.GradientTransformation:
-  """The optax transformation of ``optimizer_config``.
+                    scheduled: Collection[str] = ()) -> optax.GradientTransformation:
+  """The optax transformation of ``optimizer_config``, its hyper-parameters in its state.
+
+  The update rule is wrapped in ``optax.inject_hyperparams``: ``opt_state.hyperparams`` holds
+  ``learning_rate`` and, when used, ``weight_decay`` and ``grad_clip_norm``, starting at the
+  config's values. To follow schedules, set them before each update with
+  :func:`set_hyperparameters`, as the train step does from :attr:`Plan.schedules` at
+  ``state.step``: no schedule reads the optimizer's own counts (which a skipped update leaves
+  where they were), so all of them stay in step with the rest of the run.
 
   Args:
     optimizer_config: ``config.optimizer``.
-    learning_rate: a float or a schedule (see :func:`learning_rate_schedule`).
-    schedules: optional ``'weight_decay'`` / ``'grad_clip_norm'`` schedules that replace the
-      config's constants (see :func:`cyclical_schedules`); other keys are ignored. They are read
-      at the optimizer's own step count, which advances with ``state.step``.
+    scheduled: ``'weight_decay'`` / ``'grad_clip_norm'`` when a schedule will set them (see
+      :func:`cyclical_schedules`), so they are kept even where the config's constant is 0;
+      other names are ignored.
 
   Returns:
     ``sgd``: L2 weight decay added to the gradient before (Nesterov) momentum, as in PyTorch.
     ``adamw``: decoupled weight decay after the Adam scaling, as ``optax.adamw``.
     Weight decay applies to kernels only or, with ``weight_decay_on='all'``, to every parameter
     (as the OLTR and LDAM code). With ``head_learning_rate > 0`` the classifier (see
-    :func:`parameter_groups`) follows ``learning_rate`` scaled by ``head_learning_rate /
+    :func:`parameter_groups`) follows the learning rate scaled by ``head_learning_rate /
     optimizer_config.learning_rate`` through ``optax.multi_transform``. Either is preceded by
-    global-norm clipping (over all parameters) when a threshold is set, and wrapped in
-    ``optax.apply_if_finite`` when ``skip_nonfinite_updates > 0`` (an update with a non-finite
-    gradient is skipped and counted; that many in a row are applied, so divergence still shows).
+    global-norm clipping (over all parameters) when a threshold is set.
+
+  Examples:
+    >>> from cfl_jax.training import resolve_config
+    >>> c = resolve_config({'optimizer': {'momentum': 0.0, 'weight_decay': 0.0}}).optimizer
+    >>> tx = build_optimizer(c)  # plain SGD
+    >>> params = {'w': jnp.ones(2)}
+    >>> state = set_hyperparameters(tx.init(params), {'learning_rate': 0.5})
+    >>> tx.update({'w': jnp.ones(2)}, state, params)[0]
+    {'w': Array([-0.5, -0.5], dtype=float32)}
   """
-  c, schedules = optimizer_config, schedules or {}
-  weight_decay = schedules.get("weight_decay", c.weight_decay)
-  clip = schedules.get("grad_clip_norm", c.grad_clip_norm)
-  parts = []
-  if callable(clip) or clip > 0:
-    parts.append(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=clip))
-  if c.head_learning_rate:
-    head_rate = _scaled(learning_rate, c.head_learning_rate / c.learning_rate)
-    parts.append(optax.multi_transform(
-        {"backbone": optax.chain(*_update_rule(c, learning_rate, weight_decay)),
-         "head": optax.chain(*_update_rule(c, head_rate, weight_decay))}, parameter_groups))
-  else:
-    parts += _update_rule(c, learning_rate, weight_decay)
-  if c.skip_nonfinite_updates:
-    return optax.apply_if_finite(optax.chain(*parts), c.skip_nonfinite_updates)
-  return optax.chain(*parts)
+  c = optimizer_config
+  hyperparameters = {"learning_rate": c.learning_rate}
+  if c.weight_decay > 0 or "weight_decay" in scheduled:
+    hyperparameters["weight_decay"] = c.weight_decay
+  if c.grad_clip_norm > 0 or "grad_clip_norm" in scheduled:
+    hyperparameters["grad_clip_norm"] = c.grad_clip_norm
+
+  def update_rule(learning_rate, weight_decay=None, grad_clip_norm=None):
+    parts = [] if grad_clip_norm is None else [optax.clip_by_global_norm(grad_clip_norm)]
+    if c.head_learning_rate:
+      head_rate = learning_rate * (c.head_learning_rate / c.learning_rate)
+      parts.append(optax.multi_transform(
+          {"backbone": optax.chain(*_update_rule(c, learning_rate, weight_decay)),
+           "head": optax.chain(*_update_rule(c, head_rate, weight_decay))}, parameter_groups))
+    else:
+      parts += _update_rule(c, learning_rate, weight_decay)
+    return optax.chain(*parts)
+
+  return optax.inject_hyperparams(update_rule)(**hyperparameters)
+
+
+def set_hyperparameters(opt_state: optax.InjectStatefulHyperparamsState,
+                        values: Mapping[str, jax.Array]) -> optax.InjectStatefulHyperparamsState:
+  """``opt_state`` of :func:`build_optimizer` with the hyper-parameters it has set from
+  ``values`` (at their dtype); other entries of ``values`` (e.g. xi) are ignored."""
+  return opt_state._replace(hyperparams={
+      name: jnp.asarray(values.get(name, value), value.dtype)
+      for name, value in opt_state.hyperparams.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +330,5 @@ class Plan:
 
   def optimizer(self, optimizer_config: ml_collections.ConfigDict
                 ) -> optax.GradientTransformation:
-    """:func:`build_optimizer` with this plan's learning rate and cyclical schedules."""
-    return build_optimizer(optimizer_config, learning_rate=self.schedules["learning_rate"],
-                           schedules=self.schedules)
+    """:func:`build_optimizer` with room for every hyper-parameter this plan schedules."""
+    return build_optimizer(optimizer_config, scheduled=tuple(self.schedules))

@@ -4,11 +4,17 @@ Read top to bottom: :class:`TrainState` and :func:`create_train_state`; :func:`t
 :func:`eval_step` with their jitted, sharded forms; :class:`Run` (the parts a config builds);
 :func:`train_and_evaluate`, the loop that calls the steps, evaluates, logs and checkpoints.
 
-The run is a pure function of the config: batch ``k`` comes from ``(seed, k)``, the step's
-randomness from ``fold_in(key(seed), step)``, and every schedule (xi, learning rate, cyclical
-hyper-parameters) from ``state.step`` inside the step, so one compiled program serves the whole run.
-Re-running with the same workdir therefore resumes from the newest checkpoint and ends exactly as
-an uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
+The run is a pure function of the config: batch ``k`` comes from ``(seed, k)``, and every
+schedule (xi, the optimizer's learning rate, weight decay and clipping threshold, the temperature)
+is read at ``state.step`` inside the step, so one compiled program serves the whole run. Re-running
+with the same workdir therefore resumes from the newest checkpoint and ends exactly as an
+uninterrupted run would; a SIGTERM saves a checkpoint and returns early.
+
+Random streams: each consumer folds its own constant of :data:`STREAMS` into the run's key
+``jax.random.key(seed)`` (JAX's default implementation, the same bits on every backend), then the
+step for the per-step ones: the parameters' initialisation uses ``fold_in(key, 0)``, dropout
+``fold_in(fold_in(key, 1), step)`` and mixup ``fold_in(fold_in(key, 2), step)``. No stream is
+derived from another, so a model that folds numbers into its dropout key never draws mixup's.
 """
 
 from collections.abc import Callable, Mapping
@@ -17,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import time
 from typing import Any
 
@@ -43,17 +48,31 @@ from cfl_jax.training import workdir_lock
 
 Batch = Mapping[str, jax.Array]
 
+# Purpose -> the constant folded into the run's key for that consumer's random stream.
+STREAMS = {"init": 0, "dropout": 1, "mixup": 2}
+
+
+def stream_key(rng: jax.Array, purpose: str, step: jax.Array | int | None = None) -> jax.Array:
+  """The key of ``purpose`` (a :data:`STREAMS` name) from the run's key, at ``step`` if given."""
+  key = jax.random.fold_in(rng, STREAMS[purpose])
+  return key if step is None else jax.random.fold_in(key, step)
+
 
 class TrainState(train_state.TrainState):
-  """``flax.training.train_state.TrainState`` plus ``batch_stats`` and the weights' EMA.
+  """``flax.training.train_state.TrainState`` plus ``batch_stats``, the weights' EMA and the
+  count of skipped updates.
 
   ``batch_stats`` is an empty dict for models without BatchNorm; ``ema`` is
   ``{'params', 'batch_stats'}`` averaged over the steps (``config.ema_decay``), or an empty dict
-  when the run keeps no average.
+  when the run keeps no average. ``step`` counts the train steps taken, skipped ones included
+  (see :func:`train_step`); ``skipped_updates`` counts those whose update was skipped and
+  ``nonfinite_in_a_row`` how many of the latest updates in a row were not finite (int32).
   """
 
   batch_stats: Any
   ema: Any
+  skipped_updates: jax.Array
+  nonfinite_in_a_row: jax.Array
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -63,7 +82,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
   Args:
     model: a Linen classifier called as ``model.apply(variables, images, train=...)``.
-    tx: the optimizer.
+    tx: the optimizer (see :func:`recipe.build_optimizer`).
     rng: the parameter-initialisation key.
     image_shape: ``(H, W, C)``.
     ema: keep an exponential moving average of the variables, starting at their initial values.
@@ -78,7 +97,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   return TrainState.create(apply_fn=model.apply, tx=tx, **variables,
-                           ema=variables if ema else {})
+                           ema=variables if ema else {}, skipped_updates=jnp.int32(0),
+                           nonfinite_in_a_row=jnp.int32(0))
 
 
 def _variables(state: TrainState, params) -> dict:
@@ -92,32 +112,40 @@ def ema_view(state: TrainState) -> TrainState:
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: recipe.LossFn,
                schedules: Mapping[str, optax.Schedule], ema_decay: float = 0.0,
-               mixup: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               mixup: Callable | None = None,
+               skip_nonfinite_updates: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch.
 
   Args:
-    state: the train state.
+    state: the train state; its optimizer comes from :func:`recipe.build_optimizer`.
     batch: ``{'image': [B, H, W, C], 'label': int [B]}``.
-    rng: the run's base key; the step uses ``fold_in(rng, state.step)`` for dropout.
+    rng: the run's key; dropout and mixup draw from their own streams of it
+      (:func:`stream_key` at ``state.step``).
     loss_fn: ``loss_fn(logits, labels, xi) -> [B]`` (see :func:`recipe.get_loss_fn`).
     schedules: ``{'xi': ..., 'learning_rate': ..., and optionally 'temperature', 'weight_decay',
-      'grad_clip_norm'}``; each is read at ``state.step`` and returned as a metric, and a
+      'grad_clip_norm'}``; each is read at ``state.step`` and returned as a metric. The optimizer's
+      hyper-parameters are set from them (:func:`recipe.set_hyperparameters`) and a
       ``'temperature'`` divides the training logits before the loss.
     ema_decay: decay of the weights' moving average, used when ``state.ema`` is kept.
     mixup: optional ``mixup(rng, images, labels) -> (images, probability labels)`` applied to
       the batch before the forward pass (see :mod:`cfl_jax.training.mixup`).
+    skip_nonfinite_updates: ``N > 0``: when the loss, the gradient or anything the step would
+      write (parameters, ``batch_stats``, EMA, optimizer state) is not finite, the whole state is
+      kept as it was, except that ``step`` advances (the batch is used up and every schedule moves
+      on) and ``skipped_updates`` counts it; after ``N`` skips in a row such an update is applied,
+      so a divergence still shows. 0: every update is applied.
 
   Returns:
     The new state and ``{'loss', 'accuracy', 'grad_norm', **schedule values}`` (scalars), plus
-    the run's ``'skipped_updates'`` so far when the optimizer skips non-finite updates.
-    ``loss`` is the mean training objective (float32, also under bfloat16 compute); ``accuracy``
-    is measured on the unscaled logits.
+    the run's ``'skipped_updates'`` so far when skipping non-finite updates. ``loss`` is the mean
+    training objective (float32, also under bfloat16 compute); ``accuracy`` is measured on the
+    unscaled logits.
   """
   hyper = {name: schedule(state.step) for name, schedule in schedules.items()}
-  dropout_rng = jax.random.fold_in(rng, state.step)
+  dropout_rng = stream_key(rng, "dropout", state.step)
   images, targets = batch["image"], batch["label"]
   if mixup is not None:
-    images, targets = mixup(jax.random.fold_in(dropout_rng, 1), images, targets)
+    images, targets = mixup(stream_key(rng, "mixup", state.step), images, targets)
 
   def objective(params):
     logits, updates = state.apply_fn(
@@ -130,15 +158,36 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = state.replace(opt_state=recipe.set_hyperparameters(state.opt_state, hyper))
+  new_state = new_state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema:
-    state = state.replace(ema=optax.incremental_update(
-        _variables(state, state.params), state.ema, step_size=1.0 - ema_decay))
+    new_state = new_state.replace(ema=optax.incremental_update(
+        _variables(new_state, new_state.params), state.ema, step_size=1.0 - ema_decay))
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
   metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads), **hyper}
-  if isinstance(state.opt_state, optax.ApplyIfFiniteState):  # optimizer.skip_nonfinite_updates
-    metrics["skipped_updates"] = state.opt_state.total_notfinite
-  return state, metrics
+  if skip_nonfinite_updates:
+    new_state = _unless_nonfinite(state, new_state, (loss, grads), skip_nonfinite_updates)
+    metrics["skipped_updates"] = new_state.skipped_updates
+  return new_state, metrics
+
+
+def _unless_nonfinite(state: TrainState, updated: TrainState, measured, limit: int
+                      ) -> TrainState:
+  """``updated``, or ``state`` one step on when ``measured`` or ``updated`` is not finite (up
+  to ``limit`` times in a row); the skip counters updated."""
+  finite = _tree_finite((measured, updated))
+  in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
+  apply = finite | (in_a_row > limit)
+  kept = state.replace(step=updated.step)
+  return optax.tree.where(apply, updated, kept).replace(
+      skipped_updates=state.skipped_updates + jnp.where(apply, 0, 1), nonfinite_in_a_row=in_a_row)
+
+
+def _tree_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, jax.Array]:
@@ -165,11 +214,12 @@ def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str,
 
 def jit_train_step(mesh: jax.sharding.Mesh, *, loss_fn: recipe.LossFn,
                    schedules: Mapping[str, optax.Schedule], ema_decay: float = 0.0,
-                   mixup: Callable | None = None) -> Callable:
+                   mixup: Callable | None = None, skip_nonfinite_updates: int = 0) -> Callable:
   """``train_step`` jitted for ``mesh``: state and rng replicated, batch sharded, state donated."""
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(train_step, loss_fn=loss_fn, schedules=dict(schedules),
-                                   ema_decay=ema_decay, mixup=mixup),
+                                   ema_decay=ema_decay, mixup=mixup,
+                                   skip_nonfinite_updates=skip_nonfinite_updates),
                  in_shardings=(replicated, batched, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -252,15 +302,18 @@ class Run:
     return summary
 
   @functools.cached_property
+  def key(self) -> jax.Array:
+    """The run's key, root of every random stream (see :data:`STREAMS`)."""
+    return jax.random.key(self.config.seed)
+
+  @functools.cached_property
   def _init(self):
     """The jitted state initialiser and its key."""
     init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
                                      image_shape=self.dataset.image_shape,
                                      ema=self.config.ema_decay > 0),
                    out_shardings=sharding.replicated(self.mesh))
-    # RngBitGenerator keys: the init compiles in ~1 s on CPU instead of ~3.5 s with threefry,
-    # and is still a pure function of the seed.
-    return init, jax.random.key(self.config.seed, impl="rbg")
+    return init, stream_key(self.key, "init")
 
   def fresh_state(self) -> TrainState:
     """The train state at step 0, replicated over the mesh; from ``model.init_from`` if set."""
@@ -302,31 +355,25 @@ class TrainingDiverged(RuntimeError):
   """The training loss, gradient or parameters stopped being finite; the run was stopped."""
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  """True when every floating-point leaf of ``tree`` is finite."""
-  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
-            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+_all_finite = jax.jit(_tree_finite)
 
 
-def _check_window(record: Mapping[str, Any], *, skipping: bool) -> str | None:
-  """Why a logged train window shows divergence, or None.
+def _divergence(record: Mapping[str, Any], state: TrainState, skip_limit: int) -> str | None:
+  """Why the run has diverged by the end of a logged train window, or None.
 
-  Without skipping, any non-finite loss or gradient norm is divergence; with
-  ``optimizer.skip_nonfinite_updates`` only a window in which no step was finite is.
+  Without skipping, any non-finite loss or gradient norm in the window is divergence; with
+  ``optimizer.skip_nonfinite_updates=N``, more than ``N`` non-finite updates in a row are (from
+  there on :func:`train_step` applies them, so the count only grows).
   """
   nonfinite = record.get("nonfinite_steps", 0)
-  if nonfinite and not skipping:
+  if not skip_limit:
     return (f"{' and '.join(record['nonfinite_metrics'])} not finite in {nonfinite} of the "
-            "logging window's steps")
-  if skipping and not _is_finite(record.get("loss")):
-    return "no step of the logging window had a finite loss"
+            "logging window's steps") if nonfinite else None
+  in_a_row = int(state.nonfinite_in_a_row)
+  if in_a_row > skip_limit:
+    return (f"the last {in_a_row} updates were not finite, more than "
+            f"optimizer.skip_nonfinite_updates={skip_limit} in a row")
   return None
-
-
-def _is_finite(value) -> bool:
-  return value is not None and math.isfinite(value)
 
 
 def _max_steps_in_flight() -> int | None:
@@ -349,16 +396,17 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
     notice stopped the loop.
 
   Raises:
-    TrainingDiverged: at the first logging window with a non-finite loss or gradient norm (see
-      ``optimizer.skip_nonfinite_updates``), or before saving a non-finite state.
+    TrainingDiverged: at the first logging window with a non-finite loss or gradient norm, or
+      with ``optimizer.skip_nonfinite_updates=N`` more than ``N`` in a row; or before saving a
+      non-finite state.
     CheckpointSaveError: as soon as a checkpoint could not be written.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
                                  schedules=plan.schedules, ema_decay=config.ema_decay,
-                                 mixup=run.mixup())
+                                 mixup=run.mixup(),
+                                 skip_nonfinite_updates=config.optimizer.skip_nonfinite_updates)
   eval_step_fn = jit_eval_step(mesh, num_classes=run.dataset.num_classes)
-  step_rng = jax.random.key(config.seed)
   window = reporting.MetricWindow(progress.get("train_window"))
   last_train, last_eval, preempted = progress.get("last_train"), None, False
   step = int(state.step)
@@ -367,7 +415,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
   in_flight, max_in_flight = collections.deque(), _max_steps_in_flight()
   while step < plan.total_steps and not preempted:
     state, step_metrics = train_step_fn(state, sharding.shard_batch(next(batches), mesh),
-                                        step_rng)
+                                        run.key)
     step += 1
     window.add(step_metrics)
     if max_in_flight is not None:
@@ -382,7 +430,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       last_train = {"step": step, "epoch": epoch, "split": "train", **means}
       files.append_metrics(last_train)
       display.train(step, means)
-      problem = _check_window(means, skipping=config.optimizer.skip_nonfinite_updates > 0)
+      problem = _divergence(means, state, config.optimizer.skip_nonfinite_updates)
       if problem:
         raise TrainingDiverged(f"Training diverged by step {step}: {problem}. "
                                f"{checkpointer.describe_latest()}")
