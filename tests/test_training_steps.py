@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from cfl_jax import metrics
-from cfl_jax.training import recipe, sharding, train
+from cfl_jax.training import ConfigError, recipe, sharding, train
 from cfl_jax.training.train import Run
 
 _CONFIG = {"batch_size": 64, "num_train_steps": 50, "loss": {"name": "cyclical_focal"},
@@ -179,6 +179,18 @@ def test_init_dropout_and_mixup_draw_from_their_own_streams():
   dropout_key = jax.random.wrap_key_data(seen["dropout"])
   for folded in range(4):
     assert not np.array_equal(seen["mixup"], bits(jax.random.fold_in(dropout_key, folded)))
+
+
+def test_init_key_rbg_v0_initialises_as_recorded_runs_did():
+  """``init_key='rbg_v0'`` (pinned by the MNIST-1D study) is ``jax.random.key(seed, 'rbg')``."""
+  model = _DropoutNet()
+  run = dataclasses.replace(_run(jax.devices()[:1], seed=3, init_key="rbg_v0"), model=model)
+  init = jax.jit(functools.partial(model.init, train=False))
+  chex.assert_trees_all_equal(
+      jax.device_get(run.fresh_state().params),
+      jax.device_get(init(jax.random.key(3, impl="rbg"), jnp.zeros((1, 8, 8, 1)))["params"]))
+  with pytest.raises(ConfigError, match="init_key must be one of stream, rbg_v0; got 'rbg'"):
+    Run.create({**_CONFIG, "init_key": "rbg"})
 
 
 def test_a_skipped_update_keeps_the_whole_state_while_every_schedule_moves_on():

@@ -313,6 +313,8 @@ class Run:
                                      image_shape=self.dataset.image_shape,
                                      ema=self.config.ema_decay > 0),
                    out_shardings=sharding.replicated(self.mesh))
+    if self.config.init_key == "rbg_v0":
+      return init, jax.random.key(self.config.seed, impl="rbg")
     return init, stream_key(self.key, "init")
 
   def fresh_state(self) -> TrainState:

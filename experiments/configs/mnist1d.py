@@ -83,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.name += f"_ghc{args.gamma_hc:g}"
 
   config.update(num_train_steps=6000, batch_size=100, eval_batch_size=1000)
+  config.init_key = "rbg_v0"  # as its recorded runs (experiments/results/mnist1d) were made
   config.optimizer.update(name="adamw", learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8,
                           weight_decay=0.0, lr_schedule="constant", warmup_epochs=0.0)
   config.update(log_every_steps=100, eval_every_epochs=25, checkpoint_every_steps=0,
