@@ -122,7 +122,8 @@ def test_report_holm_verdicts_and_baseline_table(tmp_path):
   text = report.render(GRID, _fake_results(), [])
   # Family: 4 compared losses vs CE + 2 controls vs CE+LS, on two datasets.
   assert "Test-accuracy comparisons of the Holm family (12 over all datasets)" in text
-  rows = [l for l in text.splitlines() if l.startswith("| `cfl_hc3` vs `cross_entropy` |")]
+  rows = [line for line in text.splitlines()
+          if line.startswith("| `cfl_hc3` vs `cross_entropy` |")]
   assert len(rows) == 2 and rows[0].endswith("**tie** |") and rows[1].endswith("**win** |")
   assert "| `cfl_hc2_ls` vs `cross_entropy_ls` |" in text
   assert "`cfl_hc3` on long_tail_100 (+5." in text[text.index("With Holm's correction"):]

@@ -1,4 +1,5 @@
-"""Tests of cfl_jax.training.reporting: the metric window, the run files and the progress display."""
+"""Tests of cfl_jax.training.reporting: the metric window, the run files and the progress
+display."""
 
 import json
 import logging

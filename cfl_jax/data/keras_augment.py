@@ -85,7 +85,7 @@ class RandAugment:
       # 2 * len(ops) choices: an op, or (with probability 1/2) nothing.
       index = tf.random.stateless_uniform([], choice_seed, maxval=2 * len(self._ops),
                                           dtype=tf.int32)
-      branches = [lambda layer=layer, x=image: _apply(layer, x, layer_seed)
+      branches = [lambda layer=layer, x=image, s=layer_seed: _apply(layer, x, s)
                   for layer in self._ops]
       image = tf.switch_case(index, branches, default=lambda x=image: x)
     return image

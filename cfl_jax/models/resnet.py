@@ -18,9 +18,9 @@ Shortcuts where shape changes: option ``A`` (the paper's CIFAR networks) subsamp
 new channels with zeros, adding no parameters; option ``B`` projects with a 1x1 convolution and
 BatchNorm (the ImageNet networks, torchvision); option ``D`` (ResNet-D, He et al. 2019; used by
 TResNet) average-pools before a stride-1 1x1 convolution and BatchNorm. Bottleneck blocks stride in
-their 3x3 convolution ("ResNet v1.5", as torchvision). Parameter counts equal the published ones: ResNet-20/32/56
-0.27M / 0.46M / 0.85M and ResNet-18-CIFAR 11.2M (10 classes); ResNet-10 5.4M, ResNet-50 25.6M
-and ResNet-152 60.2M (1000 classes).
+their 3x3 convolution ("ResNet v1.5", as torchvision). Parameter counts equal the published
+ones: ResNet-20/32/56 0.27M / 0.46M / 0.85M and ResNet-18-CIFAR 11.2M (10 classes); ResNet-10
+5.4M, ResNet-50 25.6M and ResNet-152 60.2M (1000 classes).
 
 References:
   He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,

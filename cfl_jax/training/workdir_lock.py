@@ -65,8 +65,8 @@ class WorkdirLock:
     ...   try:
     ...     WorkdirLock(workdir).__enter__()
     ...   except WorkdirLocked as error:
-    ...     print(error)
-    The workdir ... is in use by another run (pid ...); wait for it to finish, or give this run its own --workdir.
+    ...     print(str(error).replace(workdir, 'WORKDIR'))
+    The workdir WORKDIR is in use by another run (pid ...); wait for it to finish, ...
   """
 
   def __init__(self, workdir: storage.PathLike, *, enabled: bool = True,

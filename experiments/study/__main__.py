@@ -141,7 +141,7 @@ def main(argv):
   configure_jax(_CPU_DEVICES.value, _CACHE_DIR.value)
   # Import the code now, so that the fingerprint below describes what the runs execute.
   fingerprint = provenance.source_fingerprint(grid.config_file)
-  import cfl_jax.training  # pylint: disable=g-import-not-at-top,unused-import
+  import cfl_jax.training  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   if provenance.source_fingerprint(grid.config_file) != fingerprint:
     raise RuntimeError("The source changed while the study was importing it; start again.")
   cells = _cells(grid)
@@ -173,7 +173,7 @@ def main(argv):
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   # Accumulated over resumed invocations of the same study (or shard).
   results["study_wall_seconds"] = results.get("study_wall_seconds", 0.0) + time.time() - started
-  results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+  results["finished"] = datetime.datetime.now(datetime.UTC).isoformat(
       timespec="seconds")
   if shard:
     reporting.write_json(out / "results.json", results)

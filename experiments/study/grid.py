@@ -138,13 +138,14 @@ class Grid:
       raise ValueError(f"grid must be one of {', '.join(GRID_NAMES)}, got {grid!r}")
     pairs = []
     if grid in ("main", "all"):
-      pairs += [(d, l) for d in self.datasets for l in self.losses]
+      pairs += [(d, loss) for d in self.datasets for loss in self.losses]
     if grid in ("ablation", "all") and self.ablation:
-      pairs += [(self.ablation.dataset, l) for l in (self.baseline, *self.ablation.losses)]
+      pairs += [(self.ablation.dataset, loss)
+                for loss in (self.baseline, *self.ablation.losses)]
     pairs = list(dict.fromkeys(pairs))
     cells = []
     for i, seed in enumerate(seeds):
-      cells += [Cell(d, l, seed) for d, l in pairs]
+      cells += [Cell(d, loss, seed) for d, loss in pairs]
       if grid in ("baselines", "all") and self.baselines and i < self.baselines.seeds:
         cells += [Cell(self.baselines.dataset, v, seed) for v in self.baselines.variants]
     return cells

@@ -230,7 +230,7 @@ def summary_sentence(grid: Grid, results, datasets: Sequence[str], test_images: 
                   f"{len(against['loss'])}")
   return (f"**In one sentence:** on {grid.data} ({len(datasets)} training sets x "
           f"{len(grid.compared)} variants = {n} paired comparisons, 95% t-intervals over seeds), "
-          f"{', '.join(f'`{l}`' for l in grid.compared)} beat `{grid.baseline}` in "
+          f"{', '.join(f'`{loss}`' for loss in grid.compared)} beat `{grid.baseline}` in "
           f"{len(main['win'])}, tied in {len(main['tie'])} and lost in {len(main['loss'])}"
           + (f" (wins: {wins_by})" if wins_by else "")
           + ("; " + "; ".join(others) if others else "") + ": "
@@ -293,9 +293,9 @@ def _code_text(results) -> str:
 
 def _time_table(grid: Grid, results, datasets: Sequence[str]) -> list[str]:
   timed = (*grid.compared, *grid.versus)
-  lines = ["| dataset | " + " | ".join(f"`{l}` / CE" for l in timed) + " |",
+  lines = ["| dataset | " + " | ".join(f"`{loss}` / CE" for loss in timed) + " |",
            "|---|" + "---|" * len(timed)]
-  ratios = {l: [] for l in timed}
+  ratios: dict[str, list[float]] = {loss: [] for loss in timed}
   for dataset in datasets:
     base = _train_step_time(results, dataset, grid.baseline)
     row = [dataset]
