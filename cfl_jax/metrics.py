@@ -12,8 +12,9 @@ examples by top-1 confidence; :func:`expected_calibration_error` and :func:`reli
 (host) read the summed bins.
 """
 
-from collections.abc import Sequence
 from typing import Any
+
+from numpy.typing import ArrayLike
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ def class_counts(
 
 
 def shot_groups(
-    train_class_counts: Sequence[int], *, many_shot_min: int = 100, few_shot_max: int = 20
+    train_class_counts: ArrayLike, *, many_shot_min: int = 100, few_shot_max: int = 20
 ) -> dict[str, np.ndarray]:
   """Boolean class masks ``{'many', 'medium', 'few'}`` from training-set class counts.
 
@@ -73,9 +74,9 @@ def _mean_or_none(values: np.ndarray) -> float | None:
 
 
 def summarize(
-    correct: Sequence[int],
-    total: Sequence[int],
-    train_class_counts: Sequence[int],
+    correct: ArrayLike,
+    total: ArrayLike,
+    train_class_counts: ArrayLike,
     *,
     many_shot_min: int = 100,
     few_shot_max: int = 20,

@@ -217,7 +217,7 @@ def _check_values(c: dict, errors: list[str]) -> None:
   need(0 < opt["lr_decay_factor"] <= 1,
        f"optimizer.lr_decay_factor must be in (0, 1], got {opt['lr_decay_factor']}")
   decays = opt["lr_decay_epochs"]
-  increasing = (all(isinstance(e, numbers.Integral) and e > 0 for e in decays)
+  increasing = (all(isinstance(e, numbers.Integral) and int(e) > 0 for e in decays)
                 and list(decays) == sorted(set(decays)))
   need(increasing,
        f"optimizer.lr_decay_epochs must be increasing positive integers, got {decays!r}")

@@ -292,7 +292,7 @@ class Run:
       counts = eval_step_fn(state, sharding.shard_batch(batch, self.mesh))
       totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
-    summary = metrics_lib.summarize(
+    summary: dict[str, Any] = metrics_lib.summarize(
         totals["correct"], totals["total"], self.dataset.train_class_counts,
         many_shot_min=self.config.many_shot_min, few_shot_max=self.config.few_shot_max)
     summary["test_accuracy"] = summary.pop("top1_accuracy")
@@ -414,7 +414,8 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
   step = int(state.step)
   batches = run.dataset.train_batches(global_batch_size=config.batch_size, seed=config.seed,
                                       start_step=step)
-  in_flight, max_in_flight = collections.deque(), _max_steps_in_flight()
+  in_flight: collections.deque[jax.Array] = collections.deque()
+  max_in_flight = _max_steps_in_flight()
   while step < plan.total_steps and not preempted:
     state, step_metrics = train_step_fn(state, sharding.shard_batch(next(batches), mesh),
                                         run.key)
