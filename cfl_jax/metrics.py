@@ -14,11 +14,10 @@ examples by top-1 confidence; :func:`expected_calibration_error` and :func:`reli
 
 from typing import Any
 
-from numpy.typing import ArrayLike
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def class_counts(
