@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cfl_jax.losses import (
+from cfl_jax.losses.softmax import (
     _EXP_OFFSET,
     _SUM_FLOOR,
     _focal_weight,
@@ -415,7 +415,7 @@ _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
 def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
                     gamma_hc, gamma_lc, gamma_neg, label_smoothing, target_weight,
                     non_target_weight):
-  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`).
+  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses.softmax`).
 
   ``target_weight`` is :math:`c_t` and ``non_target_weight`` :math:`\sum_{j \ne t} c_j`
   (1 and :math:`V - 1` without class weights).

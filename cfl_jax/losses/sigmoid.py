@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfl_jax.losses import _gamma, _mix, _pow_exp, _static_number, _static_xi
+from cfl_jax.losses.softmax import _gamma, _mix, _pow_exp, _static_number, _static_xi
 
 ArrayLike = jax.typing.ArrayLike
 
