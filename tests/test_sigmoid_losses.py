@@ -423,13 +423,8 @@ def test_bad_inputs(data):
     fn(logits[0], hard, 0.5)  # labels would enlarge the result
   with pytest.raises(ValueError, match="logits must be floating point"):
     fn(logits.astype(np.int32), hard, 0.5)
-  with pytest.raises(ValueError, match="xi must be a scalar or broadcast"):
+  with pytest.raises(ValueError, match="xi must be a scalar or have the batch shape"):
     fn(logits, hard, np.ones(5))
-  for bad in (1.5, -0.1, np.nan):
-    labels = hard.copy()
-    labels[2, 3] = bad
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
-      fn(logits, labels, 0.5)
   with pytest.raises(ValueError, match=r"^gamma must be >= 0"):
     cfl_jax.sigmoid_high_confidence_loss(logits, hard, gamma=-1.0)
 
