@@ -4,6 +4,7 @@ numerically safe pieces of the softmax and fused losses (docs/method.md §6)."""
 from __future__ import annotations
 
 import numbers
+from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -84,16 +85,22 @@ def mask(where, shape: tuple[int, ...], axis: int = -1) -> jax.Array | None:
   """
   if where is None:
     return None
-  where = jnp.asarray(where, bool)
-  if where.ndim == len(shape) - 1:
-    where = jnp.expand_dims(where, axis)
-  if where.ndim != len(shape) or not _broadcasts_to(where.shape, shape):
-    batch_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
-    raise ValueError(
-        f"where must have shape {batch_shape} (one flag per example, or a shape that "
-        f"broadcasts to it) or broadcast to the logits' shape {shape}; got where shape "
-        f"{jnp.shape(where)}.")
-  return jnp.moveaxis(where, axis, -1)
+  flags = jnp.asarray(where, bool)
+  if not shape:  # scalar logits (sigmoid losses)
+    return flags if not flags.ndim else _mask_error(where, shape, axis)
+  if flags.ndim == len(shape) - 1:
+    flags = jnp.expand_dims(flags, axis)
+  if flags.ndim != len(shape) or not _broadcasts_to(flags.shape, shape):
+    _mask_error(where, shape, axis)
+  return jnp.moveaxis(flags, axis, -1)
+
+
+def _mask_error(where, shape, axis) -> NoReturn:
+  batch_shape = shape[:axis] + shape[axis:][1:]
+  raise ValueError(
+      f"where must have shape {batch_shape} (one flag per example, or a shape that "
+      f"broadcasts to it) or broadcast to the logits' shape {shape}; got where shape "
+      f"{jnp.shape(where)}.")
 
 
 def batch_xi(xi, batch_shape: tuple[int, ...], dtype):

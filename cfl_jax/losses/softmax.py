@@ -83,6 +83,7 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
   if not isinstance(axis, numbers.Integral) or not -logits.ndim <= axis < logits.ndim:
     raise ValueError(
         f"axis must be an int in [-{logits.ndim}, {logits.ndim}), got {axis!r}.")
+  axis = int(axis)
   where = _common.mask(where, logits.shape, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   num_classes = logits.shape[-1]
