@@ -15,10 +15,11 @@ from cfl_jax.losses import (
     focal_loss_with_integer_labels,
     high_confidence_loss,
     high_confidence_loss_with_integer_labels,
+    linear_cyclical_focal_loss_with_integer_labels,
+    sigmoid_cyclical_focal_loss,
+    sigmoid_high_confidence_loss,
 )
-from cfl_jax.linear_losses import linear_cyclical_focal_loss_with_integer_labels
 from cfl_jax.schedules import cyclical_schedule, follow_xi, reference_xi_schedule, xi_schedule
-from cfl_jax.sigmoid_losses import sigmoid_cyclical_focal_loss, sigmoid_high_confidence_loss
 
 __version__ = "0.1.0"
 

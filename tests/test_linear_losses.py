@@ -1,4 +1,4 @@
-"""Tests for cfl_jax.linear_losses: the fused projection + cyclical focal loss.
+"""Tests for cfl_jax.losses.linear: the fused projection + cyclical focal loss.
 
 The oracle is the dense loss, ``cfl_jax.cyclical_focal_loss_with_integer_labels(h @ w + b, ...)``
 (itself tested against float64 numpy in test_losses.py), and finite differences in float64.

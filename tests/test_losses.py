@@ -1,4 +1,4 @@
-"""Tests for cfl_jax.losses, in the manner of optax's _classification_test.py.
+"""Tests for cfl_jax.losses.softmax, in the manner of optax's _classification_test.py.
 
 The expected values come from an independent float64 numpy implementation of
 both forms (docs/method.md §1, §3), written here from the formulas.
@@ -18,6 +18,7 @@ from jax.test_util import check_grads
 
 import cfl_jax
 from cfl_jax import losses
+from cfl_jax.losses import softmax
 
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)
 
@@ -382,8 +383,8 @@ def test_integer_focal_sum_jvp_matches_autodiff_and_finite_differences(gamma):
 
     @jax.jit
     def custom(z, weights):
-      stats = losses._non_target_stats(z, jnp.asarray(target), jnp.asarray(where))
-      return losses._integer_focal_log_p_sum(
+      stats = softmax._non_target_stats(z, jnp.asarray(target), jnp.asarray(where))
+      return softmax._integer_focal_log_p_sum(
           gamma, z, stats.shift + stats.log_normalizer, stats.shift, jnp.asarray(target),
           jnp.asarray(where), weights)
 

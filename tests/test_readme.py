@@ -14,6 +14,8 @@ PYTHON_EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
 
 def test_readme_has_python_examples():
   assert len(PYTHON_EXAMPLES) >= 2, "README.md lost its softmax or multi-label example"
+  assert any("nnx.Optimizer" in code and "nnx.jit" in code for code in PYTHON_EXAMPLES), (
+      "README.md lost its Flax NNX example")
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_EXAMPLES)))

@@ -1,4 +1,4 @@
-"""Tests for cfl_jax.sigmoid_losses, the multi-label (sigmoid) cyclical focal loss.
+"""Tests for cfl_jax.losses.sigmoid, the multi-label (sigmoid) cyclical focal loss.
 
 Expected values come from float64 numpy written here from the formulas: the
 loss's own definition and a transcription of the asymmetric loss's (ASL)
@@ -16,7 +16,7 @@ import pytest
 from jax.test_util import check_grads
 
 import cfl_jax
-from cfl_jax import sigmoid_losses
+from cfl_jax.losses import sigmoid
 
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)
 
@@ -423,13 +423,8 @@ def test_bad_inputs(data):
     fn(logits[0], hard, 0.5)  # labels would enlarge the result
   with pytest.raises(ValueError, match="logits must be floating point"):
     fn(logits.astype(np.int32), hard, 0.5)
-  with pytest.raises(ValueError, match="xi must be a scalar or broadcast"):
+  with pytest.raises(ValueError, match="xi must be a scalar or have the batch shape"):
     fn(logits, hard, np.ones(5))
-  for bad in (1.5, -0.1, np.nan):
-    labels = hard.copy()
-    labels[2, 3] = bad
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
-      fn(logits, labels, 0.5)
   with pytest.raises(ValueError, match=r"^gamma must be >= 0"):
     cfl_jax.sigmoid_high_confidence_loss(logits, hard, gamma=-1.0)
 
@@ -441,6 +436,6 @@ def test_traced_hyper_parameter_is_rejected_with_a_clear_message(data):
 
 
 def test_public_api_is_reexported():
-  for name in sigmoid_losses.__all__:
-    assert getattr(cfl_jax, name) is getattr(sigmoid_losses, name)
+  for name in sigmoid.__all__:
+    assert getattr(cfl_jax, name) is getattr(sigmoid, name)
     assert name in cfl_jax.__all__

@@ -56,17 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cfl_jax.losses import (
-    _EXP_OFFSET,
-    _SUM_FLOOR,
-    _focal_weight,
-    _gamma,
-    _is_small_integer,
-    _mix,
-    _scaled_exp,
-    _smoothing,
-    _static_xi,
-)
+from cfl_jax.losses import _common
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -165,7 +155,7 @@ def _chunk_sums(logits, chunk: _Chunk, labels, shift, plan: _Plan) -> _Sums:
   return _Sums(
       shift=shift,
       target_logit=jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1),
-      exp=jnp.sum(_scaled_exp(logits, shift, non_target), axis=-1),
+      exp=jnp.sum(_common.scaled_exp(logits, shift, non_target), axis=-1),
       logit=logit, power=power, power_logit=power_logit)
 
 
@@ -183,7 +173,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
     if gamma is None:
       return None
     # Small integer exponents (the usual ones) as products: no exp or log per entry.
-    power = (jax.lax.integer_pow(base, int(gamma)) if _is_small_integer(gamma)
+    power = (jax.lax.integer_pow(base, int(gamma)) if _common.is_small_integer(gamma)
              else jnp.power(base, gamma))
     return jnp.sum(jnp.where(others, _weighted(power * log_p, chunk), 0.0), axis=-1)
 
@@ -191,7 +181,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
       high_confidence=weighted_log_p(1 + p, plan.smoothed_gamma_hc),
       focal=weighted_log_p(1 - p, plan.smoothed_gamma_lc),
       top_logit=jnp.sum(jnp.where(is_top, logits, 0.0), axis=-1),
-      top_rest=jnp.sum(_scaled_exp(logits, rows.shift, is_new & ~is_top), axis=-1),
+      top_rest=jnp.sum(_common.scaled_exp(logits, rows.shift, is_new & ~is_top), axis=-1),
       top_weight=None if chunk.class_weights is None else jnp.sum(
           jnp.where(is_top, chunk.class_weights, 0.0), axis=-1))
 
@@ -270,7 +260,7 @@ def _log_normalizer(sums: _Sums):
 
   Both from the streamed sums; the shift carries no gradient.
   """
-  log_sum = jnp.log(sums.exp + _SUM_FLOOR) - _EXP_OFFSET
+  log_sum = _common.log_scaled_sum(sums.exp)
   return jnp.logaddexp(sums.target_logit - jax.lax.stop_gradient(sums.shift), log_sum), log_sum
 
 
@@ -415,7 +405,7 @@ _streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
 def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
                     gamma_hc, gamma_lc, gamma_neg, label_smoothing, target_weight,
                     non_target_weight):
-  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses`).
+  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses.softmax`).
 
   ``target_weight`` is :math:`c_t` and ``non_target_weight`` :math:`\sum_{j \ne t} c_j`
   (1 and :math:`V - 1` without class weights).
@@ -424,18 +414,19 @@ def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes,
   margin = sums.target_logit - shift
   log_normalizer, log_sum = _log_normalizer(sums)
   log_p_target = -jnp.logaddexp(0.0, log_sum - margin)
-  weight = _focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
+  weight = _common.focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
                          xi, gamma_hc, gamma_lc)
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
   loss = -target_mass * target_weight * weight * log_p_target
   lse = shift + log_normalizer
   if smoothed is not None:
     log_p_top = smoothed.top_logit - lse
-    log_1m_p_top = jnp.log(smoothed.top_rest + _SUM_FLOOR) - _EXP_OFFSET + shift - lse
-    top_term = _focal_weight(log_p_top, lambda: log_1m_p_top, xi, gamma_hc, gamma_lc) * log_p_top
+    log_1m_p_top = _common.log_scaled_sum(smoothed.top_rest) + shift - lse
+    top_term = log_p_top * _common.focal_weight(log_p_top, lambda: log_1m_p_top, xi, gamma_hc,
+                                                gamma_lc)
     if smoothed.top_weight is not None:
       top_term *= smoothed.top_weight
-    others = _mix(xi, lambda: smoothed.high_confidence, lambda: smoothed.focal)
+    others = _common.mix(xi, lambda: smoothed.high_confidence, lambda: smoothed.focal)
     return loss - (label_smoothing / num_classes) * (others + top_term)
   if sums.logit is None:
     return loss
@@ -446,7 +437,7 @@ def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes,
   def focal_log_p_sum():
     return jnp.exp(-gamma_neg * log_normalizer) * (sums.power_logit - lse * sums.power)
 
-  non_target = log_p_sum() if gamma_neg == 0 else _mix(xi, log_p_sum, focal_log_p_sum)
+  non_target = log_p_sum() if gamma_neg == 0 else _common.mix(xi, log_p_sum, focal_log_p_sum)
   return loss - (label_smoothing / num_classes) * non_target
 
 
@@ -456,21 +447,6 @@ def _chunk_size(value, num_classes: int, dtype) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
     raise ValueError(f"chunk_size must be a positive int or None, got {value!r}.")
   return min(int(value), num_classes)
-
-
-def _check_float(name: str, array: jax.Array):
-  if not jnp.issubdtype(array.dtype, jnp.floating):
-    raise ValueError(f"{name} must be floating point, got dtype {array.dtype}.")
-
-
-def _class_vector(name: str, value, num_classes: int) -> jax.Array | None:
-  """An optional ``[V]`` argument (bias, class weights), its shape checked."""
-  if value is None:
-    return None
-  value = jnp.asarray(value)
-  if value.shape != (num_classes,):
-    raise ValueError(f"{name} must have shape ({num_classes},), got {value.shape}.")
-  return value
 
 
 def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, plan: _Plan,
@@ -498,7 +474,7 @@ def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, p
   loss = _loss_from_sums(sums, smoothed_sums, num_classes=plan.vocab_size, xi=static_xi,
                          target_weight=target_weight, non_target_weight=non_target_weight,
                          **form).reshape(batch_shape)
-  loss = jnp.where((labels < 0) | (labels >= plan.vocab_size), jnp.nan, loss)
+  loss = _common.nan_unless(_common.valid_classes(labels, plan.vocab_size), loss)
   return loss if where is None else jnp.where(where, loss, 0.0)
 
 
@@ -620,7 +596,8 @@ def linear_cyclical_focal_loss_with_integer_labels(
     kernel: ``[D, V]`` float output projection.
     labels: ``[batch...]`` integer class indices; a label outside ``[0, V)``
       gives a NaN loss for its example (mask it with ``where`` to ignore it).
-    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced.
+    xi: the mixing weight in [0, 1], a scalar or one per example (``[batch...]``,
+      or a shape that broadcasts to it); may be traced.
     bias: optional ``[V]`` float bias.
     gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0`.
     gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0`.
@@ -633,8 +610,10 @@ def linear_cyclical_focal_loss_with_integer_labels(
       term (the target's and, with smoothing, every non-target's), as in
       :func:`cfl_jax.cyclical_focal_loss_with_integer_labels`; differentiable
       (the backward pass accumulates their gradient chunk by chunk).
-    where: optional ``[batch...]`` boolean mask; a masked example (e.g. a
-      padding token) has loss 0 and contributes 0 gradient, whatever its label.
+    where: optional boolean mask, one flag per example: ``[batch...]``,
+      ``[batch..., 1]`` or a shape that broadcasts to them (no class mask); a
+      masked example (e.g. a padding token) has loss 0 and contributes 0
+      gradient, whatever its label.
     chunk_size: classes per chunk; ``None`` picks 2,048 for float32 kernels,
       4,096 for bfloat16 (capped at ``V``, or at the classes per device).
     vocab_axis: for a tensor-parallel output projection, the mesh axis (of the
@@ -672,13 +651,13 @@ def linear_cyclical_focal_loss_with_integer_labels(
     Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
     <https://arxiv.org/abs/2411.09009>`_, 2024.
   """
-  gamma_hc = _gamma("gamma_hc", gamma_hc)
-  gamma_lc = _gamma("gamma_lc", gamma_lc)
-  gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
-  label_smoothing = _smoothing(label_smoothing)
+  gamma_hc = _common.exponent("gamma_hc", gamma_hc)
+  gamma_lc = _common.exponent("gamma_lc", gamma_lc)
+  gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
+  label_smoothing = _common.fraction("label_smoothing", label_smoothing)
   embeddings, kernel, labels = map(jnp.asarray, (embeddings, kernel, labels))
-  _check_float("embeddings", embeddings)
-  _check_float("kernel", kernel)
+  _common.check_float("embeddings", embeddings)
+  _common.check_float("kernel", kernel)
   if embeddings.ndim < 1:
     raise ValueError("embeddings must have a feature axis [..., D], got a scalar.")
   if kernel.ndim != 2 or kernel.shape[0] != embeddings.shape[-1]:
@@ -695,21 +674,22 @@ def linear_cyclical_focal_loss_with_integer_labels(
     raise ValueError(
         f"labels shape {labels.shape} does not match the embeddings' batch shape "
         f"{batch_shape}.")
-  bias = _class_vector("bias", bias, num_classes)
+  bias = _common.class_vector("bias", bias, num_classes)
   if bias is not None:
-    _check_float("bias", bias)
-  dtype = jnp.promote_types(jnp.result_type(embeddings, kernel), jnp.float32)
-  class_weights = _class_vector("class_weights", class_weights, num_classes)
+    _common.check_float("bias", bias)
+  dtype = _common.compute_dtype(embeddings, kernel)
+  class_weights = _common.class_vector("class_weights", class_weights, num_classes)
   if class_weights is not None:
     class_weights = class_weights.astype(dtype)
-  static = _static_xi(xi)
-  xi = jnp.asarray(xi, dtype)
-  if xi.ndim and xi.shape != batch_shape:
-    raise ValueError(f"xi must be a scalar or have the batch shape {batch_shape}, got {xi.shape}.")
+  static = _common.static_xi(xi)
+  xi = jnp.asarray(_common.batch_xi(xi, batch_shape, dtype), dtype)
+  where = _common.mask(where, (*batch_shape, num_classes))
+  if where is not None and where.shape[-1] != 1:
+    raise ValueError(
+        f"where must have shape {batch_shape} (one flag per example, or a shape that "
+        f"broadcasts to it): the fused loss has no class mask, got where shape {where.shape}.")
   if where is not None:
-    where = jnp.asarray(where, bool)
-    if where.shape != batch_shape:
-      raise ValueError(f"where must have the batch shape {batch_shape}, got {where.shape}.")
+    where = jnp.broadcast_to(where[..., 0], batch_shape)
   vocab_axis, mesh = _vocab_sharding(vocab_axis, kernel)
   shards = 1 if vocab_axis is None else mesh.shape[vocab_axis]
   shard_classes = -(-num_classes // shards)

@@ -1,9 +1,8 @@
-r"""Cyclical focal loss and its two components, in the manner of ``optax.losses``.
+r"""Softmax cyclical focal loss and its components, beside :func:`optax.softmax_cross_entropy`.
 
-Every function is pure, returns one loss per example (no reduction over the batch),
-takes its hyper-parameters as keyword-only static numbers, computes in float32 (or
-wider) whatever the logits' dtype, and accepts ``axis=`` and ``where=`` like
-:func:`optax.softmax_cross_entropy`.
+Every function is pure, returns one loss per example and accepts ``axis=`` and
+``where=`` like optax; shapes, masks, xi, bad labels and dtypes follow the input
+policy of :mod:`cfl_jax.losses`.
 
 With :math:`p = \operatorname{softmax}(z)`, target class :math:`t` and mixing
 weight :math:`\xi \in [0, 1]` (see :mod:`cfl_jax.schedules`):
@@ -39,12 +38,12 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import string
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from cfl_jax.losses import _common
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -59,36 +58,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------
-# Argument checking
+# Inputs (the policy of cfl_jax.losses)
 # ----------------------------------------------------------------------------
-
-
-def _static_number(name: str, value) -> float:
-  if isinstance(value, jax.core.Tracer):
-    raise TypeError(
-        f"{name} must be a static Python number, got a traced value; only `xi` "
-        "may be traced (schedule it with cfl_jax.xi_schedule).")
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{name} must be a real number, got {value!r}.") from None
-  if not np.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value}.")
-  return value
-
-
-def _gamma(name: str, value) -> float:
-  value = _static_number(name, value)
-  if value < 0:
-    raise ValueError(f"{name} must be >= 0, got {value}.")
-  return value
-
-
-def _smoothing(value) -> float:
-  value = _static_number("label_smoothing", value)
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {value}.")
-  return value
 
 
 class _Inputs(NamedTuple):
@@ -97,7 +68,7 @@ class _Inputs(NamedTuple):
   labels: jax.Array          # [...] int32 or [..., C] float
   example_mask: jax.Array | None   # [...] bool
   class_mask: jax.Array | None     # [..., C] bool
-  xi: jax.Array              # [] or [...]
+  xi: jax.Array | float      # static 0 or 1, [] or [...]
   class_weights: jax.Array | None  # [C]
 
 
@@ -106,20 +77,21 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
   """Checks shapes and dtypes and moves the class axis last."""
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise ValueError(f"logits must be floating point, got dtype {logits.dtype}.")
+  _common.check_float("logits", logits)
   if logits.ndim < 1:
     raise ValueError("logits must have a class axis, got a scalar.")
   if not isinstance(axis, numbers.Integral) or not -logits.ndim <= axis < logits.ndim:
     raise ValueError(
         f"axis must be an int in [-{logits.ndim}, {logits.ndim}), got {axis!r}.")
+  axis = int(axis)
+  where = _common.mask(where, logits.shape, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   num_classes = logits.shape[-1]
   if num_classes < 2:
     raise ValueError(f"logits need at least 2 classes on axis {axis}, got {num_classes}.")
   batch_shape = logits.shape[:-1]
-  compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
-  logits = logits.astype(compute_dtype)
+  dtype = _common.compute_dtype(logits)
+  logits = logits.astype(dtype)
 
   if integer_labels:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -139,50 +111,27 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
     if labels.shape != logits.shape:
       raise ValueError(
           f"labels shape {labels.shape} does not match logits shape {logits.shape}.")
-    labels = labels.astype(compute_dtype)
+    labels = labels.astype(dtype)
 
-  xi = jnp.asarray(xi, dtype=compute_dtype)
-  if xi.ndim and xi.shape != batch_shape:
-    raise ValueError(
-        f"xi must be a scalar or have the batch shape {batch_shape}, got {xi.shape}.")
-
+  xi = _common.batch_xi(xi, batch_shape, dtype)
+  class_weights = _common.class_vector("class_weights", class_weights, num_classes)
   if class_weights is not None:
-    class_weights = jnp.asarray(class_weights, dtype=compute_dtype)
-    if class_weights.shape != (num_classes,):
-      raise ValueError(
-          f"class_weights must have shape ({num_classes},), got {class_weights.shape}.")
+    class_weights = class_weights.astype(dtype)
 
   example_mask = class_mask = None
-  if where is not None:
-    where = jnp.asarray(where, dtype=bool)
-    if where.shape == batch_shape:
-      example_mask = where
-    elif where.ndim == logits.ndim:
-      class_mask = jnp.moveaxis(where, axis, -1)
-      if class_mask.shape != logits.shape:
-        raise ValueError(
-            f"where shape {where.shape} matches neither the logits' shape nor "
-            f"their batch shape.")
-      example_mask = jnp.any(class_mask, axis=-1)
-      # Masked entries never reach a sum; zeroing them keeps garbage out of gradients.
-      logits = jnp.where(class_mask, logits, 0.0)
-    else:
-      raise ValueError(
-          f"where must have shape {batch_shape} (examples) or the logits' shape "
-          f"(entries), got {where.shape}.")
+  if where is not None and where.shape[-1] == 1:
+    example_mask = jnp.broadcast_to(where[..., 0], batch_shape)
+  elif where is not None:
+    class_mask = jnp.broadcast_to(where, logits.shape)
+    example_mask = jnp.any(class_mask, axis=-1)
+    # Masked entries never reach a sum; zeroing them keeps garbage out of gradients.
+    logits = jnp.where(class_mask, logits, 0.0)
   return _Inputs(logits, labels, example_mask, class_mask, xi, class_weights)
 
 
 # ----------------------------------------------------------------------------
 # Numerics
 # ----------------------------------------------------------------------------
-
-
-def _pow_exp(log_x: jax.Array, gamma: float) -> jax.Array:
-  """``x ** gamma`` from ``log x``, with ``x ** 0 == 1`` even where ``x == 0``."""
-  if gamma == 0:
-    return jnp.ones_like(log_x)
-  return jnp.exp(gamma * log_x)
 
 
 class _NonTargetStats(NamedTuple):
@@ -196,10 +145,6 @@ class _NonTargetStats(NamedTuple):
   log_normalizer: jax.Array  # [...]
   log_p_target: jax.Array    # [...]
   log_1m_p_target: jax.Array  # [...]
-
-
-_EXP_OFFSET = 60.0  # e^60 ~ 1e26: sums over up to 1e12 classes stay finite
-_SUM_FLOOR = 1e-18  # 1 / floor^2 is finite in float32: a bounded Hessian
 
 
 def _non_target_mask(logits, target, class_mask):
@@ -229,9 +174,9 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
     shift = jnp.max(logits, axis=-1, where=class_mask,
                     initial=jnp.finfo(logits.dtype).min)
   shift = jax.lax.stop_gradient(shift)
-  scaled = _scaled_exp(logits, shift, non_target)
-  log_sum = jnp.log(jnp.sum(scaled, axis=-1) + _SUM_FLOOR) - _EXP_OFFSET
-  target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  log_sum = _common.log_scaled_sum(
+      jnp.sum(_common.scaled_exp(logits, shift, non_target), axis=-1))
+  target_logit = _common.at_target(logits, target)
   margin = target_logit - shift
   return _NonTargetStats(
       shift=shift,
@@ -240,27 +185,6 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
       log_p_target=-jnp.logaddexp(0.0, log_sum - margin),
       log_1m_p_target=-jnp.logaddexp(0.0, margin - log_sum),
   )
-
-
-def _mix(xi, hard_term, easy_term):
-  r"""``xi * hard_term() + (1 - xi) * easy_term()``, skipping a term when xi is 0 or 1."""
-  if isinstance(xi, numbers.Real):
-    if xi == 1:
-      return hard_term()
-    if xi == 0:
-      return easy_term()
-  return xi * hard_term() + (1 - xi) * easy_term()
-
-
-def _focal_weight(log_p, log_1m_p, xi, gamma_hc, gamma_lc):
-  r""":math:`\xi (1 + p)^{\gamma_{hc}} + (1 - \xi)(1 - p)^{\gamma_{lc}}`, elementwise.
-
-  ``log_1m_p`` is a thunk returning :math:`\log(1 - p)`: it is only evaluated
-  when the focal term is used (not at a static ``xi = 1``).
-  """
-  return _mix(xi,
-              lambda: _pow_exp(jnp.log1p(jnp.exp(log_p)), gamma_hc),
-              lambda: _pow_exp(log_1m_p(), gamma_lc))
 
 
 def _masked(loss, example_mask):
@@ -273,19 +197,19 @@ def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
   logits, labels = inputs.logits, inputs.labels.astype(jnp.int32)
   example_mask, class_mask = inputs.example_mask, inputs.class_mask
   if class_mask is not None:
-    target_kept = jnp.take_along_axis(class_mask, labels[..., None], axis=-1)[..., 0]
+    target_kept = _common.at_target(class_mask, labels)
     example_mask = example_mask & target_kept
   if example_mask is not None:
     # Double-where: padded rows may hold garbage; keep their gradient exactly 0.
     logits = jnp.where(example_mask[..., None], logits, 0.0)
   stats = _non_target_stats(logits, labels, class_mask)
-  weight = _focal_weight(stats.log_p_target, lambda: stats.log_1m_p_target, xi,
-                         gamma_hc, gamma_lc)
+  weight = _common.focal_weight(stats.log_p_target, lambda: stats.log_1m_p_target, xi,
+                                gamma_hc, gamma_lc)
   num_classes = (logits.shape[-1] if class_mask is None
                  else jnp.sum(class_mask, axis=-1).astype(logits.dtype))
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
   if inputs.class_weights is not None:
-    target_mass = target_mass * inputs.class_weights[labels]
+    target_mass = target_mass * _common.at_target(inputs.class_weights, labels)
   loss = -target_mass * weight * stats.log_p_target
   if gamma_neg is not None and label_smoothing > 0:
     loss -= (label_smoothing / num_classes) * _reference_non_target_sum(
@@ -312,9 +236,9 @@ def _reference_non_target_sum(logits, labels, class_mask, stats: _NonTargetStats
 
   if gamma_neg == 0:
     return log_p_sum()
-  focal_log_p_sum = (_integer_focal_log_p_sum if _is_small_integer(gamma_neg)
+  focal_log_p_sum = (_integer_focal_log_p_sum if _common.is_small_integer(gamma_neg)
                      else _focal_log_p_sum)
-  return _mix(xi, log_p_sum, lambda: focal_log_p_sum(
+  return _common.mix(xi, log_p_sum, lambda: focal_log_p_sum(
       gamma_neg, logits, lse, stats.shift, labels, class_mask, class_weights))
 
 
@@ -328,19 +252,7 @@ def _non_target_sum(values, target_value, target, class_mask, weights):
   if weights is None:
     return jnp.sum(values, axis=-1, where=class_mask) - target_value
   return (jnp.sum(weights * values, axis=-1, where=class_mask)
-          - weights[target] * target_value)
-
-
-def _scaled_exp(logits, shift, non_target):
-  r""":math:`e^{z_j - m + K}` on ``non_target``, 0 elsewhere (``[..., C]``).
-
-  Masking the exponent (not the exponential) leaves one ``[..., C]`` array to save.
-  """
-  return jnp.exp(jnp.where(non_target, logits - shift[..., None] + _EXP_OFFSET, -jnp.inf))
-
-
-def _is_small_integer(gamma: float) -> bool:
-  return gamma == int(gamma) and gamma <= 8
+          - _common.at_target(weights, target) * target_value)
 
 
 def _focal_from_sums(gamma, lse, shift, power_sum, moment):
@@ -366,7 +278,7 @@ def _focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weights):
   (it feeds both sums of :func:`_focal_from_sums` and the gradient, which
   autodiff computes in one elementwise pass).
   """
-  target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  target_logit = _common.at_target(logits, target)
   target_power = jnp.exp(gamma * (target_logit - shift))
   powers = jnp.exp(gamma * (logits - shift[..., None]))
   power_sum = _non_target_sum(powers, target_power, target, class_mask, weights)
@@ -404,11 +316,11 @@ def _integer_focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weig
 def _integer_focal_sums(gamma, logits, lse, shift, target, class_mask, weights):
   g = int(gamma)
   c = 1.0 if weights is None else weights
-  scaled = _scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
   power_sum = 2.0 ** -g * jnp.sum(
-      c * jax.lax.integer_pow(scaled * (2 * math.exp(-_EXP_OFFSET)), g), axis=-1)
+      c * jax.lax.integer_pow(scaled * (2 * math.exp(-_common.EXP_OFFSET)), g), axis=-1)
   moment = jnp.sum(
-      c * jax.lax.integer_pow(scaled * math.exp(-_EXP_OFFSET), g) * logits, axis=-1)
+      c * jax.lax.integer_pow(scaled * math.exp(-_common.EXP_OFFSET), g) * logits, axis=-1)
   return _focal_from_sums(gamma, lse, shift, power_sum, moment)
 
 
@@ -416,9 +328,9 @@ def _integer_focal_log_p_sum_jvp(gamma, primals, tangents):
   logits, lse, shift, target, class_mask, weights = primals
   d_logits, d_lse, _, _, _, d_weights = tangents
   focal, power = _integer_focal_sums(gamma, *primals)
-  scaled = _scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
   p_pow = jax.lax.integer_pow(  # p_j^g, zero off N
-      scaled * jnp.exp(shift - lse - _EXP_OFFSET)[..., None], int(gamma))
+      scaled * jnp.exp(shift - lse - _common.EXP_OFFSET)[..., None], int(gamma))
   log_p = logits - lse[..., None]
   d_focal = jnp.zeros_like(focal)
   if not _is_zero(d_logits):
@@ -464,47 +376,35 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
     return jnp.where(is_top, top_log_1m_p[..., None], jnp.log1p(-safe_p))
 
   xi_b = xi[..., None] if isinstance(xi, jax.Array) and xi.ndim else xi
-  weight = _focal_weight(log_p, log_1m_p, xi_b, gamma_hc, gamma_lc)
+  weight = _common.focal_weight(log_p, log_1m_p, xi_b, gamma_hc, gamma_lc)
   if inputs.class_weights is not None:
     labels = labels * inputs.class_weights
   loss = -jnp.sum(labels * weight * log_p, axis=-1)
   return _masked(loss, example_mask)
 
 
-def _static_xi(xi):
-  """Keeps Python 0 / 1 static (components skip the unused term); else an array."""
-  return xi if isinstance(xi, numbers.Real) and xi in (0, 1) else None
-
-
 def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
               gamma_neg, label_smoothing, class_weights, axis, where):
-  gamma_hc = _gamma("gamma_hc", gamma_hc)
-  gamma_lc = _gamma("gamma_lc", gamma_lc)
-  gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
-  label_smoothing = _smoothing(label_smoothing)
+  gamma_hc = _common.exponent("gamma_hc", gamma_hc)
+  gamma_lc = _common.exponent("gamma_lc", gamma_lc)
+  gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
+  label_smoothing = _common.fraction("label_smoothing", label_smoothing)
   inputs = _canonicalize(logits, labels, xi, integer_labels=integer_labels,
                          class_weights=class_weights, axis=axis, where=where)
-  static = _static_xi(xi)
-  xi = inputs.xi if static is None else static
-  if integer_labels:
-    loss = _cyclical_losses(inputs._replace(labels=jnp.where(
-        _labels_in_range(inputs), inputs.labels, 0)), xi=xi, integer_labels=True,
-        gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
-        label_smoothing=label_smoothing)
-    return _masked(jnp.where(_labels_in_range(inputs), loss, jnp.nan), inputs.example_mask)
-  return _cyclical_losses(inputs, xi=xi, integer_labels=False, gamma_hc=gamma_hc,
-                          gamma_lc=gamma_lc, gamma_neg=gamma_neg,
-                          label_smoothing=label_smoothing)
+  losses = functools.partial(_cyclical_losses, integer_labels=integer_labels,
+                             gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
+                             label_smoothing=label_smoothing)
+  if not integer_labels:
+    return losses(inputs)
+  valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
+  loss = losses(inputs._replace(labels=jnp.where(valid, inputs.labels, 0)))
+  return _masked(_common.nan_unless(valid, loss), inputs.example_mask)
 
 
-def _labels_in_range(inputs: _Inputs) -> jax.Array:
-  """Where the integer labels index a class (outside ``[0, C)`` the loss is NaN, not a guess)."""
-  return (inputs.labels >= 0) & (inputs.labels < inputs.logits.shape[-1])
-
-
-def _cyclical_losses(inputs: _Inputs, *, xi, integer_labels, gamma_hc, gamma_lc,
+def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
                      gamma_neg, label_smoothing):
   """The per-example loss of checked inputs (integer labels already in range)."""
+  xi = inputs.xi
   if gamma_neg is not None and not integer_labels:
     # Reference code: soft targets collapse to their argmax, then are re-smoothed.
     hard = jnp.argmax(inputs.labels, axis=-1)
@@ -523,6 +423,14 @@ def _cyclical_losses(inputs: _Inputs, *, xi, integer_labels, gamma_hc, gamma_lc,
     inputs = inputs._replace(
         labels=inputs.labels * (1 - label_smoothing) + label_smoothing / num_classes)
   return _soft_label_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc)
+
+
+def _component(logits, labels, xi, gamma, *, integer_labels, **options):
+  """CFL at a static ``xi`` of 0 (the focal loss) or 1 (the high-confidence loss)."""
+  gamma = _common.exponent("gamma", gamma)
+  return _cyclical(logits, labels, xi, integer_labels=integer_labels,
+                   gamma_hc=gamma if xi == 1 else 0.0, gamma_lc=gamma if xi == 0 else 0.0,
+                   gamma_neg=None, **options)
 
 
 # ----------------------------------------------------------------------------
@@ -556,9 +464,13 @@ def cyclical_focal_loss_with_integer_labels(
   Args:
     logits: unnormalised log-probabilities, ``[batch..., num_classes]``; any
       float dtype (computed in float32).
-    labels: integer class indices, ``[batch...]``.
-    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced
-      (e.g. ``cfl_jax.xi_schedule(...)(state.step)`` inside ``jit``).
+    labels: integer class indices, ``[batch...]``; an index outside
+      ``[0, num_classes)`` gives a NaN loss for its example (never a silent
+      finite value, so a divergence check catches it): mask such examples
+      (e.g. padding labelled -1) with ``where``.
+    xi: the mixing weight in [0, 1], a scalar or one per example
+      (``[batch...]``, or a shape that broadcasts to it); may be traced (e.g.
+      ``cfl_jax.xi_schedule(...)(state.step)`` inside ``jit``).
     gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0` (2 is the
       safe default, 3 the paper's CIFAR/ImageNet choice).
     gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0` (the reference code's
@@ -571,12 +483,11 @@ def cyclical_focal_loss_with_integer_labels(
     class_weights: optional ``[num_classes]`` weights multiplying each class
       term (alpha-balancing for long tails).
     axis: the class axis of ``logits``.
-    where: optional boolean mask, either of the batch shape (examples to
-      include) or of the logits' shape (entries to include, like optax); a
-      fully masked example has loss 0 and gradient 0. Integer labels outside
-      ``[0, num_classes)`` give a NaN loss for their example (never a silent
-      finite value, so a divergence check catches them): mask such examples
-      (e.g. padding labelled -1) with ``where``.
+    where: optional boolean mask as in optax: ``[batch...]`` (one flag per
+      example) or a shape that broadcasts to the logits' (``[batch..., 1]``,
+      ``[1, num_classes]`` to leave classes out of the softmax, the logits'
+      shape); an example masked entirely, or whose target class is masked,
+      has loss 0 and gradient 0.
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -624,9 +535,12 @@ def cyclical_focal_loss(
   their argmax class and re-smoothed, as the authors' code does with mixup targets.
 
   Args:
-    logits: unnormalised log-probabilities, ``[batch..., num_classes]``.
-    labels: class probabilities, same shape as ``logits``.
-    xi: the mixing weight in [0, 1], a scalar or ``[batch...]``; may be traced.
+    logits: unnormalised log-probabilities, ``[batch..., num_classes]``; any
+      float dtype (computed in float32).
+    labels: class probabilities, same shape as ``logits`` (weights, not
+      range-checked, as in optax).
+    xi: the mixing weight in [0, 1], a scalar or one per example
+      (``[batch...]``, or a shape that broadcasts to it); may be traced.
     gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0` (2 is the
       safe default, 3 the paper's CIFAR/ImageNet choice).
     gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0` (the reference code's
@@ -639,12 +553,11 @@ def cyclical_focal_loss(
     class_weights: optional ``[num_classes]`` weights multiplying each class
       term (alpha-balancing for long tails).
     axis: the class axis of ``logits``.
-    where: optional boolean mask, either of the batch shape (examples to
-      include) or of the logits' shape (entries to include, like optax); a
-      fully masked example has loss 0 and gradient 0. Integer labels outside
-      ``[0, num_classes)`` give a NaN loss for their example (never a silent
-      finite value, so a divergence check catches them): mask such examples
-      (e.g. padding labelled -1) with ``where``.
+    where: optional boolean mask as in optax: ``[batch...]`` (one flag per
+      example) or a shape that broadcasts to the logits' (``[batch..., 1]``,
+      ``[1, num_classes]`` to leave classes out of the softmax, the logits'
+      shape); an example masked entirely, or whose target class is masked,
+      has loss 0 and gradient 0.
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -666,20 +579,32 @@ def cyclical_focal_loss(
                    axis=axis, where=where)
 
 
-_COMPONENT_DOC = string.Template(r"""$summary
+def focal_loss_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t`.
 
-  $extra
+  Down-weights the examples the model already classifies confidently: the
+  cyclical focal loss at ``xi = 0``. ``gamma = 0`` gives cross-entropy.
 
   Args:
     logits: ``[batch..., num_classes]``; any float dtype (computed in float32).
-    labels: $labels
+    labels: integer class indices, ``[batch...]``; an index outside
+      ``[0, num_classes)`` gives NaN unless masked with ``where``.
     gamma: the exponent :math:`\gamma \ge 0`.
     label_smoothing: :math:`\epsilon \in [0, 1)`, applied to the labels inside
       the weighted sum.
     class_weights: optional ``[num_classes]`` per-class weights.
     axis: the class axis of ``logits``.
-    where: optional mask of the batch shape or of the logits' shape. Integer
-      labels outside ``[0, num_classes)`` give NaN unless masked here.
+    where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
+      :func:`cyclical_focal_loss_with_integer_labels`).
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -687,59 +612,150 @@ _COMPONENT_DOC = string.Template(r"""$summary
   Examples:
     >>> import jax.numpy as jnp
     >>> import cfl_jax
-    >>> print(cfl_jax.$name(
-    ...     jnp.array([[2.0, 0.0]]), $example_labels, gamma=2.0).round(4))
-    $example_output
+    >>> print(cfl_jax.focal_loss_with_integer_labels(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
+    [0.0018]
 
   References:
-    $reference
-""")
-
-_INTEGER_LABELS = ("integer class indices, ``[batch...]``.", "jnp.array([0])")
-_PROBABILITY_LABELS = ("class probabilities, same shape as ``logits``.",
-                       "jnp.array([[1.0, 0.0]])")
-_FOCAL = dict(xi=0, example_output="[0.0018]", extra=(
-    "Down-weights examples the model already classifies confidently; CFL at ``xi = 0``."),
-              reference="Lin et al., `Focal Loss for Dense Object Detection\n"
-              "    <https://arxiv.org/abs/1708.02002>`_, 2017.")
-_HIGH_CONFIDENCE = dict(xi=1, example_output="[0.449]", extra=(
-    "Up-weights confident examples by up to :math:`2^{\\gamma}`; CFL at ``xi = 1``."),
-                        reference="Smith, `Cyclical Focal Loss "
-                        "<https://arxiv.org/abs/2202.08978>`_, 2022.")
+    Lin et al., `Focal Loss for Dense Object Detection
+    <https://arxiv.org/abs/1708.02002>`_, 2017.
+  """
+  return _component(logits, labels, 0, gamma, integer_labels=True,
+                    label_smoothing=label_smoothing, class_weights=class_weights,
+                    axis=axis, where=where)
 
 
-def _component(name: str, summary: str, *, xi: int, labels, **doc):
-  """One of the two CFL components (``xi`` fixed at 0 or 1) as a public loss function."""
-  integer_labels = labels is _INTEGER_LABELS
+def focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.
 
-  def loss(logits, labels, *, gamma=2.0, label_smoothing=0.0, class_weights=None,
-           axis=-1, where=None) -> jax.Array:
-    gamma = _gamma("gamma", gamma)
-    return _cyclical(logits, labels, xi, integer_labels=integer_labels,
-                     gamma_hc=gamma if xi == 1 else 0.0, gamma_lc=gamma if xi == 0 else 0.0,
-                     gamma_neg=None, label_smoothing=label_smoothing,
-                     class_weights=class_weights, axis=axis, where=where)
+  Every class carrying label mass is down-weighted by its own probability: the
+  cyclical focal loss at ``xi = 0`` (``gamma = 0``: cross-entropy).
 
-  loss.__name__ = loss.__qualname__ = name
-  loss.__doc__ = _COMPONENT_DOC.substitute(
-      name=name, summary=summary, labels=labels[0], example_labels=labels[1], **doc)
-  return loss
+  Args:
+    logits: ``[batch..., num_classes]``; any float dtype (computed in float32).
+    labels: class probabilities :math:`q`, same shape as ``logits``.
+    gamma: the exponent :math:`\gamma \ge 0`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`, applied to the labels inside
+      the weighted sum.
+    class_weights: optional ``[num_classes]`` per-class weights.
+    axis: the class axis of ``logits``.
+    where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
+      :func:`cyclical_focal_loss`).
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.focal_loss(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
+    [0.0018]
+
+  References:
+    Lin et al., `Focal Loss for Dense Object Detection
+    <https://arxiv.org/abs/1708.02002>`_, 2017.
+  """
+  return _component(logits, labels, 0, gamma, integer_labels=False,
+                    label_smoothing=label_smoothing, class_weights=class_weights,
+                    axis=axis, where=where)
 
 
-focal_loss_with_integer_labels = _component(
-    "focal_loss_with_integer_labels",
-    r"Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t`.",
-    labels=_INTEGER_LABELS, **_FOCAL)
-focal_loss = _component(
-    "focal_loss",
-    r"Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.",
-    labels=_PROBABILITY_LABELS, **_FOCAL)
-high_confidence_loss_with_integer_labels = _component(
-    "high_confidence_loss_with_integer_labels",
-    r"High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t`.",
-    labels=_INTEGER_LABELS, **_HIGH_CONFIDENCE)
-high_confidence_loss = _component(
-    "high_confidence_loss",
-    r"High-confidence loss for probability labels, "
-    r":math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.",
-    labels=_PROBABILITY_LABELS, **_HIGH_CONFIDENCE)
+def high_confidence_loss_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t`.
+
+  Up-weights confident examples by up to :math:`2^{\gamma}`, the opposite of
+  the focal loss: the cyclical focal loss at ``xi = 1``. ``gamma = 0`` gives
+  cross-entropy.
+
+  Args:
+    logits: ``[batch..., num_classes]``; any float dtype (computed in float32).
+    labels: integer class indices, ``[batch...]``; an index outside
+      ``[0, num_classes)`` gives NaN unless masked with ``where``.
+    gamma: the exponent :math:`\gamma \ge 0`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`, applied to the labels inside
+      the weighted sum.
+    class_weights: optional ``[num_classes]`` per-class weights.
+    axis: the class axis of ``logits``.
+    where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
+      :func:`cyclical_focal_loss_with_integer_labels`).
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.high_confidence_loss_with_integer_labels(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([0]), gamma=2.0).round(4))
+    [0.449]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _component(logits, labels, 1, gamma, integer_labels=True,
+                    label_smoothing=label_smoothing, class_weights=class_weights,
+                    axis=axis, where=where)
+
+
+def high_confidence_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""High-confidence loss for probability labels, :math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.
+
+  Every class carrying label mass is up-weighted by its own probability, by up
+  to :math:`2^{\gamma}`: the cyclical focal loss at ``xi = 1`` (``gamma = 0``:
+  cross-entropy).
+
+  Args:
+    logits: ``[batch..., num_classes]``; any float dtype (computed in float32).
+    labels: class probabilities :math:`q`, same shape as ``logits``.
+    gamma: the exponent :math:`\gamma \ge 0`.
+    label_smoothing: :math:`\epsilon \in [0, 1)`, applied to the labels inside
+      the weighted sum.
+    class_weights: optional ``[num_classes]`` per-class weights.
+    axis: the class axis of ``logits``.
+    where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
+      :func:`cyclical_focal_loss`).
+
+  Returns:
+    ``[batch...]`` float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import cfl_jax
+    >>> print(cfl_jax.high_confidence_loss(
+    ...     jnp.array([[2.0, 0.0]]), jnp.array([[1.0, 0.0]]), gamma=2.0).round(4))
+    [0.449]
+
+  References:
+    Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
+  """
+  return _component(logits, labels, 1, gamma, integer_labels=False,
+                    label_smoothing=label_smoothing, class_weights=class_weights,
+                    axis=axis, where=where)

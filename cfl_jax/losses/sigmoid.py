@@ -19,9 +19,10 @@ is minus the binary cross-entropy, optax's convention. ``gamma_neg=None`` means
 
 * ``gamma_neg=None, clip=0`` is the paper's loss applied to each binary
   prediction; at :math:`\xi = 0` it equals
-  ``optax.sigmoid_focal_loss(logits, labels, alpha=None, gamma=gamma_lc)`` and
-  at :math:`\gamma = 0` ``optax.sigmoid_binary_cross_entropy``, for hard and
-  soft labels.
+  ``optax.sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma_lc)`` and
+  at :math:`\gamma = 0` (``alpha=None``) ``optax.sigmoid_binary_cross_entropy``,
+  for hard and soft labels. ``alpha`` is optax's class-balance weight: every
+  term times :math:`\alpha_t = \alpha y + (1 - \alpha)(1 - y)`.
 * At :math:`\xi = 0` the loss is the asymmetric loss (ASL, Ben-Baruch et al.):
   :math:`-(1 - p)^{\gamma_{lc}} \log p` for a positive and
   :math:`-p_m^{\gamma_{neg}} \log(1 - p_m)` for a negative
@@ -33,9 +34,10 @@ Numerics: :math:`\log p` and :math:`\log(1 - p)` come from one softplus of the
 logits, :math:`\log(1 - p_t)` from a log-add-exp of those, never from the log
 of a rounded probability; integer exponents of the symmetric form use products
 instead. Values, gradients and Hessians with respect to the logits are finite
-for every :math:`\gamma \ge 0` at any finite logits, for hard and soft labels;
-half-precision logits are computed in float32. Labels are data: gradients with
-respect to them are not guaranteed at exactly 0 or 1.
+for every :math:`\gamma \ge 0` at any finite logits, for hard and soft labels.
+Labels are data: gradients with respect to them are not guaranteed at exactly 0
+or 1. Shapes, masks, xi, labels outside [0, 1] and dtypes follow the input policy
+of :mod:`cfl_jax.losses`.
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
@@ -51,9 +53,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from cfl_jax.losses import _gamma, _mix, _pow_exp, _static_number, _static_xi
+from cfl_jax.losses import _common
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -61,85 +62,48 @@ __all__ = ["sigmoid_cyclical_focal_loss", "sigmoid_high_confidence_loss"]
 
 
 # ----------------------------------------------------------------------------
-# Argument checking
+# Inputs (the policy of cfl_jax.losses)
 # ----------------------------------------------------------------------------
-
-
-def _margin(value) -> float:
-  value = _static_number("clip", value)
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"clip must be in [0, 1), got {value}.")
-  return value
-
-
-def _broadcasts_to(shape, target) -> bool:
-  try:
-    return jnp.broadcast_shapes(shape, target) == tuple(target)
-  except ValueError:
-    return False
 
 
 class _Inputs(NamedTuple):
   """Canonicalised inputs, all of the logits' shape (xi: scalar or one trailing axis)."""
   logits: jax.Array          # [...], float32 or wider; masked entries zeroed
-  labels: jax.Array          # [...], same dtype; masked entries zeroed
+  labels: jax.Array          # [...], same dtype; masked and invalid entries zeroed
   xi: jax.Array | float      # [] or [batch..., 1]; Python 0 or 1 kept static
   mask: jax.Array | None     # [...] bool
+  valid: jax.Array           # [...] bool: labels in [0, 1]
 
 
 def _canonicalize(logits, labels, xi, where) -> _Inputs:
-  """Checks shapes, dtypes and label range; computes in float32 or wider."""
+  """Checks shapes and dtypes; computes in float32 or wider."""
   logits = jnp.asarray(logits)
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise ValueError(f"logits must be floating point, got dtype {logits.dtype}.")
-  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  _common.check_float("logits", logits)
+  dtype = _common.compute_dtype(logits)
   logits = logits.astype(dtype)
 
-  given_labels = labels
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.number) and labels.dtype != bool:
     raise ValueError(f"labels must be numbers in [0, 1], got dtype {labels.dtype}.")
-  if not _broadcasts_to(labels.shape, logits.shape):
-    raise ValueError(
-        f"labels shape {labels.shape} does not broadcast to the logits' shape {logits.shape}.")
-  labels = jnp.broadcast_to(labels.astype(dtype), logits.shape)
+  try:
+    labels = jnp.broadcast_to(labels.astype(dtype), logits.shape)
+  except ValueError:
+    raise ValueError(f"labels shape {labels.shape} does not broadcast to the logits' shape "
+                     f"{logits.shape}.") from None
+  valid = _common.valid_targets(labels)
+  labels = jnp.where(valid, labels, 0.0)
 
-  mask = None
-  if where is not None:
-    if not _broadcasts_to(jnp.shape(where), logits.shape):
-      raise ValueError(
-          f"where shape {jnp.shape(where)} does not broadcast to the logits' shape "
-          f"{logits.shape}.")
-    mask = jnp.broadcast_to(jnp.asarray(where, dtype=bool), logits.shape)
-  _check_label_range(given_labels, where, logits.shape)
+  mask = _common.mask(where, logits.shape)
   if mask is not None:
+    mask = jnp.broadcast_to(mask, logits.shape)
     # Double-where: masked entries may hold garbage; keep their gradient exactly 0.
     logits = jnp.where(mask, logits, 0.0)
     labels = jnp.where(mask, labels, 0.0)
 
-  batch_shape = logits.shape[:-1]
-  if _static_xi(xi) is None:
-    xi = jnp.asarray(xi, dtype=dtype)
-    if not _broadcasts_to(xi.shape, batch_shape):
-      raise ValueError(
-          f"xi must be a scalar or broadcast to the logits' batch shape {batch_shape} "
-          f"(one xi per example), got shape {xi.shape}.")
-    xi = xi[..., None] if xi.ndim else xi
-  return _Inputs(logits, labels, xi, mask)
-
-
-def _check_label_range(labels, where, shape):
-  """Labels outside [0, 1] raise, where they are known (not traced) and not masked."""
-  if isinstance(labels, jax.core.Tracer) or isinstance(where, jax.core.Tracer):
-    return
-  values = np.broadcast_to(np.asarray(labels), shape)
-  if where is not None:
-    values = values[np.broadcast_to(np.asarray(where, bool), shape)]
-  outside = ~((values >= 0) & (values <= 1))
-  if np.any(outside):
-    raise ValueError(
-        f"labels must be in [0, 1], got {values[outside][0]} ({np.sum(outside)} "
-        "entries outside).")
+  xi = _common.batch_xi(xi, logits.shape[:-1], dtype)
+  if isinstance(xi, jax.Array) and xi.ndim:
+    xi = xi[..., None]
+  return _Inputs(logits, labels, xi, mask, valid)
 
 
 # ----------------------------------------------------------------------------
@@ -211,7 +175,7 @@ def _power(base, log_base, gamma: float):
   """``base ** gamma``: integer powers as products, others as ``exp(gamma * log_base())``."""
   if gamma.is_integer():
     return jax.lax.integer_pow(base, int(gamma))
-  return _pow_exp(log_base(), gamma)
+  return _common.pow_exp(log_base(), gamma)
 
 
 def _focal_weight(binary: _Binary, labels, *, gamma_lc: float, gamma_neg: float | None):
@@ -237,14 +201,24 @@ def _focal_weight(binary: _Binary, labels, *, gamma_lc: float, gamma_neg: float 
   return jnp.exp(gamma * jnp.logaddexp(positive_part, jnp.log1p(-labels) + binary.log_shifted))
 
 
-def _sigmoid_cyclical(inputs: _Inputs, *, gamma_hc, gamma_lc, gamma_neg, clip):
-  """The elementwise loss of canonicalised inputs, with static hyper-parameters."""
-  binary = _binary(inputs.logits, inputs.labels, clip)
-  weight = _mix(
+def _sigmoid_cyclical(logits, labels, xi, where, *, gamma_hc, gamma_lc, gamma_neg, clip, alpha):
+  """The elementwise loss; checks the inputs and the static hyper-parameters."""
+  gamma_hc = _common.exponent("gamma_hc", gamma_hc)
+  gamma_lc = _common.exponent("gamma_lc", gamma_lc)
+  gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
+  clip = _common.fraction("clip", clip)
+  alpha = None if alpha is None else _common.fraction("alpha", alpha, one=True)
+  inputs = _canonicalize(logits, labels, xi, where)
+  labels = inputs.labels
+  binary = _binary(inputs.logits, labels, clip)
+  weight = _common.mix(
       inputs.xi,
       lambda: _power(1 + binary.p_t, lambda: jnp.log1p(binary.p_t), gamma_hc),
-      lambda: _focal_weight(binary, inputs.labels, gamma_lc=gamma_lc, gamma_neg=gamma_neg))
+      lambda: _focal_weight(binary, labels, gamma_lc=gamma_lc, gamma_neg=gamma_neg))
   loss = weight * binary.neg_log_p_t
+  if alpha is not None:
+    loss *= alpha * labels + (1 - alpha) * (1 - labels)
+  loss = _common.nan_unless(inputs.valid, loss)
   return loss if inputs.mask is None else jnp.where(inputs.mask, loss, 0.0)
 
 
@@ -262,6 +236,7 @@ def sigmoid_cyclical_focal_loss(
     gamma_lc: float = 2.0,
     gamma_neg: float | None = None,
     clip: float = 0.0,
+    alpha: float | None = None,
     where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss of independent binary (sigmoid) predictions, elementwise.
@@ -274,8 +249,10 @@ def sigmoid_cyclical_focal_loss(
            + (1 - \xi)(1 - p_t)^{\gamma_{lc}}\right] \log p_t
 
   ``xi = 1`` gives :func:`sigmoid_high_confidence_loss`, ``xi = 0`` the sigmoid
-  focal loss (``optax.sigmoid_focal_loss`` with ``alpha=None``), and a zero
-  exponent at either end the binary cross-entropy. Soft labels follow optax:
+  focal loss (``optax.sigmoid_focal_loss(logits, labels, alpha=alpha,
+  gamma=gamma_lc)``), and a zero exponent at either end the binary
+  cross-entropy. ``alpha`` weights each term by :math:`\alpha_t = \alpha y +
+  (1 - \alpha)(1 - y)`, as in optax. Soft labels follow optax:
   :math:`p_t = y p + (1 - y)(1 - p)` and :math:`-\log p_t` is the binary
   cross-entropy.
 
@@ -297,7 +274,8 @@ def sigmoid_cyclical_focal_loss(
   Args:
     logits: unnormalised log-odds, any shape ``[batch..., num_labels]``; any
       float dtype (computed in float32).
-    labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``.
+    labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``; a
+      target outside [0, 1] gives NaN for its entry unless masked.
     xi: the mixing weight in [0, 1], a scalar or broadcastable to the batch
       shape ``logits.shape[:-1]`` (one xi per example, shared by its labels);
       may be traced (e.g. ``cfl_jax.xi_schedule(...)(state.step)`` in ``jit``).
@@ -308,7 +286,11 @@ def sigmoid_cyclical_focal_loss(
       (ASL's :math:`\gamma_-`, e.g. 4).
     clip: the negatives' probability margin :math:`m \in [0, 1)` (ASL's clip,
       e.g. 0.05); 0 turns it off.
-    where: optional boolean mask broadcastable to ``logits``; masked entries
+    alpha: ``None``, or the positives' weight :math:`\alpha \in [0, 1]` (the
+      negatives' is :math:`1 - \alpha`; Lin et al. use 0.25), optax's
+      class-balance weight.
+    where: optional boolean mask, ``[batch...]`` (one flag per example, shared
+      by its labels) or a shape that broadcasts to ``logits``; masked entries
       have loss 0 and gradient 0.
 
   Returns:
@@ -337,13 +319,8 @@ def sigmoid_cyclical_focal_loss(
     Ben-Baruch et al., `Asymmetric Loss For Multi-Label Classification
     <https://arxiv.org/abs/2009.14119>`_, 2020.
   """
-  gamma_hc = _gamma("gamma_hc", gamma_hc)
-  gamma_lc = _gamma("gamma_lc", gamma_lc)
-  gamma_neg = None if gamma_neg is None else _gamma("gamma_neg", gamma_neg)
-  clip = _margin(clip)
-  inputs = _canonicalize(logits, labels, xi, where)
-  return _sigmoid_cyclical(inputs, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
-                           gamma_neg=gamma_neg, clip=clip)
+  return _sigmoid_cyclical(logits, labels, xi, where, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
+                           gamma_neg=gamma_neg, clip=clip, alpha=alpha)
 
 
 def sigmoid_high_confidence_loss(
@@ -351,6 +328,7 @@ def sigmoid_high_confidence_loss(
     labels: ArrayLike,
     *,
     gamma: float = 2.0,
+    alpha: float | None = None,
     where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Sigmoid high-confidence loss, elementwise: CFL's component at ``xi = 1``.
@@ -367,10 +345,14 @@ def sigmoid_high_confidence_loss(
   Args:
     logits: unnormalised log-odds, any shape; any float dtype (computed in
       float32).
-    labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``.
+    labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``; a
+      target outside [0, 1] gives NaN for its entry unless masked.
     gamma: the exponent :math:`\gamma \ge 0`; 0 gives the binary cross-entropy.
-    where: optional boolean mask broadcastable to ``logits``; masked entries
-      have loss 0 and gradient 0.
+    alpha: ``None``, or the positives' weight :math:`\alpha \in [0, 1]` (the
+      negatives' is :math:`1 - \alpha`), as in ``optax.sigmoid_focal_loss``.
+    where: optional boolean mask, ``[batch...]`` (one flag per example) or a
+      shape that broadcasts to ``logits``; masked entries have loss 0 and
+      gradient 0.
 
   Returns:
     The loss of each logit, ``logits.shape``, float32 (or float64).
@@ -387,6 +369,6 @@ def sigmoid_high_confidence_loss(
   References:
     Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
   """
-  gamma = _gamma("gamma", gamma)
-  inputs = _canonicalize(logits, labels, 1, where)
-  return _sigmoid_cyclical(inputs, gamma_hc=gamma, gamma_lc=0.0, gamma_neg=None, clip=0.0)
+  gamma = _common.exponent("gamma", gamma)
+  return _sigmoid_cyclical(logits, labels, 1, where, gamma_hc=gamma, gamma_lc=0.0,
+                           gamma_neg=None, clip=0.0, alpha=alpha)
