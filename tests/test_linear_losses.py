@@ -167,7 +167,7 @@ def test_finite_at_extreme_logits(gamma):
   of size 1e4 in another order)."""
   h, w, b, labels = make_inputs(scale=1e4)
   for form in (dict(), dict(label_smoothing=0.1), dict(gamma_neg=gamma, label_smoothing=0.1)):
-    def value_and_grads(loss, **kw):
+    def value_and_grads(loss, form=form, **kw):
       fn = lambda h, w, b: loss(h, w, labels, 0.5, bias=b, gamma_hc=gamma, gamma_lc=gamma,
                                 **form, **kw).sum()
       return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(h, w, b)

@@ -443,7 +443,7 @@ def test_saturated_focal_gradient_is_zero_not_nan():
   """A perfectly classified example has (1 - p_t)^g log p_t -> 0 and zero gradient."""
   z = jnp.array([[1e4, -1e4, -1e4]])
   for gamma in GAMMAS:
-    grad = jax.grad(lambda z: cfl_jax.focal_loss_with_integer_labels(
+    grad = jax.grad(lambda z, gamma=gamma: cfl_jax.focal_loss_with_integer_labels(
         z, jnp.array([0]), gamma=gamma).sum())(z)
     np.testing.assert_array_equal(grad, 0.0)
 
