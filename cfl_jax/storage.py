@@ -69,6 +69,12 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
       temporary.unlink()
 
 
+def filesystem(path: PathLike):
+  """``(fsspec file system, key)`` of an object-store URL (``gs://`` needs gcsfs)."""
+  import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
+  return fsspec.core.url_to_fs(os.fspath(path))
+
+
 def move_tree(source: PathLike, target: PathLike) -> None:
   """Moves the directory (or object prefix) ``source`` to ``target``, whose parent may be new.
 
@@ -79,11 +85,10 @@ def move_tree(source: PathLike, target: PathLike) -> None:
     as_path(target).parent.mkdir(parents=True, exist_ok=True)
     os.replace(as_path(source), as_path(target))
     return
-  import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
-  filesystem, source_key = fsspec.core.url_to_fs(os.fspath(source))
-  target_key = fsspec.core.url_to_fs(os.fspath(target))[1]
-  filesystem.copy(source_key, target_key, recursive=True)
-  filesystem.rm(source_key, recursive=True)
+  store, source_key = filesystem(source)
+  target_key = filesystem(target)[1]
+  store.copy(source_key, target_key, recursive=True)
+  store.rm(source_key, recursive=True)
 
 
 def relative_files(root: PathLike) -> set[str]:
@@ -93,7 +98,6 @@ def relative_files(root: PathLike) -> set[str]:
     top = os.fspath(as_path(root))
     return {os.path.relpath(os.path.join(directory, name), top)
             for directory, _, names in os.walk(top) for name in names}
-  import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
-  filesystem, key = fsspec.core.url_to_fs(os.fspath(root))
+  store, key = filesystem(root)
   prefix = key.rstrip("/") + "/"
-  return {found[len(prefix):] for found in filesystem.find(key)}
+  return {found[len(prefix):] for found in store.find(key)}

@@ -193,11 +193,11 @@ class RunFiles:
     self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
                                  filename_suffix=f".{os.getpid()}.{step}")
     path = self._path("metrics.jsonl")
-    kept = [record for record in read_metrics(path) if record["step"] <= step] if (
-        path.exists()) else []
+    if not path.exists():
+      return
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
     if self._local:
-      if path.exists():
-        storage.write_atomic(path, _jsonl(kept))
+      storage.write_atomic(path, _jsonl(kept))
     else:
       self._records = kept
 

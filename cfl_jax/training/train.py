@@ -37,13 +37,13 @@ import optax
 from cfl_jax import data as data_lib
 from cfl_jax import metrics as metrics_lib
 from cfl_jax import models
+from cfl_jax import storage
 from cfl_jax.training import checkpointing
 from cfl_jax.training import config as config_lib
 from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
-from cfl_jax import storage
 from cfl_jax.training import workdir_lock
 
 Batch = Mapping[str, jax.Array]

@@ -72,8 +72,9 @@ class WorkdirLock:
   def __init__(self, workdir: storage.PathLike, *, enabled: bool = True,
                heartbeat_seconds: float = HEARTBEAT_SECONDS,
                stale_seconds: float = STALE_SECONDS):
-    self.workdir = os.fspath(storage.as_path(workdir))
-    self.path = storage.as_path(workdir) / ".lock"
+    root = storage.as_path(workdir)
+    self.workdir = os.fspath(root)
+    self.path = root / ".lock"
     self.enabled = enabled
     self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
     self._file: IO[str] | None = None
@@ -100,7 +101,7 @@ class WorkdirLock:
       if self._heartbeat is not None:
         self._heartbeat.join()
       if self._holds():
-        self._store[0].rm_file(self._store[1])
+        self._remove()
       self._record = None
 
   # Local disks: flock.
@@ -126,12 +127,15 @@ class WorkdirLock:
   @functools.cached_property
   def _store(self):
     """``(fsspec file system, key)`` of the lock object."""
-    import fsspec  # pylint: disable=g-import-not-at-top (object stores only)
-    return fsspec.core.url_to_fs(os.fspath(self.path))
+    return storage.filesystem(self.path)
 
   def _write(self, record: dict[str, Any], **kwargs) -> None:
     filesystem, key = self._store
     filesystem.pipe_file(key, json.dumps(record).encode(), **kwargs)
+
+  def _remove(self) -> None:
+    filesystem, key = self._store
+    filesystem.rm_file(key)
 
   def _read(self) -> dict | None:
     """The stored lock record, None when there is none (an unreadable one counts as stale)."""
@@ -145,6 +149,10 @@ class WorkdirLock:
     except ValueError:
       return {"holder": "an unreadable lock object", "heartbeat": 0.0}
 
+  def _holder(self) -> str:
+    """Who holds the lock now, for messages."""
+    return (self._read() or {}).get("holder", "unknown")
+
   def _lock_object(self) -> None:
     record = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
               "started": _now(), "heartbeat": time.time()}
@@ -157,15 +165,15 @@ class WorkdirLock:
       logging.warning("Taking over the stale lock of %s: %s, last heartbeat %.0f s ago (more "
                       "than %.0f s; a preempted or killed run).", self.workdir,
                       existing.get("holder"), age, self.stale_seconds)
-      self._store[0].rm_file(self._store[1])
+      self._remove()
     try:
       self._write(record, mode="create")
     except FileExistsError:  # another run created it between our read and our write
-      raise _refusal(self.workdir, (self._read() or {}).get("holder", "unknown")) from None
+      raise _refusal(self.workdir, self._holder()) from None
     self._record = record
     if not self._holds():
       self._record = None
-      raise _refusal(self.workdir, (self._read() or {}).get("holder", "unknown"))
+      raise _refusal(self.workdir, self._holder())
     self._stop.clear()
     self._heartbeat = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
                                        daemon=True)
@@ -181,7 +189,7 @@ class WorkdirLock:
       try:
         if self._record is None or not self._holds():
           logging.error("The lock of %s was taken over by another run (%s); this run no longer "
-                        "holds it.", self.workdir, (self._read() or {}).get("holder"))
+                        "holds it.", self.workdir, self._holder())
           return
         self._record["heartbeat"] = time.time()
         self._write(self._record)
