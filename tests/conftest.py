@@ -112,3 +112,42 @@ def gcs_bucket(tmp_path_factory):
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+
+
+class StoreFaults:
+  """The fault plan of the ``gcs_bucket`` emulator (see ``tests/gcs_emulator.py``)."""
+
+  def __init__(self, url: str):
+    self.url = url + "/_faults"
+
+  def _call(self, method: str, plan: dict | None = None) -> dict:
+    import json  # pylint: disable=g-import-not-at-top
+    import urllib.request  # pylint: disable=g-import-not-at-top
+    request = urllib.request.Request(self.url, method=method,
+                                     data=None if plan is None else json.dumps(plan).encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+      return json.loads(answer.read())
+
+  def set(self, **plan) -> None:
+    """Replaces the plan (keys: seed, rate, statuses, after_effect, match, outages, lose)."""
+    self._call("PUT", plan)
+
+  def counts(self) -> dict[str, int]:
+    """What the plan injected so far (requests seen, refused, failed after effect, ...)."""
+    return self._call("GET")["counts"]
+
+  def clear(self) -> None:
+    self._call("DELETE")
+
+
+@pytest.fixture
+def gcs_faults(gcs_bucket):
+  """The ``gcs_bucket`` emulator's faults (503/429 before or after effect, outages, lost
+  answers), set by the test and cleared after it."""
+  del gcs_bucket  # started, and its URL in the environment
+  faults = StoreFaults(os.environ["STORAGE_EMULATOR_HOST"])
+  faults.clear()
+  try:
+    yield faults
+  finally:
+    faults.clear()
