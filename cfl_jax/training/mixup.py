@@ -41,7 +41,7 @@ def check_rows_per_shard(batch_size: int, num_shards: int, name: str = "batch") 
     >>> check_rows_per_shard(12, 4, name="batch_size")
     Traceback (most recent call last):
     ...
-    ValueError: mixup needs an even number of rows per device to pair them: batch_size=12 over 4 devices is 3 per device (the middle row of each device would not be mixed).
+    ValueError: mixup needs an even number ...: batch_size=12 over 4 devices is 3 per device ...
   """
   if num_shards < 1 or batch_size % num_shards:
     raise ValueError(f"{name}={batch_size} does not split into num_shards={num_shards} equal "

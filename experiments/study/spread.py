@@ -37,8 +37,9 @@ def spread(recorded: Mapping[str, Any], reruns: list[Mapping[str, Any]]) -> dict
   """The largest move of any rerun from the record: accuracy in points, loss in percent.
 
   Examples:
-    >>> spread({"test_accuracy": 0.5, "test_loss": 2.0},
-    ...        [{"test_accuracy": 0.503, "test_loss": 2.01}, {"test_accuracy": 0.5, "test_loss": 1.99}])
+    >>> reruns = [{"test_accuracy": 0.503, "test_loss": 2.01},
+    ...           {"test_accuracy": 0.5, "test_loss": 1.99}]
+    >>> spread({"test_accuracy": 0.5, "test_loss": 2.0}, reruns)
     {'accuracy_pp': 0.3, 'loss_percent': 0.5}
   """
   return {
