@@ -139,3 +139,25 @@ def test_bad_arguments(config, message):
 def test_a_ratio_of_one_selects_a_profile_without_ratio():
   data = get_dataset({"name": "mnist1d", "profile": "balanced", "imbalance_ratio": 1.0})
   np.testing.assert_array_equal(data.train_class_counts, [400] * 10)
+
+
+def test_generations_are_the_recorded_arrays():
+  """Both generations the profiles use carry the sha256 recorded with the MNIST-1D study."""
+  for (seed, num_samples), expected in mnist1d.FINGERPRINTS.items():
+    assert mnist1d.fingerprint(mnist1d.generate(seed, num_samples)) == expected
+
+
+def test_other_generated_signals_are_an_error_naming_the_cause(monkeypatch):
+  """One signal one float32 ulp off (what another machine's arithmetic could do) stops the run."""
+  from mnist1d import data  # pylint: disable=g-import-not-at-top
+  make_dataset = data.make_dataset
+
+  def nudged(args):
+    generated = make_dataset(args)
+    generated["x"][0, 0] = np.nextafter(np.float32(generated["x"][0, 0]), np.float32(np.inf))
+    return generated
+
+  monkeypatch.setattr(data, "make_dataset", nudged)
+  with pytest.raises(RuntimeError, match=r"seed=42, num_samples=5000 has sha256 [0-9a-f]{64}, "
+                                         r"not the recorded b09ad3e2.*\(mnist1d 0\.0\.2"):
+    mnist1d.generate.__wrapped__(mnist1d.STANDARD_SEED, mnist1d.STANDARD_NUM_SAMPLES)

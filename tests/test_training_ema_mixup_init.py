@@ -119,8 +119,28 @@ def test_mixup_pairs_each_row_with_its_mirror_in_its_shard(num_shards):
   np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[partner], rtol=1e-5)
   again, other = (mix(jax.random.key(k), images, jnp.arange(6))[1] for k in (2, 3))
   assert np.array_equal(again, targets) and not np.array_equal(other, targets)
-  with pytest.raises(ValueError, match="num_shards=4"):
+  with pytest.raises(ValueError, match="batch=6 does not split into num_shards=4"):
     mixup(jax.random.key(2), images, jnp.arange(6), alpha=0.2, num_classes=6, num_shards=4)
+
+
+@pytest.mark.parametrize("num_shards, rows, why", [
+    (6, 1, "each row would be mixed with itself"),
+    (2, 3, "the middle row of each device would not be mixed")])
+def test_mixup_refuses_an_odd_count_per_device(num_shards, rows, why):
+  """One row per device would be its own partner, and an odd count leaves the middle row
+  unmixed."""
+  images = jnp.ones((6, 4, 4, 3))
+  with pytest.raises(ValueError, match=f"batch=6 over {num_shards} devices is {rows} per "
+                                       f"device \\({why}\\)"):
+    mixup(jax.random.key(2), images, jnp.arange(6), alpha=0.2, num_classes=6,
+          num_shards=num_shards)
+
+
+def test_run_refuses_mixup_with_an_odd_count_per_device():
+  """batch_size over the data mesh's 8 devices, before any compute."""
+  with pytest.raises(ConfigError, match="batch_size=24 over 8 devices is 3 per device"):
+    Run.create(tiny_config(batch_size=24, mixup_alpha=0.2))
+  assert Run.create(tiny_config(batch_size=24)).mixup() is None  # no mixup, no constraint
 
 
 def test_mixup_moves_no_image_between_devices(ema_run):

@@ -25,6 +25,10 @@ Profiles (``n_c`` per class, class 0 first):
 Signals are ``float32 [40, 1]`` (``image_shape == (40, 1)``: length, channels), as the package
 makes them (zero mean and unit variance over the generation); there is no augmentation.
 
+Both generations are checked against :data:`FINGERPRINTS`, the sha256 of the arrays the recorded
+MNIST-1D study (``experiments/results/mnist1d``) trained on: a machine or package version that
+generates other signals stops with an error instead of silently training on other data.
+
 References:
   Greydanus & Kobak, Scaling Down Deep Learning with MNIST-1D, ICML 2024
   (https://arxiv.org/abs/2011.14439); https://github.com/greydanus/mnist1d.
@@ -32,6 +36,8 @@ References:
 
 import contextlib
 import functools
+import hashlib
+from importlib import metadata
 import random
 
 import numpy as np
@@ -49,6 +55,14 @@ DEFAULT_MAX_COUNT = 400
 # The paper's two 4K CIFAR-10 imbalance profiles (docs/method.md §5): head and tail class counts.
 LINEAR_PROFILES = {"linear_580_220": (580, 220), "linear_490_310": (490, 310)}
 PROFILES = ("standard", "balanced", *LINEAR_PROFILES, "long_tail")
+# sha256 of (train_signals, train_labels, test_signals, test_labels) bytes, as generate() returns
+# them, per (seed, num_samples): the standard set and the pool (mnist1d 0.0.2.post1).
+FINGERPRINTS = {
+    (STANDARD_SEED, STANDARD_NUM_SAMPLES):
+        "b09ad3e22c854bc5a1948b85c373aab653ceb38c9170f5ed05b7d054e4160db9",
+    (POOL_SEED, POOL_PER_CLASS * NUM_CLASSES):
+        "b18b31231650314b2358bc5dcfab108552fb1d5de7144aace6eda777f9d00ca5",
+}
 
 
 @contextlib.contextmanager
@@ -67,7 +81,8 @@ def generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.nd
   """One generation of the ``mnist1d`` package with its default arguments but these two.
 
   Cached per process (a generation takes about a second per 5,000 signals). The caller's global
-  random states are left as they were.
+  random states are left as they were. A generation listed in :data:`FINGERPRINTS` must match
+  its fingerprint.
 
   Args:
     seed: the generator's seed (42 gives the published data set).
@@ -77,6 +92,9 @@ def generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.nd
   Returns:
     ``(train_signals, train_labels, test_signals, test_labels)``: float32 ``[N, 40, 1]`` and
     int64 ``[N]``, read-only.
+
+  Raises:
+    RuntimeError: if the arrays' sha256 differs from the one in :data:`FINGERPRINTS`.
 
   Examples:
     >>> x, y, x_test, y_test = generate(STANDARD_SEED, STANDARD_NUM_SAMPLES)
@@ -94,7 +112,34 @@ def generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.nd
             generated["y_test"].astype(np.int64))
   for array in arrays:
     array.flags.writeable = False
+  _check_fingerprint(seed, num_samples, arrays)
   return arrays
+
+
+def fingerprint(arrays: tuple[np.ndarray, ...]) -> str:
+  """sha256 (hex) of the arrays' bytes in order.
+
+  Examples:
+    >>> fingerprint((np.zeros(2, np.float32),))[:12]
+    'af5570f5a181'
+  """
+  digest = hashlib.sha256()
+  for array in arrays:
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def _check_fingerprint(seed: int, num_samples: int, arrays: tuple[np.ndarray, ...]) -> None:
+  expected = FINGERPRINTS.get((seed, num_samples))
+  got = fingerprint(arrays)
+  if expected is not None and got != expected:
+    versions = ", ".join(f"{name} {metadata.version(name)}"
+                         for name in ("mnist1d", "numpy", "scipy"))
+    raise RuntimeError(
+        f"MNIST-1D generated with seed={seed}, num_samples={num_samples} has sha256 {got}, not "
+        f"the recorded {expected}: this machine's packages ({versions}) generate other signals "
+        "than those the recorded study trained on, so its runs would not reproduce. Install the "
+        "mnist1d version named in FINGERPRINTS' comment (cfl_jax/data/mnist1d.py).")
 
 
 def _pool() -> tuple[np.ndarray, np.ndarray]:

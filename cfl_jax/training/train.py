@@ -254,6 +254,9 @@ class Run:
       mesh = sharding.make_data_mesh()
       for key in ("batch_size", "eval_batch_size"):
         sharding.check_batch_size(key, config[key], mesh)
+      if config.mixup_alpha:
+        mixup_lib.check_rows_per_shard(config.batch_size, mesh.shape[sharding.DATA_AXIS],
+                                       name="batch_size")
       plan = recipe.Plan.create(config,
                                 steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
       if config.model.init_from:

@@ -6,6 +6,7 @@ r"""Runs a study's grid, then writes ``results.json``, ``REPORT.md`` and the plo
   python -m experiments.study --shard=0/2 & python -m experiments.study --shard=1/2; wait
   python -m experiments.study                               # merges the shards, then reports
   python -m experiments.study --out=gs://BUCKET/study --workdir_root=gs://BUCKET/runs   # a bucket
+  python -m experiments.study --measure_spread=long_tail_10/cross_entropy/0   # spread.json
 
 ``--study=NAME`` picks the grid file ``experiments/study/NAME.py`` (default ``digits``). The study
 sets up JAX as ``experiments/train.py`` does (``--cpu_devices`` XLA host devices unless the
@@ -31,6 +32,7 @@ from experiments.study import grid as grid_lib
 from experiments.study import provenance
 from experiments.study import report
 from experiments.study import run
+from experiments.study import spread
 
 _STUDY = flags.DEFINE_string("study", "digits", "The grid file experiments/study/<STUDY>.py.")
 _GRID = flags.DEFINE_enum("grid", "all", list(grid_lib.GRID_NAMES), "Which grid to run.")
@@ -64,6 +66,10 @@ _RERUN = flags.DEFINE_boolean(
 _VERIFY = flags.DEFINE_integer(
     "verify", 2, "After the grid, rerun this many random runs' commands in fresh processes and "
     "record the reproduced accuracies.")
+_MEASURE_SPREAD = flags.DEFINE_string(
+    "measure_spread", None, "Rerun this recorded run (DATASET/LOSS/SEED) under XLA settings that "
+    "only reorder its float work (experiments/study/spread.py), write <out>/spread.json and the "
+    "report.")
 _REPORT_ONLY = flags.DEFINE_boolean("report_only", False, "Only rebuild REPORT.md and plots.")
 _REPORT = flags.DEFINE_boolean("report", True, "Write REPORT.md and plots after the grid.")
 _SHARD = flags.DEFINE_string(
@@ -128,6 +134,24 @@ def _verify(results, cells, count: int) -> list[dict]:
   return checks
 
 
+def _measure_spread(grid: grid_lib.Grid, out: storage.PathLike) -> None:
+  """``--measure_spread``: the record, then the report that quotes it."""
+  from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
+  out = storage.as_path(out)
+  results = run.load_results(out / "results.json")
+  entry = next((r for r in results["runs"] if r["run_id"] == _MEASURE_SPREAD.value), None)
+  if entry is None:
+    raise app.UsageError(f"--measure_spread={_MEASURE_SPREAD.value}: no such run in "
+                         f"{out / 'results.json'}.")
+  command = " ".join(["python", "-m", "experiments.study", *map(shlex.quote, sys.argv[1:])])
+  env = {"JAX_COMPILATION_CACHE_DIR": _CACHE_DIR.value} if _CACHE_DIR.value else {}
+  record = spread.measure(entry, command=command, extra_env=env)
+  reporting.write_json(out / spread.RECORD_FILE, record)
+  print(json.dumps(record, indent=1))
+  if _REPORT.value:
+    report.write_report(grid, results, out)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -136,6 +160,9 @@ def main(argv):
   out = storage.as_path(_OUT.value or f"experiments/results/{grid.name}")
   if _REPORT_ONLY.value:
     print(report.write_report(grid, run.load_results(out / "results.json"), out))
+    return
+  if _MEASURE_SPREAD.value:
+    _measure_spread(grid, out)
     return
   logging.set_verbosity(logging.WARNING)
   configure_jax(_CPU_DEVICES.value, _CACHE_DIR.value)

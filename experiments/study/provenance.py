@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import hashlib
 import json
 import os
+import platform
 import shlex
 import subprocess
 from typing import Any
@@ -140,3 +141,20 @@ def code_version(config_file: str) -> dict[str, Any]:
   return {"git_commit": git("rev-parse", "HEAD"),
           "source_fingerprint": source_fingerprint(config_file),
           "uncommitted_source_changes": dirty.splitlines()}
+
+
+def cpu() -> str:
+  """The CPU's model name and widest x86 vector extension (compiled kernels depend on it), e.g.
+  ``'AMD EPYC (AVX2)'``."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                if line.startswith("model name")), platform.machine())
+  flags_ = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
+                     if line.startswith("flags")), []))
+  widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                 if flag in flags_), "SSE")
+  return f"{model} ({widest})"

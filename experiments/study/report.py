@@ -5,6 +5,7 @@ config the runs were built from and from its dataset; the grid supplies its labe
 """
 
 from collections.abc import Mapping, Sequence
+import json
 import math
 import os
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from cfl_jax import storage
 from experiments.study import plots
 from experiments.study import provenance
+from experiments.study import spread
 from experiments.study import stats
 from experiments.study.grid import Grid
 
@@ -404,8 +406,10 @@ def _check_lines(results) -> list[str]:
   return lines + [""]
 
 
-def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) -> str:
-  """The text of REPORT.md for the reportable runs of ``results``."""
+def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str],
+           spread_record: Mapping[str, Any] | None = None) -> str:
+  """The text of REPORT.md for the reportable runs of ``results``, with the measured
+  reproduction spread (:mod:`experiments.study.spread`) if given."""
   results = reportable(results)
   if not results["runs"]:
     raise ValueError("results.json holds no runs of the study to report on.")
@@ -468,6 +472,7 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
 
   lines += _verdict_lines(grid, results, datasets, config, test_images)
   lines += _check_lines(results)
+  lines += spread.report_lines(spread_record) if spread_record else []
   lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})"
                                for p in plot_paths]
   lines += ["", "## Caveats", ""] + [f"- {caveat}" for caveat in grid.caveats] + [""]
@@ -475,9 +480,12 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str]) ->
 
 
 def write_report(grid: Grid, results: Mapping[str, Any], out: storage.PathLike) -> str:
-  """Writes REPORT.md and the plots to ``out`` (local or in a bucket); returns the report text."""
+  """Writes REPORT.md and the plots to ``out`` (local or in a bucket), quoting ``out``'s
+  spread.json if there is one; returns the report text."""
   results = reportable(results)
   paths = plots.make_plots(grid, results, out)
-  text = render(grid, results, paths)
+  spread_path = storage.as_path(out) / spread.RECORD_FILE
+  spread_record = json.loads(spread_path.read_text()) if spread_path.exists() else None
+  text = render(grid, results, paths, spread_record)
   storage.write_atomic(storage.as_path(out) / "REPORT.md", text)
   return text

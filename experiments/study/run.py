@@ -120,7 +120,7 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_e
                     "runs": len(results["runs"])})
   results.update(metadata or {})
   results.update({"jax_version": jax.__version__, "device_kind": jax.devices()[0].device_kind,
-                  "num_devices": jax.device_count()})
+                  "num_devices": jax.device_count(), "cpu": provenance.cpu()})
   def overrides(cell):
     return grid.overrides(cell, num_epochs=num_epochs, eval_every_epochs=eval_every_epochs,
                           num_train_steps=num_train_steps)
