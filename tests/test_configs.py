@@ -234,7 +234,7 @@ def data_dir(tmp_path_factory):
     ("cifar100", "focal,smoke", 2),
     ("cifar_lt", "c10,ratio=10,smoke", 2),
     ("imagenet", "ce,smoke", 2),
-    ("imagenet_lt", "cfl_reference,smoke", 8),  # two whole epochs of 32 images at batch 8
+    ("imagenet_lt", "cfl_reference,smoke", 4),  # two whole epochs of 32 images at batch 16
     ("places_lt", "smoke", 2),
 ])
 def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path, study, arg,
