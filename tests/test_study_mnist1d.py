@@ -197,6 +197,7 @@ def test_spot_check_a_recorded_run_reproduces(compilation_cache):
   """One recorded 3,000-step run, rerun from its printed command in a new process."""
   entry = next(r for r in run.load_results(RESULTS)["runs"]
                if r["run_id"] == "long_tail_100/cross_entropy/0")
-  check = run.reproduce(entry, timeout=180, extra_env={**compilation_cache, **ONE_DEVICE})
+  check = run.reproduce(entry, root="runs/reproduce_mnist1d", timeout=180,
+                        extra_env={**compilation_cache, **ONE_DEVICE})
   assert abs(check["difference_pp"]) <= 0.5
   assert check["reproduced_test_loss"] == pytest.approx(entry["test_loss"], rel=1e-3)

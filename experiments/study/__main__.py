@@ -116,13 +116,13 @@ def _cells(grid: grid_lib.Grid) -> list[grid_lib.Cell]:
     raise app.UsageError(str(error)) from None
 
 
-def _verify(results, cells, count: int) -> list[dict]:
-  """Reruns ``count`` random runs of ``cells`` from their commands."""
+def _verify(results, cells, count: int, root: str) -> list[dict]:
+  """Reruns ``count`` random runs of ``cells`` from their commands, into ``root``."""
   ids = {c.run_id for c in cells}
   candidates = [r for r in results["runs"] if r["run_id"] in ids]
   checks = []
   for entry in random.Random(int(time.time())).sample(candidates, min(count, len(candidates))):
-    check = run.reproduce(entry)
+    check = run.reproduce(entry, root=root)
     logging.warning("reproduced %s: %s", entry["run_id"], check)
     checks.append(check)
   return checks
@@ -157,10 +157,11 @@ def main(argv):
       "seeds": list(range(_SEEDS.value)), "num_epochs": num_epochs,
       "num_train_steps": _NUM_TRAIN_STEPS.value,
       "eval_every_epochs": _EVAL_EVERY.value, **provenance.code_version(grid.config_file)}
+  reproduce_root = _REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}"
   results = run.run_study(
       grid, cells, out=out, num_epochs=num_epochs, eval_every_epochs=_EVAL_EVERY.value,
       workdir_root=_WORKDIR_ROOT.value or f"runs/study_{grid.name}",
-      reproduce_root=_REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}",
+      reproduce_root=reproduce_root,
       num_train_steps=_NUM_TRAIN_STEPS.value, rerun=_RERUN.value or bool(_ONLY.value),
       metadata=metadata)
   if _ONLY.value:
@@ -185,7 +186,7 @@ def main(argv):
                     results.get("source_fingerprint"), now)
   results["source_fingerprint_at_verification"] = now
   if _VERIFY.value:
-    results["reproduction_checks"] = _verify(results, cells, _VERIFY.value)
+    results["reproduction_checks"] = _verify(results, cells, _VERIFY.value, reproduce_root)
   reporting.write_json(out / "results.json", results)
   if _REPORT.value:
     print(report.write_report(grid, results, out))
