@@ -93,7 +93,8 @@ def test_a_named_directory_holds_the_cache_and_jax_settings_come_back(tmp_path,
   assert _entries(shared) == before and _entries(configured)
 
 
-def test_off_turns_even_a_configured_cache_off_and_a_resume_may_change_it(tmp_path, compilation_cache):
+def test_off_turns_even_a_configured_cache_off_and_a_resume_may_change_it(tmp_path,
+                                                                          compilation_cache):
   configured = compilation_cache["JAX_COMPILATION_CACHE_DIR"]
   with _compilations() as counts:
     train_and_evaluate({**_CONFIG, "compilation_cache": "off"}, tmp_path / "run")
@@ -106,17 +107,22 @@ def test_off_turns_even_a_configured_cache_off_and_a_resume_may_change_it(tmp_pa
 
 
 def test_auto_without_a_configured_cache_uses_the_workdir(tmp_path):
-  assert not jax.config.jax_compilation_cache_dir  # no fixture here
-  with _compilations() as counts:
-    with persistent_compilation_cache("auto", tmp_path / "run"):
-      assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
-      jax.jit(lambda x: x * 5 - 2)(np.arange(3.0))
-    jax.clear_caches()
-    with persistent_compilation_cache("auto", tmp_path / "run"):
-      jax.jit(lambda x: x * 5 - 2)(np.arange(3.0))
-  assert len(_entries(tmp_path / "run" / "compilation_cache")) == 1 and counts["hits"] == 1
-  assert not jax.config.jax_compilation_cache_dir
-  assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0  # JAX's default again
+  saved = jax.config.jax_compilation_cache_dir
+  threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_compilation_cache_dir", None)  # a process that configured no cache
+  try:
+    with _compilations() as counts:
+      with persistent_compilation_cache("auto", tmp_path / "run"):
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        jax.jit(lambda x: x * 5 - 2)(np.arange(3.0))
+      jax.clear_caches()
+      with persistent_compilation_cache("auto", tmp_path / "run"):
+        jax.jit(lambda x: x * 5 - 2)(np.arange(3.0))
+    assert len(_entries(tmp_path / "run" / "compilation_cache")) == 1 and counts["hits"] == 1
+    assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == threshold
+  finally:
+    jax.config.update("jax_compilation_cache_dir", saved)
 
 
 @pytest.mark.parametrize("value", ["", "  "])

@@ -189,7 +189,7 @@ def _check_values(c: dict, errors: list[str]) -> None:
   need(bool(c["name"]) and "/" not in c["name"], f"name must be a non-empty file name, got "
        f"{c['name']!r}")
   need(bool(c["compilation_cache"].strip()),
-       "compilation_cache must be 'auto', 'off' or a directory, got ''")
+       f"compilation_cache must be 'auto', 'off' or a directory, got {c['compilation_cache']!r}")
   for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps", "max_to_keep"):
     at_least(key, c[key], 1)
   need(c["num_train_steps"] == -1 or c["num_train_steps"] >= 1,
