@@ -4,6 +4,7 @@ place or turns it off; a cache JAX is already configured with (the tests' fixtur
 
 import contextlib
 import os
+import shutil
 import uuid
 
 from etils import epath
@@ -123,6 +124,17 @@ def test_auto_without_a_configured_cache_uses_the_workdir(tmp_path):
     assert jax.config.jax_persistent_cache_min_compile_time_secs == threshold
   finally:
     jax.config.update("jax_compilation_cache_dir", saved)
+
+
+def test_a_cache_copied_elsewhere_still_hits(tmp_path):
+  with _compilations() as counts:
+    with persistent_compilation_cache(str(tmp_path / "a"), tmp_path / "run"):
+      jax.jit(lambda x: x * 7 + 4)(np.arange(5.0))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    jax.clear_caches()
+    with persistent_compilation_cache(str(tmp_path / "b"), tmp_path / "run"):
+      jax.jit(lambda x: x * 7 + 4)(np.arange(5.0))
+  assert counts["hits"] == 1 and _entries(tmp_path / "b") == _entries(tmp_path / "a")
 
 
 @pytest.mark.parametrize("value", ["", "  "])

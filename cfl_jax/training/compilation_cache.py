@@ -62,16 +62,15 @@ def cache_settings(choice: str, workdir: storage.PathLike) -> dict[str, Any]:
     directory = storage.as_path(workdir) / WORKDIR_CACHE
   else:
     directory = storage.as_path(choice)
-  settings: dict[str, Any] = {
+  return {
       "jax_enable_compilation_cache": True,
       "jax_compilation_cache_dir": str(directory),
       "jax_persistent_cache_min_compile_time_secs": 0.0,
       "jax_persistent_cache_min_entry_size_bytes": -1,  # no size floor either
+      # Without XLA's GPU autotuning cache beside it, whose path JAX puts in every program's
+      # cache key: the cache still hits after it is moved or copied elsewhere.
+      "jax_persistent_cache_enable_xla_caches": "",
   }
-  if not storage.is_local(directory):
-    # XLA's own GPU kernel and autotuning caches beside it are written by C++ to local paths.
-    settings["jax_persistent_cache_enable_xla_caches"] = ""
-  return settings
 
 
 @contextlib.contextmanager
