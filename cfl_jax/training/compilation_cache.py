@@ -15,7 +15,7 @@ Where this module sets a directory it caches every program, however fast it comp
 default skips programs that compile in under a second): a relaunch looks every program up in the
 cache whatever the threshold, so the threshold only decides whether a small program is compiled
 again or read, and which programs those are would depend on the machine's load. Each program is
-written once: the CIFAR-10 smoke with TResNet-M leaves 108 entries, 3.2 MiB (100 of them small
+written once: the CIFAR-10 smoke with TResNet-M leaves 108 entries, 3.0 MiB (100 of them small
 ``jit_slice`` programs).
 
 The settings are JAX's process-wide ones: they hold while :func:`persistent_compilation_cache` is
