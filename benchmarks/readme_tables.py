@@ -21,17 +21,19 @@ def _time(ms: float) -> str:
 def render(record: dict) -> str:
   """The markdown table of ``record`` (as written by ``record.write_record``).
 
-  Columns: the case (when the record has several), the loss, the temporaries (when measured),
-  the median time and the ratio to the record's baseline row of the same case.
+  Columns: the case (when the record has several), the loss (or the record's ``label``), the
+  temporaries (when measured), the median time and the ratio to the record's baseline row of the
+  same case.
   """
   rows = record["rows"]
+  label = record.get("label", "loss")
   cases = len({row["case"] for row in rows}) > 1
   memory = all("temp_mib" in row for row in rows)
-  header = [*(["case"] if cases else []), "loss", *(["temporaries"] if memory else []),
+  header = [*(["case"] if cases else []), label, *(["temporaries"] if memory else []),
             "time", "x baseline"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
-    cells = [*([row["case"]] if cases else []), row["loss"],
+    cells = [*([row["case"]] if cases else []), row[label],
              *([f"{row['temp_mib']:,.0f} MiB"] if memory else []), _time(row["ms"]),
              f"{row['x_ce']:.2f}x"]
     lines.append("| " + " | ".join(cells) + " |")

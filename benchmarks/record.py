@@ -8,11 +8,15 @@ import pathlib
 import jax
 
 
-def write_record(path: pathlib.Path, *, title: str, args: dict, rows: list[dict]) -> None:
-  """Writes ``{device, backend, jax, title, args, rows}``; each row names a ``loss``."""
+def write_record(path: pathlib.Path, *, title: str, args: dict, rows: list[dict],
+                 label: str = "loss") -> None:
+  """Writes ``{device, backend, jax, title, args, rows}``; each row names a ``loss`` (or what
+  ``label`` says, then stored as the record's ``label``)."""
   device = jax.devices()[0]
   record = {"device": device.device_kind, "backend": jax.default_backend(),
             "jax": jax.__version__, "title": title, "args": args, "rows": rows}
+  if label != "loss":
+    record["label"] = label
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(record, indent=1) + "\n")

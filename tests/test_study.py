@@ -308,7 +308,8 @@ def test_spot_check_schema_and_command_reproduces(tmp_path, compilation_cache):
   assert entry["command"].startswith("JAX_PLATFORMS=cpu ")
   assert "python -m experiments.train --config=experiments/configs/digits.py" in entry["command"]
 
-  check = run.reproduce(entry, timeout=120, extra_env=compilation_cache)
+  check = run.reproduce(entry, root=str(tmp_path / "reproduce"), timeout=120,
+                        extra_env=compilation_cache)
   assert abs(check["difference_pp"]) <= 0.5
   assert check["reproduced_test_loss"] == pytest.approx(entry["test_loss"], rel=1e-5)
   assert os.path.exists(tmp_path / "reproduce" / "long_tail_10" / "cfl_reference" / "1" /

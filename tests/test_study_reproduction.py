@@ -53,7 +53,8 @@ def test_spot_check_a_recorded_run_reproduces(name, compilation_cache):
   results, record, _ = _study(name)
   entry = next(r for r in results["runs"] if r["run_id"] == record["run_id"])
   allowed = spread.tolerances(record)
-  check = run.reproduce(entry, timeout=180, extra_env={**compilation_cache, **ONE_DEVICE})
+  check = run.reproduce(entry, root=f"runs/reproduce_{name}", timeout=180,
+                        extra_env={**compilation_cache, **ONE_DEVICE})
   assert abs(check["difference_pp"]) <= allowed["accuracy_pp"]
   assert check["reproduced_test_loss"] == pytest.approx(entry["test_loss"],
                                                         rel=allowed["loss_percent"] / 100)

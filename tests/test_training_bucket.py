@@ -253,9 +253,11 @@ def test_two_processes_share_a_bucket_workdir_and_resume_together(bucket_dir, tm
   assert all(returncode == 0 for returncode, _ in results), results[0][1] + results[1][1]
   summary = _read_json(bucket_dir / "summary.json")
   assert summary["resumed_from_step"] == stopped and summary["num_processes"] == 2
-  # One writer: one set of run files, one event file a session, no duplicate record.
+  # One writer: one set of run files, one event file a session, no duplicate record; the
+  # compilation cache both processes read (JAX writes it from process 0).
   assert {p.name for p in bucket_dir.iterdir()} == {
-      "checkpoints", "config.json", "metrics.jsonl", "summary.json", "tensorboard"}
+      "checkpoints", "compilation_cache", "config.json", "metrics.jsonl", "summary.json",
+      "tensorboard"}
   assert len(list((bucket_dir / "tensorboard").iterdir())) == 2
 
   # The trajectory of one process on 8 devices, to float precision while it lasts: the all-reduces

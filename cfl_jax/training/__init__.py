@@ -13,6 +13,7 @@ One job per module, in the order a run uses them:
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
 * ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, progress.
 * ``workdir_lock``: one run per workdir (``flock`` locally, a heartbeat lock object in a bucket).
+* ``compilation_cache``: JAX's persistent compilation cache of a run (default: in its workdir).
 """
 
 from cfl_jax import _extras

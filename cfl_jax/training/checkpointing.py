@@ -35,6 +35,7 @@ from cfl_jax import storage
 NON_TRAJECTORY_KEYS = frozenset({
     "name", "eval_batch_size", "eval_every_epochs", "log_every_steps",
     "checkpoint_every_steps", "max_to_keep", "many_shot_min", "few_shot_max",
+    "compilation_cache",
 })
 
 

@@ -121,6 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 10  # 0 = evaluate only at the end
   config.checkpoint_every_steps = 140  # 0 = only the final (and preemption) checkpoint
   config.max_to_keep = 2  # checkpoints kept on disk
+  # JAX's persistent compilation cache (cfl_jax.training.compilation_cache): 'auto' =
+  # <workdir>/compilation_cache unless JAX is configured with a cache already, 'off', or a
+  # directory (local or gs://), e.g. one shared by many runs. A relaunch then loads its programs.
+  config.compilation_cache = "auto"
   return config
 
 
@@ -184,6 +188,8 @@ def _check_values(c: dict, errors: list[str]) -> None:
   opt, loss = c["optimizer"], c["loss"]
   need(bool(c["name"]) and "/" not in c["name"], f"name must be a non-empty file name, got "
        f"{c['name']!r}")
+  need(bool(c["compilation_cache"].strip()),
+       f"compilation_cache must be 'auto', 'off' or a directory, got {c['compilation_cache']!r}")
   for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps", "max_to_keep"):
     at_least(key, c[key], 1)
   need(c["num_train_steps"] == -1 or c["num_train_steps"] >= 1,

@@ -39,6 +39,7 @@ from cfl_jax import metrics as metrics_lib
 from cfl_jax import models
 from cfl_jax import storage
 from cfl_jax.training import checkpointing
+from cfl_jax.training import compilation_cache
 from cfl_jax.training import config as config_lib
 from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
@@ -478,10 +479,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   Args:
     config: a config over the schema of :func:`cfl_jax.training.config.default_config`.
     workdir: a local directory or a bucket (``gs://...``; see :mod:`cfl_jax.storage`); gets
-      ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/`` and
-      ``summary.json``; a workdir holding checkpoints of the same config is resumed. It is locked
-      for the run (:mod:`cfl_jax.training.workdir_lock`): a second run in the same workdir stops
-      at once.
+      ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``summary.json``
+      and, by default, ``compilation_cache/`` (see :mod:`cfl_jax.training.compilation_cache`);
+      a workdir holding checkpoints of the same config is resumed. It is locked for the run
+      (:mod:`cfl_jax.training.workdir_lock`): a second run in the same workdir stops at once.
 
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
@@ -504,7 +505,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   session_started = time.time()
   run = Run.create(config)
   is_writer = jax.process_index() == 0
-  with workdir_lock.WorkdirLock(workdir, enabled=is_writer):
+  with (compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir),
+        workdir_lock.WorkdirLock(workdir, enabled=is_writer)):
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
 
 

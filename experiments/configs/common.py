@@ -215,9 +215,10 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
   Kept: the dataset with its input size and augmentation (RandAugment, erasing, mixup), the loss,
   the optimizer with its parameter groups, EMA. Shrunk: two optimizer steps at batch 16 (two rows
   per device on eight devices, so that mixup has a partner for every row), evaluated once at the
-  end, no warm-up or cool-down, one final checkpoint. The model becomes the digits CNN and pretrained weights are not loaded: on a 2-core CPU, TResNet-M at 224 px took 90 s to
-  initialise and 115 s for its first step at batch 2, ResNet-152 85 s to initialise, too slow for
-  the test suite. The reference xi schedule counts whole epochs, so with ``cfl_reference`` the
+  end, no warm-up or cool-down, one final checkpoint. The model becomes the digits CNN and
+  pretrained weights are not loaded: on a 2-core CPU, TResNet-M at 224 px took 90 s to initialise
+  and 115 s for its first step at batch 2, ResNet-152 85 s to initialise, too slow for the test
+  suite. The reference xi schedule counts whole epochs, so with ``cfl_reference`` the
   run is two whole epochs: point ``data_dir`` at tiny data (as the tests do).
   """
   config.name += "_smoke"

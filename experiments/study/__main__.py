@@ -122,20 +122,20 @@ def _cells(grid: grid_lib.Grid) -> list[grid_lib.Cell]:
     raise app.UsageError(str(error)) from None
 
 
-def _verify(results, cells, count: int) -> list[dict]:
-  """Reruns ``count`` random runs of ``cells`` from their commands."""
+def _verify(results, cells, count: int, root: str) -> list[dict]:
+  """Reruns ``count`` random runs of ``cells`` from their commands, into ``root``."""
   ids = {c.run_id for c in cells}
   candidates = [r for r in results["runs"] if r["run_id"] in ids]
   checks = []
   for entry in random.Random(int(time.time())).sample(candidates, min(count, len(candidates))):
-    check = run.reproduce(entry)
+    check = run.reproduce(entry, root=root)
     logging.warning("reproduced %s: %s", entry["run_id"], check)
     checks.append(check)
   return checks
 
 
-def _measure_spread(grid: grid_lib.Grid, out: storage.PathLike) -> None:
-  """``--measure_spread``: the record, then the report that quotes it."""
+def _measure_spread(grid: grid_lib.Grid, out: storage.PathLike, root: str) -> None:
+  """``--measure_spread``: the record (reruns into ``root``), then the report that quotes it."""
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   out = storage.as_path(out)
   results = run.load_results(out / "results.json")
@@ -145,7 +145,7 @@ def _measure_spread(grid: grid_lib.Grid, out: storage.PathLike) -> None:
                          f"{out / 'results.json'}.")
   command = " ".join(["python", "-m", "experiments.study", *map(shlex.quote, sys.argv[1:])])
   env = {"JAX_COMPILATION_CACHE_DIR": _CACHE_DIR.value} if _CACHE_DIR.value else {}
-  record = spread.measure(entry, command=command, extra_env=env)
+  record = spread.measure(entry, command=command, root=root, extra_env=env)
   reporting.write_json(out / spread.RECORD_FILE, record)
   print(json.dumps(record, indent=1))
   if _REPORT.value:
@@ -161,8 +161,9 @@ def main(argv):
   if _REPORT_ONLY.value:
     print(report.write_report(grid, run.load_results(out / "results.json"), out))
     return
+  reproduce_root = _REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}"
   if _MEASURE_SPREAD.value:
-    _measure_spread(grid, out)
+    _measure_spread(grid, out, reproduce_root)
     return
   logging.set_verbosity(logging.WARNING)
   configure_jax(_CPU_DEVICES.value, _CACHE_DIR.value)
@@ -187,7 +188,7 @@ def main(argv):
   results = run.run_study(
       grid, cells, out=out, num_epochs=num_epochs, eval_every_epochs=_EVAL_EVERY.value,
       workdir_root=_WORKDIR_ROOT.value or f"runs/study_{grid.name}",
-      reproduce_root=_REPRODUCE_ROOT.value or f"runs/reproduce_{grid.name}",
+      reproduce_root=reproduce_root,
       num_train_steps=_NUM_TRAIN_STEPS.value, rerun=_RERUN.value or bool(_ONLY.value),
       metadata=metadata)
   if _ONLY.value:
@@ -212,7 +213,7 @@ def main(argv):
                     results.get("source_fingerprint"), now)
   results["source_fingerprint_at_verification"] = now
   if _VERIFY.value:
-    results["reproduction_checks"] = _verify(results, cells, _VERIFY.value)
+    results["reproduction_checks"] = _verify(results, cells, _VERIFY.value, reproduce_root)
   reporting.write_json(out / "results.json", results)
   if _REPORT.value:
     print(report.write_report(grid, results, out))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 from typing import Any
@@ -21,6 +22,17 @@ from experiments import config_files
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = "experiments/train.py"
 SOURCE_DIRS = ("cfl_jax",)
+CONFIG_DIR = "experiments/configs/"  # every config file a command may name lies here
+
+# The environment device_setup writes: variable -> the values it may have.
+_ENV_VALUES = {"JAX_PLATFORMS": r"[a-z]+", "JAX_NUM_CPU_DEVICES": r"[1-9]\d*",
+               "XLA_FLAGS": r"--xla_\w+=[\w.]+( --xla_\w+=[\w.]+)*"}
+# The experiments.train arguments reproduce_argv writes (and device_setup's --cpu_devices).
+_FLAGS = (r"--config=[\w./-]+\.py", r"--config\.\w+(\.\w+)*=.*", r"--workdir=.+",
+          r"--cpu_devices=[1-9]\d*")
+_FLAG_NAMES = ("--config", "--workdir", "--cpu_devices")
+_COMMAND_SHAPE = ("'[JAX_PLATFORMS=...] python -m experiments.train --config=experiments/configs/"
+                  "FILE.py --config.KEY=VALUE... --workdir=DIR [--cpu_devices=N]'")
 
 
 def base_config(config_file: str):
@@ -83,13 +95,60 @@ def reproduce_command(env: Mapping[str, str], argv: Sequence[str]) -> str:
 
 
 def split_command(command: str) -> tuple[dict[str, str], list[str]]:
-  """(environment, ``experiments.train`` arguments) of a :func:`reproduce_command` command."""
-  words = shlex.split(command)
-  start = words.index("python")
-  if words[start + 1:start + 3] != ["-m", "experiments.train"]:
-    raise ValueError(f"Not an experiments.train command: {command!r}")
-  env = dict(word.split("=", 1) for word in words[:start])
-  return env, words[start + 3:]
+  """(environment, ``experiments.train`` arguments) of a :func:`reproduce_command` command.
+
+  Only the shape this module writes is accepted, since results.json may come from anywhere (a
+  bucket): ``[ENV=VALUE ...] python -m experiments.train --config=experiments/configs/FILE.py
+  [--config.KEY=VALUE ...] --workdir=DIR [--cpu_devices=N]``, with the environment of
+  :func:`device_setup` only.
+
+  Raises:
+    ValueError: naming the first part of ``command`` of another shape.
+
+  Examples:
+    >>> split_command('JAX_PLATFORMS=cpu python -m experiments.train '
+    ...               '--config=experiments/configs/digits.py --workdir=runs/r')
+    ({'JAX_PLATFORMS': 'cpu'}, ['--config=experiments/configs/digits.py', '--workdir=runs/r'])
+    >>> split_command('python -m experiments.train --workdir=runs/r; rm -rf ~')
+    Traceback (most recent call last):
+    ...
+    ValueError: Refusing to run ...: unexpected 'rm' (...)
+  """
+
+  def refuse(problem: str) -> ValueError:
+    return ValueError(f"Refusing to run {command!r}: {problem} (an experiments.train command as "
+                      f"the study writes it looks like {_COMMAND_SHAPE})")
+
+  try:
+    words = shlex.split(command)
+  except ValueError as error:
+    raise refuse(f"it is not a shell command ({error})") from None
+  env = {}
+  while words and re.fullmatch(r"\w+=.*", words[0]):
+    key, value = words.pop(0).split("=", 1)
+    if key not in _ENV_VALUES:
+      raise refuse(f"environment variable {key} is not one the study sets "
+                   f"({', '.join(_ENV_VALUES)})")
+    if not re.fullmatch(_ENV_VALUES[key], value):
+      raise refuse(f"{key}={value!r} is not a value the study writes")
+    env[key] = value
+  if words[:3] != ["python", "-m", "experiments.train"]:
+    raise refuse(f"it does not run python -m experiments.train, but {' '.join(words[:3])!r}")
+  argv = words[3:]
+  for word in argv:
+    flag = word.split("=", 1)[0]
+    if not any(re.fullmatch(pattern, word, re.DOTALL) for pattern in _FLAGS):
+      raise refuse(f"unexpected {word!r}" if flag == word or flag not in _FLAG_NAMES
+                   else f"bad value in {word!r}")
+  names = [word.split("=", 1)[0] for word in argv if not word.startswith("--config.")]
+  for flag in ("--config", "--workdir"):
+    if names.count(flag) != 1:
+      raise refuse(f"{flag} must be given once")
+  config_file = next(word.split("=", 1)[1] for word in argv if word.startswith("--config="))
+  if (os.path.normpath(config_file) != config_file or not config_file.startswith(CONFIG_DIR)
+      or not os.path.isfile(os.path.join(REPO, config_file))):
+    raise refuse(f"--config={config_file} is not a config file under {CONFIG_DIR}")
+  return env, argv
 
 
 def parse_runner_config(argv: Sequence[str]):

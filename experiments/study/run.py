@@ -11,10 +11,13 @@ workdirs may be local or in a bucket (``gs://...``): every path goes through :mo
 from collections.abc import Mapping, Sequence
 import json
 import os
+import posixpath
 import subprocess
 import sys
 import time
 from typing import Any
+
+from etils import epath
 
 from cfl_jax import storage
 from experiments.study import provenance
@@ -147,20 +150,51 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_e
   return results
 
 
-def reproduce(entry: Mapping[str, Any], *, timeout: float = 600,
+def _absolute(path: str) -> str:
+  """``path`` normalised, with a relative local path taken from the repository root (where
+  the commands run)."""
+  if storage.is_local(path):
+    return os.path.realpath(os.path.join(provenance.REPO, path))
+  scheme, rest = path.split("://", 1)
+  return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def checked_command(entry: Mapping[str, Any],
+                    root: str) -> tuple[dict[str, str], list[str], epath.Path]:
+  """(environment, ``experiments.train`` arguments, workdir) of ``entry['command']``, after
+  checking that it has the shape the study writes and that its workdir lies inside ``root``.
+
+  Raises:
+    ValueError: naming the part of the command that is refused.
+  """
+  env, argv = provenance.split_command(entry["command"])
+  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  path, top = _absolute(workdir), _absolute(root)
+  if not path.startswith(top.rstrip("/") + "/"):
+    raise ValueError(f"Refusing to reproduce into --workdir={workdir}: it is not inside the "
+                     f"reproduce root {root} ({top}), and reproducing empties the workdir first.")
+  return env, argv, storage.as_path(path)
+
+
+def reproduce(entry: Mapping[str, Any], *, root: str, timeout: float = 600,
               extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Reruns ``entry['command']`` in a fresh process (repository root) and compares.
 
   The command runs with this interpreter (``sys.executable``) in place of its ``python``, with
   its environment prefix added to the inherited environment, as is ``extra_env`` (tests pass a
   compilation cache there; a cached executable is the same program, so it cannot change the
-  result).
+  result). Its workdir is emptied first, so it must lie inside ``root``.
+
+  Args:
+    entry: a results.json run, whose ``command`` has the shape the study writes (see
+      :func:`provenance.split_command`).
+    root: the study's reproduce root (relative paths are relative to the repository root).
+
+  Raises:
+    ValueError: for a command of another shape, or a workdir outside ``root``; nothing is run
+      or deleted then.
   """
-  env, argv = provenance.split_command(entry["command"])
-  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
-  # The command runs in the repository root: a relative local workdir is relative to it.
-  workdir = storage.as_path(os.path.join(provenance.REPO, workdir) if storage.is_local(workdir)
-                            else workdir)
+  env, argv, workdir = checked_command(entry, root)
   workdir.rmtree(missing_ok=True)
   started = time.perf_counter()
   subprocess.run([sys.executable, "-m", "experiments.train", *argv], cwd=provenance.REPO,

@@ -54,17 +54,17 @@ def tolerances(record: Mapping[str, Any]) -> dict[str, float]:
   return {key: SAFETY_FACTOR * value for key, value in record["spread"].items()}
 
 
-def measure(entry: Mapping[str, Any], *, command: str, timeout: float = 600,
+def measure(entry: Mapping[str, Any], *, command: str, root: str, timeout: float = 600,
             extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Reruns ``entry``'s command once per :data:`SETTINGS` and returns the record.
 
-  ``command`` is the one that measured (it goes into the record); ``extra_env`` as for
-  :func:`run.reproduce`.
+  ``command`` is the one that measured (it goes into the record); ``root`` (the reproduce root
+  its workdir lies in) and ``extra_env`` as for :func:`run.reproduce`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   reruns = []
   for setting, xla_flags in SETTINGS.items():
-    check = run.reproduce(entry, timeout=timeout,
+    check = run.reproduce(entry, root=root, timeout=timeout,
                           extra_env={**(extra_env or {}), "XLA_FLAGS": xla_flags})
     reruns.append({"setting": setting, "xla_flags": xla_flags,
                    "test_accuracy": check["reproduced_test_accuracy"],

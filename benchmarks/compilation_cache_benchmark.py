@@ -1,0 +1,133 @@
+"""Wall time of a relaunch with and without the persistent compilation cache (whole command).
+
+Runs the CIFAR-10 recipe's smoke (two steps at 224 px, one evaluation, one checkpoint) with
+TResNet-M on tiny CIFAR-format data, each run a fresh ``python -m experiments.train`` process in a
+workdir holding no checkpoint: once to fill the workdir's cache (``config.compilation_cache=
+'auto'``), then in alternating rounds with ``--config.compilation_cache=off`` in a fresh workdir
+(what every relaunch did before the cache) and in the first workdir with everything but its warm
+cache removed (a relaunch on a new VM whose workdir is the bucket). The report gives the median
+wall time of each and the median over rounds of the per-round ratio warm / off, which cancels
+slow drifts of a shared machine's load; and the same for the processes' CPU time (user +
+system), which others' load on a shared machine moves far less.
+
+    python benchmarks/compilation_cache_benchmark.py --rounds 3 \
+        --record benchmarks/records/compilation_cache_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from record import write_record
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import tfds_fakes  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CACHE = "compilation_cache"  # the 'auto' cache's place in the workdir
+# JAX settings of the calling environment that would replace the run's own cache choice.
+JAX_CACHE_VARIABLES = ("JAX_COMPILATION_CACHE_DIR", "JAX_ENABLE_COMPILATION_CACHE",
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def launch(data_dir: pathlib.Path, workdir: pathlib.Path, model: str,
+           *flags: str) -> tuple[float, float]:
+  """(wall, CPU) seconds of one smoke run as a fresh process (raises with its output if it
+  fails)."""
+  command = [sys.executable, "-m", "experiments.train",
+             f"--config=experiments/configs/cifar10.py:smoke,data_dir={data_dir}",
+             f"--config.model.name={model}", f"--workdir={workdir}", *flags]
+  environment = {key: value for key, value in os.environ.items()
+                 if key not in JAX_CACHE_VARIABLES}
+  environment["PYTHONPATH"] = str(REPO)
+  start, cpu_start = time.perf_counter(), _children_cpu_seconds()
+  done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
+                        check=False)
+  seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
+  if done.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+  return seconds, cpu
+
+
+def benchmark(root: pathlib.Path, model: str, rounds: int) -> dict:
+  """(wall, CPU) seconds of the first launch and of each round's uncached and warm relaunch; the
+  cache's entries and size."""
+  data_dir = root / "tfds"
+  data_dir.mkdir()
+  tfds_fakes.prepare_cifar(data_dir, "cifar10", train_size=16, test_size=16)
+  workdir = root / "first"
+  first = launch(data_dir, workdir, model)
+  entries = list((workdir / CACHE).iterdir())
+  times: dict[str, list[tuple[float, float]]] = {"off": [], "warm": []}
+  for r in range(rounds):
+    for kind in ("off", "warm") if r % 2 == 0 else ("warm", "off"):
+      if kind == "warm":
+        for path in workdir.iterdir():
+          if path.name != CACHE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        times[kind].append(launch(data_dir, workdir, model))
+      else:
+        times[kind].append(launch(data_dir, root / f"off_{r}", model,
+                                  "--config.compilation_cache=off"))
+      print(f"  round {r}: {kind:4s} {times[kind][-1][0]:7.1f} s wall, "
+            f"{times[kind][-1][1]:7.1f} s CPU", flush=True)
+  return {"first": first, **times, "entries": len(entries),
+          "cache_mib": sum(e.stat().st_size for e in entries) / 2**20}
+
+
+def cpu_name() -> str:
+  """The CPU model (Linux), for the record."""
+  with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+  return f"{names[0]} ({os.cpu_count()} cores)" if names else "unknown"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="tresnet_m")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--record", type=pathlib.Path, help="also write the results as JSON here")
+  args = parser.parse_args()
+  print(f"{cpu_name()}; CIFAR-10 smoke with {args.model}, {args.rounds} alternating rounds")
+  with tempfile.TemporaryDirectory() as root:
+    result = benchmark(pathlib.Path(root), args.model, args.rounds)
+  rows = []
+  for measure, index in (("wall", 0), ("CPU", 1)):
+    off, warm = ([t[index] for t in result[kind]] for kind in ("off", "warm"))
+    ratio = statistics.median(w / o for w, o in zip(warm, off))
+    print(f"  {measure}: first launch {result['first'][index]:.1f} s, without cache "
+          f"{statistics.median(off):.1f} s, warm cache {statistics.median(warm):.1f} s, "
+          f"x{ratio:.2f}")
+    case = f"{measure} time"
+    rows += [{"case": case, "relaunch": "compilation_cache=off",
+              "ms": statistics.median(off) * 1e3, "x_ce": 1.0},
+             {"case": case, "relaunch": "warm cache in the workdir",
+              "ms": statistics.median(warm) * 1e3, "x_ce": ratio}]
+  print(f"  the cache: {result['entries']} entries, {result['cache_mib']:.1f} MiB")
+  if args.record:
+    write_record(args.record, title=f"relaunch of the cifar10 smoke with {args.model}",
+                 label="relaunch",
+                 args={**{k: v for k, v in vars(args).items() if k != "record"},
+                       "cpu": cpu_name(), "cache_entries": result["entries"],
+                       "cache_mib": round(result["cache_mib"], 2),
+                       "seconds": {k: result[k] for k in ("first", "off", "warm")}},
+                 rows=rows)
+
+
+if __name__ == "__main__":
+  main()
