@@ -69,6 +69,21 @@ def _enter(lock: workdir_lock.WorkdirLock) -> tuple[float, Exception | None]:
   return time.monotonic() - started, None
 
 
+def _wait_until(condition, timeout: float) -> None:
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, "condition not reached in time"
+    time.sleep(0.05)
+
+
+def _held_through(lock: workdir_lock.WorkdirLock, seconds: float) -> None:
+  """Checks ``lock`` every 0.2 s for ``seconds`` (WorkdirLockLost fails the test)."""
+  deadline = time.monotonic() + seconds
+  while time.monotonic() < deadline:
+    lock.check()
+    time.sleep(0.2)
+
+
 # Taking and refusing.
 
 def test_a_live_lock_is_refused_within_a_heartbeat_and_released_at_exit(bucket_dir):
@@ -134,9 +149,9 @@ def test_a_lost_heartbeat_answer_is_recognised_as_this_runs_own(bucket_dir, gcs_
   with caplog.at_level(logging.WARNING):
     with workdir_lock.WorkdirLock(bucket_dir, **_SHORT) as lock:
       gcs_faults.set(lose=[{"match": _lock_requests(bucket_dir), "count": 1}])
-      wait_for_condition(lambda: gcs_faults.counts()["answers_lost"] == 1, timeout=5)
+      _wait_until(lambda: gcs_faults.counts()["answers_lost"] == 1, timeout=5)
       written = _lock_object(bucket_dir).read().generation
-      wait_for_condition(lambda: _lock_object(bucket_dir).read().generation != written,
+      _wait_until(lambda: _lock_object(bucket_dir).read().generation != written,
                          timeout=10)  # its heartbeat goes on from the generation it found
       lock.check()
   assert "taken over" not in caplog.text
@@ -172,21 +187,6 @@ def test_host_clocks_decide_nothing(bucket_dir, monkeypatch, skew):
 
 # The heartbeat under store and authentication failures.
 
-def wait_for_condition(condition, timeout: float) -> None:
-  deadline = time.monotonic() + timeout
-  while not condition():
-    assert time.monotonic() < deadline, "condition not reached in time"
-    time.sleep(0.05)
-
-
-def _held_through(lock: workdir_lock.WorkdirLock, seconds: float) -> None:
-  """Checks ``lock`` every 0.2 s for ``seconds`` (WorkdirLockLost fails the test)."""
-  deadline = time.monotonic() + seconds
-  while time.monotonic() < deadline:
-    lock.check()
-    time.sleep(0.2)
-
-
 def test_the_heartbeat_outlives_store_errors_while_the_window_allows(bucket_dir, gcs_faults,
                                                                       caplog):
   timings = {"heartbeat_seconds": 1.0, "stale_seconds": 8.0}  # lost after 7 s without a write
@@ -201,7 +201,7 @@ def test_the_heartbeat_outlives_store_errors_while_the_window_allows(bucket_dir,
     refused = gcs_faults.counts()["refused"]
     gcs_faults.clear()
     written = _lock_object(bucket_dir).read().generation
-    wait_for_condition(lambda: _lock_object(bucket_dir).read().generation != written, timeout=20)
+    _wait_until(lambda: _lock_object(bucket_dir).read().generation != written, timeout=20)
     assert refused > 0
     _held_through(lock, 1)
     # A failure that outlasts the window stops the run at its next check.
