@@ -331,18 +331,28 @@ def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_within_150_s(buc
   print(f"a relaunch trained {trained_after:.0f} s after the kill")
 
 
-def test_a_run_whose_lock_was_taken_over_stops_before_its_next_checkpoint(bucket_dir):
+def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken_over(
+    bucket_dir, gcs_faults):
   workdir = os.fspath(bucket_dir)
   config = tiny_config(num_train_steps=100_000, checkpoint_every_steps=20, log_every_steps=20)
   process = start_trainer(workdir, config, env=_SHORT_ENV)
   try:
     wait_for(lambda: _newest_checkpoint(workdir) > 0, process, timeout=180)
+    # Its heartbeat fails for 2 s (HttpError at once), within the 4 s it may miss: it goes on.
+    gcs_faults.set(rate=1.0, statuses=[401], after_effect=0.0, match=_lock_requests(workdir))
+    time.sleep(2)
+    refused = gcs_faults.counts()["refused"]
+    gcs_faults.clear()
+    time.sleep(2)
+    assert process.poll() is None
+    # Another run takes its lock over.
     current = _lock_object(workdir).read()
     rival = {"token": "rival", "pid": 999, "host": "rival-vm", "holder": "pid 999 on rival-vm"}
     assert _lock_object(workdir).write(json.dumps(rival).encode(), current.generation)
     code, output = finish(process, timeout=60)
   finally:
     process.kill()
+  assert refused > 0 and "Could not refresh the lock" in output
   assert code == 1 and "Traceback" not in output, output
   assert output.splitlines()[-1] == (
       f"experiments.train: error: This run lost the lock of the workdir {workdir}: another run "
