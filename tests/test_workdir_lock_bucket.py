@@ -379,6 +379,6 @@ def test_every_process_of_a_refused_multi_host_run_stops_with_the_same_message(b
         process.kill()
   expected = (f"experiments.train: error: The workdir {workdir} is in use by another run "
               f"({holder}); wait for it to finish, or give this run its own --workdir.")
-  for code, output in results:
-    assert code == 1 and output.splitlines()[-1] == expected, output
+  for code, output in results:  # (gloo's connection notes may come after the message)
+    assert code == 1 and expected in output.splitlines() and "Traceback" not in output, output
   assert not (bucket_dir / "checkpoints").exists()
