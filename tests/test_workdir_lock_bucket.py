@@ -100,6 +100,14 @@ def test_a_live_lock_is_refused_within_a_heartbeat_and_released_at_exit(bucket_d
     pass
 
 
+def test_a_store_that_fails_at_the_start_gives_one_clear_refusal(bucket_dir, gcs_faults):
+  gcs_faults.set(rate=1.0, statuses=[401], after_effect=0.0,
+                 match=_lock_requests(bucket_dir, "GET"))
+  _, refusal = _enter(workdir_lock.WorkdirLock(bucket_dir, **_SHORT))
+  assert str(refusal) == (f"Could not lock the workdir {bucket_dir}: HttpError: injected fault, "
+                          "401")
+
+
 def test_the_lock_object_is_created_only_if_absent(bucket_dir):
   filesystem, key = fsspec.core.url_to_fs(os.fspath(bucket_dir / ".lock"))
   filesystem.pipe_file(key, b"{}", mode="create")

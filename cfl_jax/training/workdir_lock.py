@@ -57,7 +57,7 @@ _MESSAGE_BYTES = 2048
 
 
 class WorkdirLocked(RuntimeError):
-  """Another live run holds the workdir."""
+  """The workdir could not be locked: another live run holds it, or its store failed."""
 
 
 class WorkdirLockLost(WorkdirLocked):
@@ -130,7 +130,7 @@ class WorkdirLock:
       ``$CFL_JAX_LOCK_STALE_SECONDS`` or 60); at least twice ``heartbeat_seconds``.
 
   Raises:
-    WorkdirLocked: on entry, when another live run holds the lock.
+    WorkdirLocked: on entry, when another live run holds the lock or the store fails.
     ConfigError: for timings that cannot work.
 
   Examples:
@@ -177,13 +177,14 @@ class WorkdirLock:
           self._lock_file()
         else:
           self._lock_object()
-      except Exception as caught:  # pylint: disable=broad-except (re-raised; the others must stop too)
-        verdict, error = str(caught) or type(caught).__name__, caught
+      except WorkdirLocked as refusal:
+        verdict = str(refusal)
+      except Exception as caught:  # pylint: disable=broad-except (the store's and auth's errors vary)
+        verdict, error = (f"Could not lock the workdir {self.workdir}: "
+                          f"{type(caught).__name__}: {caught}"), caught
     verdict = _agree(verdict)
-    if error is not None:
-      raise error
     if verdict:
-      raise WorkdirLocked(verdict)
+      raise WorkdirLocked(verdict) from error
     return self
 
   def __exit__(self, *exc_info) -> None:
