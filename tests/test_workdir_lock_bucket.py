@@ -24,7 +24,7 @@ from google.oauth2 import credentials as oauth2_credentials
 import pytest
 
 from cfl_jax import storage
-from cfl_jax.training import WorkdirLocked, WorkdirLockLost, lock_object, workdir_lock
+from cfl_jax.training import WorkdirLocked, WorkdirLockLost, lock_object, reporting, workdir_lock
 from training_helpers import finish, free_port, start_trainer, tiny_config, wait_for
 
 _SHORT = {"heartbeat_seconds": 1.0, "stale_seconds": 5.0}
@@ -353,10 +353,10 @@ def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken
     gcs_faults.clear()
     time.sleep(2)
     assert process.poll() is None
-    # Another run takes its lock over.
-    current = _lock_object(workdir).read()
+    # Another run takes its lock over (at the generation it read, racing the heartbeat).
     rival = {"token": "rival", "pid": 999, "host": "rival-vm", "holder": "pid 999 on rival-vm"}
-    assert _lock_object(workdir).write(json.dumps(rival).encode(), current.generation)
+    _wait_until(lambda: _lock_object(workdir).write(
+        json.dumps(rival).encode(), _lock_object(workdir).read().generation), timeout=10)
     code, output = finish(process, timeout=60)
   finally:
     process.kill()
@@ -367,6 +367,10 @@ def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken
       "took it over (pid 999 on rival-vm). It stopped before its next checkpoint and writes "
       "nothing more there; run it again to resume.")
   assert _record(workdir) == rival  # left alone
+  # Nothing written after the check that found the lock lost: metrics.jsonl ends at the newest
+  # checkpoint (the records logged since are not uploaded), and there is no summary.
+  newest = _newest_checkpoint(workdir)
+  assert max(r["step"] for r in reporting.read_metrics(bucket_dir / "metrics.jsonl")) == newest
   assert not (bucket_dir / "summary.json").exists()
 
 
