@@ -376,21 +376,36 @@ def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken
   assert not (bucket_dir / "summary.json").exists()
 
 
-def test_every_process_of_a_refused_multi_host_run_stops_with_the_same_message(bucket_dir):
-  workdir = os.fspath(bucket_dir)
-  config = tiny_config(num_train_steps=40)
+def _two_processes(workdir: str, config: dict) -> list[tuple[int, str]]:
+  """The runner as processes 0 and 1 of one ``jax.distributed`` job, to the end."""
   flags = ["--distributed", f"--coordinator_address=127.0.0.1:{free_port()}",
            "--num_processes=2", "--initialization_timeout=60"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", **_SHORT_ENV}
+  processes = [start_trainer(workdir, config, *flags, f"--process_id={i}", env=env)
+               for i in range(2)]
+  try:
+    return [finish(process, timeout=180) for process in processes]
+  finally:
+    for process in processes:  # a missing peer would leave the other one waiting
+      process.kill()
+
+
+def test_every_process_of_a_multi_host_run_waits_for_process_0_to_take_a_dead_lock(bucket_dir):
+  # Process 1 hears process 0's word at every look at the lock, so it never waits long in one
+  # collective (on CPU, gloo's collectives time out: checked with a 45 s stale time).
+  _dead_lock(bucket_dir)
+  results = _two_processes(os.fspath(bucket_dir), tiny_config(num_train_steps=20))
+  for code, output in results:
+    assert code == 0, output
+  assert "Taking over the stale lock" in results[0][1]
+  assert _record(bucket_dir) is None and (bucket_dir / "summary.json").exists()
+
+
+def test_every_process_of_a_refused_multi_host_run_stops_with_the_same_message(bucket_dir):
+  workdir = os.fspath(bucket_dir)
   with workdir_lock.WorkdirLock(bucket_dir, **_SHORT):
     holder = _record(bucket_dir)["holder"]
-    processes = [start_trainer(workdir, config, *flags, f"--process_id={i}", env=env)
-                 for i in range(2)]
-    try:
-      results = [finish(process, timeout=180) for process in processes]
-    finally:
-      for process in processes:
-        process.kill()
+    results = _two_processes(workdir, tiny_config(num_train_steps=40))
   expected = (f"experiments.train: error: The workdir {workdir} is in use by another run "
               f"({holder}); wait for it to finish, or give this run its own --workdir.")
   for code, output in results:  # (gloo's connection notes may come after the message)

@@ -26,7 +26,8 @@ heartbeat. The environment variables ``CFL_JAX_LOCK_HEARTBEAT_SECONDS`` and
 ``CFL_JAX_LOCK_STALE_SECONDS`` change them.
 
 Multi-host: process 0 takes the lock; its verdict, on entry and at every check, reaches every
-process, so all of them stop with the same message.
+process, so all of them stop with the same message. While it watches a lock, the others hear from
+it at every look, so none waits long in one collective (CPU collectives time out).
 """
 
 import datetime
@@ -54,6 +55,9 @@ HEARTBEAT_VARIABLE = "CFL_JAX_LOCK_HEARTBEAT_SECONDS"
 STALE_VARIABLE = "CFL_JAX_LOCK_STALE_SECONDS"
 # Longest verdict broadcast from process 0 (bytes of UTF-8).
 _MESSAGE_BYTES = 2048
+# Process 0's word while it watches a lock: the others wait for the next one (in short collectives,
+# which time out on some backends when one process arrives much later than another).
+_UNDECIDED = "\x01"
 
 
 class WorkdirLocked(RuntimeError):
@@ -182,7 +186,11 @@ class WorkdirLock:
       except Exception as caught:  # pylint: disable=broad-except (the store's and auth's errors vary)
         verdict, error = (f"Could not lock the workdir {self.workdir}: "
                           f"{type(caught).__name__}: {caught}"), caught
-    verdict = _agree(verdict)
+      _agree(verdict)
+    else:
+      verdict = _agree("")
+      while verdict == _UNDECIDED:
+        verdict = _agree("")
     if verdict:
       raise WorkdirLocked(verdict) from error
     return self
@@ -270,6 +278,7 @@ class WorkdirLock:
           break
         raise _refusal(self.workdir, _holder(self._object.read()))
       time.sleep(self.heartbeat_seconds / 3)
+      _agree(_UNDECIDED)
     self._stop.clear()
     self._heartbeat = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
                                        daemon=True)
