@@ -51,14 +51,15 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 class _QuietLogs(python_logging.Filter):
   """Drops orbax's per-save INFO chatter, the tracebacks its threads (and asyncio, for the
   futures they leave behind) log when a save fails (the loop raises that failure, and the run
-  stops with one message saying why) and JAX's notes on absent backends (libtpu on a CPU
-  machine); other warnings and errors still show."""
+  stops with one message saying why), the tracebacks gcsfs logs for requests it gives up on (the
+  caller raises or, as the workdir lock's heartbeat does, reports them in one line) and JAX's
+  notes on absent backends (libtpu on a CPU machine); other warnings and errors still show."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
     from_orbax = "/orbax/" in record.pathname
     if record.levelno >= python_logging.WARNING:
       orphaned = record.name == "asyncio" and "never retrieved" in record.getMessage()
-      return not ((from_orbax or orphaned) and record.exc_info)
+      return not ((from_orbax or orphaned or record.name == "gcsfs") and record.exc_info)
     return not from_orbax and not record.getMessage().startswith("Unable to initialize backend")
 
 
@@ -132,8 +133,8 @@ _CONFIG = _define_config_flag()
 
 # Failures a user can act on: one message, no traceback, exit status 1.
 _RUN_ERRORS = (training.ConfigError, training.CheckpointError, training.CheckpointSaveError,
-               training.WorkdirLocked, training.TrainingDiverged, FileNotFoundError,
-               ModuleNotFoundError)
+               training.WorkdirLocked, training.WorkdirLockLost, training.TrainingDiverged,
+               FileNotFoundError, ModuleNotFoundError)
 
 
 def main(argv):

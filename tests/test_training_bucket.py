@@ -9,12 +9,10 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 
 from etils import epath
-import fsspec
 import jax
 import ml_collections
 import numpy as np
@@ -23,7 +21,7 @@ import safetensors.numpy
 
 from cfl_jax import storage
 from cfl_jax.models import import_weights
-from cfl_jax.training import WorkdirLocked, reporting, train, train_and_evaluate, workdir_lock
+from cfl_jax.training import reporting, train, train_and_evaluate
 import checkpoint_fakes
 from training_helpers import comparable, finish, free_port, start_trainer, tiny_config, wait_for
 
@@ -95,48 +93,10 @@ def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_d
   assert len(list((bucket_dir / "tensorboard").iterdir())) == 2  # one event file a session
 
 
-# The workdir lock on a bucket.
-
-def test_a_bucket_lock_refuses_a_second_run_and_is_released(bucket_dir):
-  with workdir_lock.WorkdirLock(bucket_dir):
-    record = _read_json(bucket_dir / ".lock")
-    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
-    started = time.time()
-    with pytest.raises(WorkdirLocked, match=rf"The workdir {bucket_dir} is in use by another run "
-                                            rf"\(pid {os.getpid()} on .*last heartbeat \d+ s ago"):
-      workdir_lock.WorkdirLock(bucket_dir).__enter__()
-    assert time.time() - started < 5
-  assert not (bucket_dir / ".lock").exists()
-  with workdir_lock.WorkdirLock(bucket_dir):  # free again
-    pass
-
-
-def test_the_lock_object_is_created_only_if_absent(bucket_dir):
-  filesystem, key = fsspec.core.url_to_fs(os.fspath(bucket_dir / ".lock"))
-  filesystem.pipe_file(key, b"{}", mode="create")
-  with pytest.raises(FileExistsError):  # the store enforces it (a generation precondition)
-    filesystem.pipe_file(key, b"{}", mode="create")
-
-
-def test_the_heartbeat_advances_and_a_stale_lock_is_taken_over(bucket_dir, caplog):
-  with workdir_lock.WorkdirLock(bucket_dir, heartbeat_seconds=0.2):
-    first = _read_json(bucket_dir / ".lock")["heartbeat"]
-    time.sleep(1.0)
-    assert _read_json(bucket_dir / ".lock")["heartbeat"] > first
-
-  # A preempted VM's lock: never released, its heartbeat an hour old.
-  stale = {"token": "old", "pid": 4321, "host": "preempted-vm", "started": "2026-01-01T00:00:00",
-           "heartbeat": time.time() - 3600, "holder": "pid 4321 on preempted-vm"}
-  (bucket_dir / ".lock").write_text(json.dumps(stale))
-  with caplog.at_level(logging.WARNING):
-    with workdir_lock.WorkdirLock(bucket_dir):
-      assert _read_json(bucket_dir / ".lock")["pid"] == os.getpid()
-  assert "Taking over the stale lock" in caplog.text and "pid 4321 on preempted-vm" in caplog.text
-
-
 # The runner on a bucket.
 
-def test_a_second_run_on_a_bucket_workdir_is_refused_within_seconds(bucket_dir):
+def test_a_second_run_on_a_bucket_workdir_is_refused_within_a_minute(bucket_dir):
+  """The README's claim, with the default lock timings (see also test_workdir_lock_bucket.py)."""
   workdir = os.fspath(bucket_dir)
   config = tiny_config(num_train_steps=100_000, checkpoint_every_steps=0, log_every_steps=50)
   first = start_trainer(workdir, config)
@@ -150,7 +110,9 @@ def test_a_second_run_on_a_bucket_workdir_is_refused_within_seconds(bucket_dir):
   assert code == 1 and "Traceback" not in output, output
   assert (f"The workdir {workdir} is in use by another run (pid {first.pid} on "
           in output.splitlines()[-1])
-  assert refused_after < 30  # the second run's start-up (imports, data) included
+  # Start-up (imports, data), then the holder's next heartbeat (every 15 s) seen.
+  assert refused_after < 60
+  print(f"a second run was refused {refused_after:.0f} s after it started")
   code, output = finish(first)
   assert code == 0 and "Preempted after step" in output, output
   assert not (bucket_dir / ".lock").exists()

@@ -12,7 +12,8 @@ One job per module, in the order a run uses them:
 * ``sharding``: the ``('data',)`` mesh, shardings, global batches from host-local data, CPU devices.
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
 * ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, progress.
-* ``workdir_lock``: one run per workdir (``flock`` locally, a heartbeat lock object in a bucket).
+* ``workdir_lock``: one run per workdir (``flock`` locally, a generation-checked lock object in a
+  GCS bucket).
 * ``compilation_cache``: JAX's persistent compilation cache of a run (default: in its workdir).
 """
 
@@ -30,6 +31,7 @@ from cfl_jax.training.config import resolve_config
 from cfl_jax.training.recipe import LOSS_NAMES
 from cfl_jax.training.recipe import get_loss_fn
 from cfl_jax.training.workdir_lock import WorkdirLocked
+from cfl_jax.training.workdir_lock import WorkdirLockLost
 from cfl_jax.training.train import TrainState
 from cfl_jax.training.train import TrainingDiverged
 from cfl_jax.training.train import create_train_state
@@ -44,6 +46,7 @@ __all__ = [
     "ConfigError",
     "TrainState",
     "TrainingDiverged",
+    "WorkdirLockLost",
     "WorkdirLocked",
     "create_train_state",
     "default_config",

@@ -234,6 +234,12 @@ class RunFiles:
     """Uploads what :meth:`sync` uploads, then closes the TensorBoard writer."""
     if self._events is not None:
       self.sync()
+    self.abandon()
+
+  def abandon(self) -> None:
+    """Closes the TensorBoard writer without uploading anything more (the workdir is no longer
+    this run's)."""
+    if self._events is not None:
       self._events.close()
       self._events = None
     if self._staging is not None:

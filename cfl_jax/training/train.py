@@ -393,7 +393,8 @@ def _max_steps_in_flight() -> int | None:
 
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
            checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
-           watcher: checkpointing.PreemptionWatcher, clock: "_WallClock"):
+           watcher: checkpointing.PreemptionWatcher, clock: "_WallClock",
+           lock: workdir_lock.WorkdirLock):
   """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
 
   Returns:
@@ -406,6 +407,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       with ``optimizer.skip_nonfinite_updates=N`` more than ``N`` in a row; or before saving a
       non-finite state.
     CheckpointSaveError: as soon as a checkpoint could not be written.
+    WorkdirLockLost: before a checkpoint, when another run has taken the workdir over.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
@@ -452,6 +454,7 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       if not _all_finite(state):  # a non-finite state is never saved
         raise TrainingDiverged(f"Training diverged by step {step}: the parameters or optimizer "
                                f"state are not finite. {checkpointer.describe_latest()}")
+      lock.check()
       checkpointer.save(step, state, {"config": run.config_json,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train,
@@ -496,6 +499,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   Raises:
     ConfigError: for a bad config, before any computation.
     WorkdirLocked: when another run holds ``workdir``.
+    WorkdirLockLost: when another run took ``workdir`` over (the run stops before its next
+      checkpoint and writes nothing more there).
     CheckpointError: for an incompatible checkpoint in ``workdir`` (damaged ones are moved aside
       and the newest intact one is resumed).
     CheckpointSaveError: when a checkpoint cannot be written (the run stops at once).
@@ -506,12 +511,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   run = Run.create(config)
   is_writer = jax.process_index() == 0
   with (compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir),
-        workdir_lock.WorkdirLock(workdir, enabled=is_writer)):
-    return _train_and_evaluate_locked(run, workdir, is_writer, session_started)
+        workdir_lock.WorkdirLock(workdir, enabled=is_writer) as lock):
+    return _train_and_evaluate_locked(run, workdir, is_writer, session_started, lock)
 
 
 def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: bool,
-                               session_started: float) -> dict[str, Any]:
+                               session_started: float,
+                               lock: workdir_lock.WorkdirLock) -> dict[str, Any]:
   files = reporting.RunFiles(workdir, enabled=is_writer)
   checkpointer = checkpointing.Checkpointer(storage.as_path(workdir) / "checkpoints",
                                             max_to_keep=run.config.max_to_keep)
@@ -533,7 +539,10 @@ def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: b
     try:
       with contextlib.closing(display):
         step, last_train, last_eval, preempted = _train(
-            run, state, progress, files, checkpointer, display, watcher, clock)
+            run, state, progress, files, checkpointer, display, watcher, clock, lock)
+    except workdir_lock.WorkdirLockLost:
+      files.abandon()  # the workdir is another run's now
+      raise
     except TrainingDiverged as error:
       files.write_summary({**summary, "status": "diverged", "error": str(error),
                            "wall_seconds": clock.total(),

@@ -1,39 +1,71 @@
-"""One run per workdir: an exclusive lock, on a local disk or in a bucket.
+"""One run per workdir: an exclusive lock, on a local disk or in a GCS bucket.
 
 Local workdirs: an ``flock`` on ``workdir/.lock``, which the operating system releases when its
 process dies, so the lock of a killed run is free at once; the file records who holds it.
 
-Object stores (``gs://``, ``s3://``): ``workdir/.lock`` is an object created only if absent (a
-create-only upload: GCS's ``ifGenerationMatch=0`` precondition through gcsfs, S3's
-``If-None-Match``), then read back to check that this run's token is the one stored (which also
-guards stores and emulators that ignore the precondition). It holds host, process id, start time
-and a heartbeat that a background thread rewrites every ``heartbeat_seconds``. A preempted VM never
-deletes its lock, so a lock whose heartbeat is older than ``stale_seconds`` is taken over, with a
-warning naming the old holder. A run that finds its token replaced (another run took over after
-its heartbeats stopped reaching the store) logs an error and stops refreshing.
+GCS workdirs (``gs://``): ``workdir/.lock`` is an object naming its holder (a random token, host,
+process id, start time). The store decides every race: each write and delete is conditioned on
+the generation last read (:mod:`cfl_jax.training.lock_object`), so of two runs acting on the same
+lock exactly one proceeds, and a write whose answer was lost is recognised as this run's own by
+reading back its token.
+
+* Taking: the object is created only if absent. An existing lock is watched: when its generation
+  advances, its holder is alive and this run is refused; once it has not been written for
+  ``stale_seconds``, by the store's clock (its ``updated`` time against the store's ``Date``) or
+  seen unchanged for that long on this host's monotonic clock, it is overwritten at the generation
+  read, with a warning naming the old holder. Host clocks never decide.
+* Holding: a thread rewrites it every ``heartbeat_seconds`` at the generation of its last write;
+  it outlives any error of the store or of authentication and retries with back-off.
+* Losing: when a rival's token replaced this run's, or no rewrite succeeded for
+  ``stale_seconds - heartbeat_seconds`` (a rival may take it over soon after),
+  :meth:`WorkdirLock.check`, called before every checkpoint, raises :class:`WorkdirLockLost`.
+
+The defaults (heartbeat 15 s, stale after 60 s) refuse a second run beside a live one within
+about 20 s and let a relaunch after a hard kill take over at most 60 s after the dead run's last
+heartbeat. The environment variables ``CFL_JAX_LOCK_HEARTBEAT_SECONDS`` and
+``CFL_JAX_LOCK_STALE_SECONDS`` change them.
+
+Multi-host: process 0 takes the lock; its verdict, on entry and at every check, reaches every
+process, so all of them stop with the same message. While it watches a lock, the others hear from
+it at every look, so none waits long in one collective (CPU collectives time out).
 """
 
 import datetime
 import fcntl
-import functools
 import json
 import os
 import socket
 import threading
 import time
-from typing import IO, Any
+from typing import IO
 import uuid
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from cfl_jax import storage
+from cfl_jax.training import config as config_lib
+from cfl_jax.training import lock_object
 
-HEARTBEAT_SECONDS = 60.0
-STALE_SECONDS = 600.0
+HEARTBEAT_SECONDS = 15.0
+STALE_SECONDS = 60.0
+HEARTBEAT_VARIABLE = "CFL_JAX_LOCK_HEARTBEAT_SECONDS"
+STALE_VARIABLE = "CFL_JAX_LOCK_STALE_SECONDS"
+# Longest verdict broadcast from process 0 (bytes of UTF-8).
+_MESSAGE_BYTES = 2048
+# Process 0's word while it watches a lock: the others wait for the next one (in short collectives,
+# which time out on some backends when one process arrives much later than another).
+_UNDECIDED = "\x01"
 
 
 class WorkdirLocked(RuntimeError):
-  """Another live run holds the workdir."""
+  """The workdir could not be locked: another live run holds it, or its store failed."""
+
+
+class WorkdirLockLost(WorkdirLocked):
+  """This run no longer holds its workdir's lock; it stopped before writing more there."""
 
 
 def _now() -> str:
@@ -46,17 +78,64 @@ def _refusal(workdir: str, holder: str) -> WorkdirLocked:
       "give this run its own --workdir.")
 
 
+def _seconds(value: float | None, variable: str, default: float) -> float:
+  """``value``, else the environment ``variable``, else ``default``, as seconds."""
+  if value is not None:
+    return float(value)
+  text = os.environ.get(variable)
+  if text is None:
+    return default
+  try:
+    return float(text)
+  except ValueError:
+    raise config_lib.ConfigError(f"{variable}={text!r} is not a number of seconds.") from None
+
+
+def _agree(message: str) -> str:
+  """Process 0's ``message`` on every process (all processes must call it)."""
+  if jax.process_count() == 1:
+    return message
+  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+  encoded = message.encode()[:_MESSAGE_BYTES]
+  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  agreed = np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8)
+  return agreed.tobytes().rstrip(b"\0").decode(errors="replace")
+
+
+def _holder(observation: lock_object.Observation | None) -> str:
+  """Who holds a lock, for messages."""
+  if observation is None:
+    return "unknown"
+  try:
+    return json.loads(observation.content)["holder"]
+  except (ValueError, KeyError, TypeError):
+    return "an unreadable lock object"
+
+
+def _token(observation: lock_object.Observation | None) -> str | None:
+  try:
+    return json.loads(observation.content)["token"] if observation else None
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 class WorkdirLock:
-  """An exclusive lock on ``workdir`` for the duration of a run (process 0 only).
+  """An exclusive lock on ``workdir`` for the duration of a run, taken by process 0.
+
+  Every process enters it (and calls :meth:`check`): the others take no lock but learn process
+  0's verdict.
 
   Args:
-    workdir: a local directory or an object-store URL.
+    workdir: a local directory or a ``gs://`` URL.
     enabled: False on the processes that do not write the run files (they take no lock).
-    heartbeat_seconds: object stores: how often the lock's heartbeat is refreshed.
-    stale_seconds: object stores: a lock whose heartbeat is older is taken over.
+    heartbeat_seconds: GCS: how often the lock is rewritten (default: ``$CFL_JAX_LOCK_HEARTBEAT_
+      SECONDS`` or 15).
+    stale_seconds: GCS: a lock not written for this long is taken over (default:
+      ``$CFL_JAX_LOCK_STALE_SECONDS`` or 60); at least twice ``heartbeat_seconds``.
 
   Raises:
-    WorkdirLocked: on entry, when another live run holds the lock.
+    WorkdirLocked: on entry, when another live run holds the lock or the store fails.
+    ConfigError: for timings that cannot work.
 
   Examples:
     >>> import tempfile
@@ -70,25 +149,50 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: storage.PathLike, *, enabled: bool = True,
-               heartbeat_seconds: float = HEARTBEAT_SECONDS,
-               stale_seconds: float = STALE_SECONDS):
+               heartbeat_seconds: float | None = None, stale_seconds: float | None = None):
     root = storage.as_path(workdir)
     self.workdir = os.fspath(root)
     self.path = root / ".lock"
     self.enabled = enabled
-    self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
+    self.heartbeat_seconds = _seconds(heartbeat_seconds, HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
+    self.stale_seconds = _seconds(stale_seconds, STALE_VARIABLE, STALE_SECONDS)
+    if not 0 < 2 * self.heartbeat_seconds <= self.stale_seconds:
+      raise config_lib.ConfigError(
+          f"The workdir lock needs 0 < 2 * heartbeat ({self.heartbeat_seconds} s) <= stale "
+          f"({self.stale_seconds} s); see {HEARTBEAT_VARIABLE} and {STALE_VARIABLE}.")
     self._file: IO[str] | None = None
-    self._record: dict[str, Any] | None = None
+    self._object: lock_object.GcsObject | None = None
+    self._token = uuid.uuid4().hex
+    pid, host, started = os.getpid(), socket.gethostname(), _now()
+    self._record = json.dumps({"token": self._token, "pid": pid, "host": host, "started": started,
+                               "holder": f"pid {pid} on {host}, started {started}"}).encode()
+    self._generation = "0"
+    self._refreshed = 0.0  # monotonic time at which the last successful write was sent
+    self._last_error = ""
+    self._lost: str | None = None
     self._stop = threading.Event()
     self._heartbeat: threading.Thread | None = None
 
   def __enter__(self) -> "WorkdirLock":
-    if not self.enabled:
-      return self
-    if storage.is_local(self.path):
-      self._lock_file()
+    verdict, error = "", None
+    if self.enabled:
+      try:
+        if storage.is_local(self.path):
+          self._lock_file()
+        else:
+          self._lock_object()
+      except WorkdirLocked as refusal:
+        verdict = str(refusal)
+      except Exception as caught:  # pylint: disable=broad-except (the store's and auth's errors vary)
+        verdict, error = (f"Could not lock the workdir {self.workdir}: "
+                          f"{type(caught).__name__}: {caught}"), caught
+      _agree(verdict)
     else:
-      self._lock_object()
+      verdict = _agree("")
+      while verdict == _UNDECIDED:
+        verdict = _agree("")
+    if verdict:
+      raise WorkdirLocked(verdict) from error
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -96,13 +200,24 @@ class WorkdirLock:
       fcntl.flock(self._file, fcntl.LOCK_UN)
       self._file.close()
       self._file = None
-    if self._record is not None:
+    if self._heartbeat is not None:
       self._stop.set()
-      if self._heartbeat is not None:
-        self._heartbeat.join()
-      if self._holds():
-        self._remove()
-      self._record = None
+      # A beat still in flight after this lands on a stale generation: refused, or deleted below.
+      self._heartbeat.join(self.heartbeat_seconds)
+      self._heartbeat = None
+      self._release()
+
+  def check(self) -> None:
+    """Raises :class:`WorkdirLockLost`, on every process, when process 0 no longer holds the lock;
+    call it before each write of results (all processes together).
+
+    A lock is lost when a rival's token has replaced this run's, or when no heartbeat has reached
+    the store for ``stale_seconds - heartbeat_seconds`` (a rival may take it over from then on).
+    """
+    lost = self._lost_reason() if self.enabled and self._object is not None else ""
+    lost = _agree(lost)
+    if lost:
+      raise WorkdirLockLost(lost)
 
   # Local disks: flock.
 
@@ -122,76 +237,94 @@ class WorkdirLock:
     handle.flush()
     self._file = handle
 
-  # Object stores: a create-only object with a heartbeat.
+  # GCS: an object written at the generation read.
 
-  @functools.cached_property
-  def _store(self):
-    """``(fsspec file system, key)`` of the lock object."""
-    return storage.filesystem(self.path)
-
-  def _write(self, record: dict[str, Any], **kwargs) -> None:
-    filesystem, key = self._store
-    filesystem.pipe_file(key, json.dumps(record).encode(), **kwargs)
-
-  def _remove(self) -> None:
-    filesystem, key = self._store
-    filesystem.rm_file(key)
-
-  def _read(self) -> dict | None:
-    """The stored lock record, None when there is none (an unreadable one counts as stale)."""
-    try:
-      filesystem, key = self._store
-      text = filesystem.cat_file(key)
-    except FileNotFoundError:
-      return None
-    try:
-      return json.loads(text)
-    except ValueError:
-      return {"holder": "an unreadable lock object", "heartbeat": 0.0}
-
-  def _holder(self) -> str:
-    """Who holds the lock now, for messages."""
-    return (self._read() or {}).get("holder", "unknown")
+  def _write(self, generation: str) -> bool:
+    """Writes this run's record over ``generation``; True when this run now holds the lock."""
+    assert self._object is not None
+    sent = time.monotonic()
+    written = self._object.write(self._record, generation)
+    if written is None:  # 412: a rival's write, or ours whose answer was lost
+      current = self._object.read()
+      if _token(current) != self._token:
+        return False
+      assert current is not None
+      written = current.generation
+    self._generation, self._refreshed = written, sent
+    return True
 
   def _lock_object(self) -> None:
-    record = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
-              "started": _now(), "heartbeat": time.time()}
-    record["holder"] = f"pid {record['pid']} on {record['host']}, started {record['started']}"
-    existing = self._read()
-    if existing is not None:
-      age = time.time() - existing.get("heartbeat", 0.0)
-      if age <= self.stale_seconds:
-        raise _refusal(self.workdir, f"{existing.get('holder')}, last heartbeat {age:.0f} s ago")
-      logging.warning("Taking over the stale lock of %s: %s, last heartbeat %.0f s ago (more "
-                      "than %.0f s; a preempted or killed run).", self.workdir,
-                      existing.get("holder"), age, self.stale_seconds)
-      self._remove()
-    try:
-      self._write(record, mode="create")
-    except FileExistsError:  # another run created it between our read and our write
-      raise _refusal(self.workdir, self._holder()) from None
-    self._record = record
-    if not self._holds():
-      self._record = None
-      raise _refusal(self.workdir, self._holder())
+    self._object = lock_object.GcsObject(self.path)
+    watched, since = None, 0.0
+    while True:
+      current = self._object.read()
+      if current is None:
+        if self._write("0"):
+          break
+        raise _refusal(self.workdir, _holder(self._object.read()))
+      if watched is None:
+        watched, since = current.generation, time.monotonic()
+        logging.info("The workdir %s is locked by %s; watching the lock for up to %.0f s to see "
+                     "whether that run is alive.", self.workdir, _holder(current),
+                     self.stale_seconds)
+      elif current.generation != watched:  # rewritten: its holder is alive
+        raise _refusal(self.workdir, _holder(current))
+      unchanged = max(time.monotonic() - since, current.age or 0.0)
+      if unchanged > self.stale_seconds:
+        logging.warning("Taking over the stale lock of %s: %s, not written for %.0f s (more than "
+                        "%.0f s; a preempted or killed run).", self.workdir, _holder(current),
+                        unchanged, self.stale_seconds)
+        if self._write(current.generation):
+          break
+        raise _refusal(self.workdir, _holder(self._object.read()))
+      time.sleep(self.heartbeat_seconds / 3)
+      _agree(_UNDECIDED)
     self._stop.clear()
     self._heartbeat = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
                                        daemon=True)
     self._heartbeat.start()
 
-  def _holds(self) -> bool:
-    stored = self._read()
-    return (self._record is not None and stored is not None
-            and stored.get("token") == self._record["token"])
-
   def _beat(self) -> None:
-    while not self._stop.wait(self.heartbeat_seconds):
+    assert self._object is not None
+    failures = 0
+    delay = self.heartbeat_seconds
+    while not self._stop.wait(delay) and self._lost is None:
       try:
-        if self._record is None or not self._holds():
-          logging.error("The lock of %s was taken over by another run (%s); this run no longer "
-                        "holds it.", self.workdir, self._holder())
+        if not self._write(self._generation):
+          self._lost = f"another run took it over ({_holder(self._object.read())})"
+          logging.error("The lock of %s was taken over: %s.", self.workdir, self._lost)
           return
-        self._record["heartbeat"] = time.time()
-        self._write(self._record)
-      except OSError as error:  # a passing store outage: the next beat tries again
-        logging.warning("Could not refresh the lock of %s: %s", self.workdir, error)
+        failures, delay, self._last_error = 0, self.heartbeat_seconds, ""
+      except Exception as error:  # pylint: disable=broad-except (store and auth errors vary; the heartbeat must outlive them)
+        failures += 1
+        delay = min(self.heartbeat_seconds, 2.0 ** (failures - 1))
+        self._last_error = f"{type(error).__name__}: {error}"
+        logging.warning("Could not refresh the lock of %s (attempt %d; %s); retrying in %.0f s.",
+                        self.workdir, failures, self._last_error, delay)
+
+  def _lost_reason(self) -> str:
+    """Why this run no longer holds its lock, or "" while it does."""
+    silent = time.monotonic() - self._refreshed
+    if self._lost is None and silent > self.stale_seconds - self.heartbeat_seconds:
+      error = f" (last error: {self._last_error})" if self._last_error else ""
+      self._lost = (f"its heartbeat has not reached the store for {silent:.0f} s{error}, so "
+                    "another run may take it over")
+      self._stop.set()
+    if self._lost is None:
+      return ""
+    return (f"This run lost the lock of the workdir {self.workdir}: {self._lost}. It stopped "
+            "before its next checkpoint and writes nothing more there; run it again to resume.")
+
+  def _release(self) -> None:
+    """Deletes the lock object if it is still this run's (a rival's is left alone)."""
+    assert self._object is not None
+    try:
+      if not self._object.delete(self._generation):
+        current = self._object.read()  # ours at another generation: a lost heartbeat answer
+        if _token(current) == self._token:
+          assert current is not None
+          self._object.delete(current.generation)
+    except Exception as error:  # pylint: disable=broad-except (the run's own outcome matters more)
+      logging.warning("Could not remove the lock of %s (%s: %s); the next run takes it over "
+                      "after %.0f s.", self.workdir, type(error).__name__, error,
+                      self.stale_seconds)
