@@ -132,8 +132,8 @@ _CONFIG = _define_config_flag()
 
 # Failures a user can act on: one message, no traceback, exit status 1.
 _RUN_ERRORS = (training.ConfigError, training.CheckpointError, training.CheckpointSaveError,
-               training.WorkdirLocked, training.TrainingDiverged, FileNotFoundError,
-               ModuleNotFoundError)
+               training.StoreUnavailable, training.WorkdirLocked, training.TrainingDiverged,
+               FileNotFoundError, ModuleNotFoundError)
 
 
 def main(argv):
