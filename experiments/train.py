@@ -51,14 +51,17 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 class _QuietLogs(python_logging.Filter):
   """Drops orbax's per-save INFO chatter, the tracebacks its threads (and asyncio, for the
   futures they leave behind) log when a save fails (the loop raises that failure, and the run
-  stops with one message saying why) and JAX's notes on absent backends (libtpu on a CPU
-  machine); other warnings and errors still show."""
+  stops with one message saying why), the tracebacks gcsfs logs when its own retries run out
+  (:func:`cfl_jax.storage.retrying` logs each store error in one line, and retries or stops)
+  and JAX's notes on absent backends (libtpu on a CPU machine); other warnings and errors still
+  show."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
     from_orbax = "/orbax/" in record.pathname
     if record.levelno >= python_logging.WARNING:
       orphaned = record.name == "asyncio" and "never retrieved" in record.getMessage()
-      return not ((from_orbax or orphaned) and record.exc_info)
+      from_gcsfs = record.name.startswith("gcsfs")
+      return not ((from_orbax or orphaned or from_gcsfs) and record.exc_info)
     return not from_orbax and not record.getMessage().startswith("Unable to initialize backend")
 
 
