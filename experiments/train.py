@@ -85,9 +85,20 @@ def _ignore_closed_event_loops() -> None:
   sys.excepthook, sys.unraisablehook = hook, unraisable_hook
 
 
-def _fail(message: str, status: int) -> None:
-  """Ends the run with ``message`` on stderr and no traceback."""
+def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
+  """Ends the run with ``message`` on stderr and no traceback.
+
+  ``abandon_threads``: exit without waiting for background threads. A background save that
+  failed in a store outage leaves orbax threads waiting (up to its 20-minute timeout) for
+  signals of that save which never come; the run has already closed its files and released its
+  lock, so nothing is left for them to do.
+  """
   print(f"experiments.train: error: {message}", file=sys.stderr)
+  if abandon_threads:
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
   sys.exit(status)
 
 
@@ -155,7 +166,8 @@ def main(argv):
   try:
     summary = training.train_and_evaluate(config, workdir)
   except _RUN_ERRORS as error:
-    _fail(str(error), 1)
+    _fail(str(error), 1, abandon_threads=isinstance(
+        error, (training.CheckpointSaveError, training.StoreUnavailable)))
   if summary["preempted"]:
     return  # the loop logged where it stopped; exit status 0
   keys = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",
