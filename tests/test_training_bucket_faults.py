@@ -12,14 +12,17 @@ import signal
 import time
 import uuid
 
+import aiohttp
 from etils import epath
+from gcsfs.retry import HttpError
+from google.auth import exceptions as auth_exceptions
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax import storage
-from cfl_jax.training import reporting, train_and_evaluate
+from cfl_jax.training import StoreUnavailable, reporting, train_and_evaluate
 from cfl_jax.training.checkpointing import Checkpointer
 from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
 
@@ -107,6 +110,51 @@ def _relaunch_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path
   assert code == 0, output[-3000:]
   assert _read_json(workdir / "summary.json")["resumed_from_step"] == newest
   _assert_ends_as_the_local_run(workdir, uninterrupted, tmp_path)
+
+
+# The retry helper: transient errors only, within the budget.
+
+def test_only_transient_store_errors_are_retried_and_only_within_the_budget(caplog):
+  transient = [HttpError({"code": 503, "message": "Service Unavailable"}),
+               HttpError({"code": 429, "message": "Too Many Requests"}),
+               aiohttp.ServerDisconnectedError(), ConnectionResetError(), TimeoutError(),
+               auth_exceptions.TransportError("no route"), auth_exceptions.RefreshError("expired"),
+               ValueError("UNAVAILABLE: HTTP response code: 503")]  # TensorStore, through orbax
+  answers = [HttpError({"code": 412, "message": "Precondition Failed"}),
+             HttpError({"code": 404, "message": "Not Found"}), FileNotFoundError("gone"),
+             FileExistsError("gs://b/.lock"), PermissionError("denied"),
+             OSError("Forbidden: b/cfl-jax-test/o"), ValueError("NOT_FOUND: no such key")]
+  assert [storage.is_transient(error) for error in transient] == [True] * len(transient)
+  assert [storage.is_transient(error) for error in answers] == [False] * len(answers)
+  try:
+    try:
+      raise ConnectionResetError("reset by peer")
+    except ConnectionResetError as cause:
+      raise RuntimeError("orbax: restore failed") from cause
+  except RuntimeError as wrapped:
+    assert storage.is_transient(wrapped)
+
+  calls = []
+
+  def fails_twice():
+    calls.append(time.monotonic())
+    if len(calls) <= 2:
+      raise HttpError({"code": 503, "message": "Service Unavailable"})
+    return "read"
+
+  with caplog.at_level("WARNING"):
+    assert storage.retrying("reading x", fails_twice, budget=30) == "read"
+  assert len(calls) == 3 and calls[2] - calls[0] >= 2.9  # waited 1 s, then 2 s
+  assert caplog.text.count("Store error while reading x (Service Unavailable, 503)") == 2
+  with pytest.raises(FileNotFoundError):  # an answer, not an outage: raised at once
+    storage.retrying("reading y", lambda: open("/nonexistent/y"), budget=30)
+
+  def unreachable():
+    raise aiohttp.ServerDisconnectedError()
+
+  with pytest.raises(StoreUnavailable, match=r"^The store kept failing while reading z for 0 s "
+                                             r"\(Server disconnected\)\. Nothing was lost"):
+    storage.retrying("reading z", unreachable, budget=0)
 
 
 # (a) A few percent of 503/429 answers, before and after they take effect.

@@ -9,6 +9,10 @@ checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the ho
 needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
 logging window).
 
+Reading a checkpoint retries transient store errors (:func:`cfl_jax.storage.retrying`): a
+checkpoint is set aside as damaged only when it was read and does not decode, never because the
+store was unreachable, and all processes of a run agree on that verdict.
+
 Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
 a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
 JAX's preemption sync manager receives the SIGTERM and agrees across hosts on one step at which
@@ -193,11 +197,10 @@ class Checkpointer:
     advice = "Restore the original config, or start afresh in a new workdir."
     progress = self._read(step, ocp.args.Composite(progress=ocp.args.JsonRestore()),
                           "is unreadable (corrupted or not written by cfl_jax)").progress
-    try:
-      saved_config = progress["config"]
-    except (KeyError, TypeError) as error:
+    saved_config = progress.get("config") if isinstance(progress, Mapping) else None
+    if not isinstance(saved_config, Mapping):
       raise _DamagedCheckpoint(f"Checkpoint {where} holds no config in its progress record "
-                               "(corrupted or not written by cfl_jax).") from error
+                               "(corrupted or not written by cfl_jax).")
     differences = _config_differences(
         {k: v for k, v in saved_config.items() if k not in NON_TRAJECTORY_KEYS},
         {k: v for k, v in config.items() if k not in NON_TRAJECTORY_KEYS})
