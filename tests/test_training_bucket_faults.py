@@ -58,8 +58,13 @@ def _committed(workdir: epath.Path, step: int) -> bool:
 
 
 def _steps(workdir: epath.Path) -> list[int]:
+  """The steps of the checkpoint directories, committed or not."""
   directory = workdir / "checkpoints"
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _newest_committed(workdir: epath.Path) -> int:
+  return max(step for step in _steps(workdir) if _committed(workdir, step))
 
 
 def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -105,7 +110,7 @@ def _stopped_with_one_line(code: int, output: str) -> str:
 
 def _relaunch_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) -> None:
   """A relaunch resumes from the newest committed checkpoint and ends on the local result."""
-  newest = _steps(workdir)[-1]
+  newest = _newest_committed(workdir)
   code, output = finish(start_trainer(os.fspath(workdir), _CONFIG), timeout=180)
   assert code == 0, output[-3000:]
   assert _read_json(workdir / "summary.json")["resumed_from_step"] == newest
@@ -207,6 +212,8 @@ def test_a_minute_long_outage_in_mid_training(bucket_dir, gcs_faults, uninterrup
     return
   line = _stopped_with_one_line(code, output)
   assert "The store kept failing while" in line or "Could not save checkpoint" in line, line
+  print("checkpoint directories:", _steps(bucket_dir), "newest committed:",
+        _newest_committed(bucket_dir))
   assert not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
@@ -219,18 +226,24 @@ def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_di
   code, output = finish(first)
   assert code == 0 and "Preempted after step" in output, output[-3000:]
   checkpoints = _steps(bucket_dir)
-  # A budget shorter than the outage: the relaunch gives up (gcsfs alone retries for ~30 s).
+  # From the relaunch's first read of a checkpoint object, for 45 s, every such read goes
+  # unanswered (the connection closes), as in an outage; the lock and the run files still answer,
+  # so the outage is the restore's. The budget, 20 s, is shorter: the relaunch gives up.
+  gcs_faults.set(lose=[{"match": rf"^GET \S+ {bucket_dir.name}/checkpoints/", "count": 10**6}])
   relaunch = start_trainer(os.fspath(bucket_dir), _CONFIG,
                            env={storage.RETRY_SECONDS_VARIABLE: "20"})
-  wait_for(lambda: (bucket_dir / ".lock").exists(), relaunch, timeout=120)
-  gcs_faults.set(outages=[[0.5, 45]])  # from right after the lock: the listing and the reads
-  outage_ends = time.monotonic() + 45.5
-  code, output = finish(relaunch, timeout=240)
-  print("outage during the restore:", gcs_faults.counts(), output.strip().splitlines()[-1])
-  line = _stopped_with_one_line(code, output)
-  assert "The store kept failing while" in line and "checkpoint" in line, line
-  assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
+  wait_for(lambda: gcs_faults.counts()["answers_lost"] > 0, relaunch, timeout=120)
+  outage_ends = time.monotonic() + 45
+  code, output = finish(relaunch, timeout=120)
+  stopped_within_the_outage = time.monotonic() < outage_ends
+  print(f"outage during the restore: stopped {45 - outage_ends + time.monotonic():.0f} s into it,",
+        gcs_faults.counts(), output.strip().splitlines()[-1])
   time.sleep(max(0.0, outage_ends - time.monotonic()))
+  gcs_faults.clear()
+  line = _stopped_with_one_line(code, output)
+  assert stopped_within_the_outage
+  assert "The store kept failing while" in line and "checkpoint" in line.split(" for ")[0], line
+  assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
 
@@ -251,7 +264,7 @@ def test_an_upload_failing_past_the_budget_stops_the_run_before_its_checkpoint(
   line = _stopped_with_one_line(code, output)
   assert f"The store kept failing while writing {bucket_dir}/tensorboard/" in line, line
   gcs_faults.clear()
-  newest = _steps(bucket_dir)[-1]
+  newest = _newest_committed(bucket_dir)
   uploaded = reporting.read_metrics(bucket_dir / "metrics.jsonl")
   assert uploaded[-1]["step"] > newest  # the failed sync's records reached the bucket,
   assert not (bucket_dir / "checkpoints" / str(uploaded[-1]["step"])).exists()  # its save never
