@@ -51,15 +51,17 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 class _QuietLogs(python_logging.Filter):
   """Drops orbax's per-save INFO chatter, the tracebacks its threads (and asyncio, for the
   futures they leave behind) log when a save fails (the loop raises that failure, and the run
-  stops with one message saying why), the tracebacks gcsfs logs for requests it gives up on (the
-  caller raises or, as the workdir lock's heartbeat does, reports them in one line) and JAX's
-  notes on absent backends (libtpu on a CPU machine); other warnings and errors still show."""
+  stops with one message saying why), the tracebacks gcsfs logs when its own retries run out
+  (:func:`cfl_jax.storage.retrying` logs each store error in one line, and retries or stops; the
+  workdir lock's heartbeat reports them in one line) and JAX's notes on absent backends (libtpu
+  on a CPU machine); other warnings and errors still show."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
     from_orbax = "/orbax/" in record.pathname
     if record.levelno >= python_logging.WARNING:
       orphaned = record.name == "asyncio" and "never retrieved" in record.getMessage()
-      return not ((from_orbax or orphaned or record.name == "gcsfs") and record.exc_info)
+      from_gcsfs = record.name.startswith("gcsfs")
+      return not ((from_orbax or orphaned or from_gcsfs) and record.exc_info)
     return not from_orbax and not record.getMessage().startswith("Unable to initialize backend")
 
 
@@ -83,9 +85,20 @@ def _ignore_closed_event_loops() -> None:
   sys.excepthook, sys.unraisablehook = hook, unraisable_hook
 
 
-def _fail(message: str, status: int) -> None:
-  """Ends the run with ``message`` on stderr and no traceback."""
+def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
+  """Ends the run with ``message`` on stderr and no traceback.
+
+  ``abandon_threads``: exit without waiting for background threads. A background save that
+  failed in a store outage leaves orbax threads waiting (up to its 20-minute timeout) for
+  signals of that save which never come; the run has already closed its files and released its
+  lock, so nothing is left for them to do.
+  """
   print(f"experiments.train: error: {message}", file=sys.stderr)
+  if abandon_threads:
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
   sys.exit(status)
 
 
@@ -133,7 +146,8 @@ _CONFIG = _define_config_flag()
 
 # Failures a user can act on: one message, no traceback, exit status 1.
 _RUN_ERRORS = (training.ConfigError, training.CheckpointError, training.CheckpointSaveError,
-               training.WorkdirLocked, training.WorkdirLockLost, training.TrainingDiverged,
+               training.StoreUnavailable, training.WorkdirLocked, training.WorkdirLockLost,
+               training.TrainingDiverged,
                FileNotFoundError, ModuleNotFoundError)
 
 
@@ -153,7 +167,8 @@ def main(argv):
   try:
     summary = training.train_and_evaluate(config, workdir)
   except _RUN_ERRORS as error:
-    _fail(str(error), 1)
+    _fail(str(error), 1, abandon_threads=isinstance(
+        error, (training.CheckpointSaveError, training.StoreUnavailable)))
   if summary["preempted"]:
     return  # the loop logged where it stopped; exit status 0
   keys = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",

@@ -8,7 +8,9 @@ Real GCS behaviours the clients under test rely on:
   StorageGeneration" without it;
 * uploads and deletes honour the ``ifGenerationMatch`` precondition (``0``: only if absent),
   answering 412 otherwise: the workdir lock's conditional writes and tensorstore's conditional
-  manifest writes.
+  manifest writes;
+* a resumable upload session stays valid once complete: its last part sent again (a client
+  retrying after a lost or failed answer) is answered 200 with the object, not 404.
 
 Faults (:class:`Faults`), set by the tests through the control path ``/_faults`` (``PUT`` a JSON
 plan, ``GET`` the counts of what was injected, ``DELETE`` to clear), as a busy or failing bucket
@@ -98,6 +100,25 @@ def _delete_with_precondition(original):
         return None
     return original(request, response, storage, *args, **kwargs)
   return delete
+
+
+def _upload_partial_of_completed_sessions(original):
+  completed: dict[str, dict] = {}  # upload_id -> the object its session created
+
+  def upload_partial(request, response, storage, *args, **kwargs):
+    upload_id = request.query.get("upload_id", [""])[0]
+    if upload_id in completed:
+      response.json(completed[upload_id])
+      return None
+    try:
+      session = storage.get_resumable_file_obj(upload_id)
+    except exceptions.NotFound:
+      session = None
+    answer = original(request, response, storage, *args, **kwargs)
+    if session is not None and response.status == HTTPStatus.OK:
+      completed[upload_id] = storage.get_file_obj(session["bucket"], session["name"])
+    return answer
+  return upload_partial
 
 
 _OBJECT_IN_PATH = re.compile(r"/b/[^/]+/o/(.+)$")
@@ -225,6 +246,8 @@ def main(port: int, bucket: str) -> None:
   objects.download = _download_with_generation(objects.download)
   objects.insert = _insert_with_precondition(objects.insert)
   objects.delete = _delete_with_precondition(objects.delete)
+  # Also reached from insert (POST), which passes the parts of resumable uploads on to it.
+  objects.upload_partial = _upload_partial_of_completed_sessions(objects.upload_partial)
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
   faults = Faults()
   for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):

@@ -93,3 +93,23 @@ def test_an_outage_drops_every_request_until_it_ends(gcs, gcs_faults):
   time.sleep(1.1)
   assert _download(bucket, f"{prefix}/a") == (200, b"a")
   assert gcs_faults.counts()["dropped_in_outage"] == 1
+
+
+
+def test_a_completed_resumable_upload_answers_its_last_part_sent_again(gcs, gcs_faults):
+  bucket, prefix = gcs
+  name = f"{prefix}/commit_success.txt"
+  start = urllib.request.Request(
+      f"{os.environ['STORAGE_EMULATOR_HOST']}/upload/storage/v1/b/{bucket}/o?"
+      + urllib.parse.urlencode({"uploadType": "resumable", "name": name}),
+      data=json.dumps({"name": name}).encode(), method="POST",
+      headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(start, timeout=10) as answer:
+    session = urllib.parse.urlparse(answer.headers["Location"])
+  query = dict(urllib.parse.parse_qsl(session.query))
+  gcs_faults.set(rate=1.0, statuses=[503], after_effect=1.0, match=f"{prefix}/commit_success")
+  assert _request("POST", session.path, b"done", **query)[0] == 503  # took effect
+  gcs_faults.clear()
+  status, answer = _request("POST", session.path, b"done", **query)  # a client's retry
+  assert status == 200 and json.loads(answer)["name"] == name
+  assert _download(bucket, name) == (200, b"done")

@@ -24,7 +24,8 @@ from google.oauth2 import credentials as oauth2_credentials
 import pytest
 
 from cfl_jax import storage
-from cfl_jax.training import WorkdirLocked, WorkdirLockLost, lock_object, reporting, workdir_lock
+from cfl_jax.training import ConfigError, WorkdirLocked, WorkdirLockLost, lock_object, reporting
+from cfl_jax.training import train_and_evaluate, workdir_lock
 from training_helpers import finish, free_port, start_trainer, tiny_config, wait_for
 
 _SHORT = {"heartbeat_seconds": 1.0, "stale_seconds": 5.0}
@@ -411,3 +412,10 @@ def test_every_process_of_a_refused_multi_host_run_stops_with_the_same_message(b
   for code, output in results:  # (gloo's connection notes may come after the message)
     assert code == 1 and expected in output.splitlines() and "Traceback" not in output, output
   assert not (bucket_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("workdir", ["s3://bucket/run", "az://container/run"])
+def test_a_workdir_on_another_object_store_is_refused_before_anything_runs(workdir):
+  with pytest.raises(ConfigError, match=f"The workdir {workdir} is on an object store other than "
+                                        "GCS: use a local .* or a gs:// bucket"):
+    train_and_evaluate(tiny_config(), workdir)

@@ -23,6 +23,7 @@ _extras.require("cfl_jax.training", "train", ["flax", "orbax.checkpoint", "ml_co
                                                 "absl", "tqdm", "tensorboardX", "etils"])
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from cfl_jax.storage import StoreUnavailable
 from cfl_jax.training.checkpointing import CheckpointError
 from cfl_jax.training.checkpointing import CheckpointSaveError
 from cfl_jax.training.config import ConfigError
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointSaveError",
     "ConfigError",
+    "StoreUnavailable",
     "TrainState",
     "TrainingDiverged",
     "WorkdirLockLost",

@@ -9,6 +9,10 @@ checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the ho
 needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
 logging window).
 
+Reading a checkpoint retries transient store errors (:func:`cfl_jax.storage.retrying`): a
+checkpoint is set aside as damaged only when it was read and does not decode, never because the
+store was unreachable, and all processes of a run agree on that verdict.
+
 Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
 a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
 JAX's preemption sync manager receives the SIGTERM and agrees across hosts on one step at which
@@ -63,7 +67,25 @@ def _root_cause(error: BaseException) -> str:
 
 
 class _DamagedCheckpoint(CheckpointError):
-  """A checkpoint that cannot be read back; :meth:`Checkpointer.restore_latest` skips it."""
+  """A checkpoint that was read and cannot be decoded; :meth:`Checkpointer.restore_latest`
+  skips it."""
+
+
+# A process's verdict on a checkpoint, in increasing severity: the worst one is applied by all.
+_INTACT, _DAMAGED, _UNAVAILABLE = 0, 1, 2
+
+
+def _verdict(problem: BaseException | None) -> int:
+  if problem is None:
+    return _INTACT
+  return _UNAVAILABLE if isinstance(problem, storage.StoreUnavailable) else _DAMAGED
+
+
+def _worst_of_all_processes(verdict: int) -> int:
+  """The most severe of every process's ``verdict`` (each process passes its own)."""
+  if jax.process_count() == 1:
+    return verdict
+  return int(np.max(multihost_utils.process_allgather(np.int32(verdict))))
 
 
 def _config_differences(saved: Mapping, current: Mapping, path: str = "") -> list[str]:
@@ -90,9 +112,11 @@ class Checkpointer:
 
   def __init__(self, directory: storage.PathLike, *, max_to_keep: int):
     self.directory = storage.as_path(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=("state", "progress"))
+    self._manager = storage.retrying(
+        f"listing the checkpoints in {self.directory}", lambda: ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "progress")))
     self._saving_step: int | None = None
     self._failed = False
 
@@ -164,20 +188,20 @@ class Checkpointer:
       ``(state, progress)``.
 
     Raises:
-      CheckpointError: if the checkpoint cannot be read, was written with different
+      CheckpointError: if the checkpoint cannot be decoded, was written with different
         trajectory keys (any key but :data:`NON_TRAJECTORY_KEYS`), or does not match
         ``abstract_state``.
+      StoreUnavailable: if the store stays unreachable (transient errors, retried) for longer
+        than the retry budget (see :func:`cfl_jax.storage.retrying`).
     """
     where = self.directory / str(step)
     advice = "Restore the original config, or start afresh in a new workdir."
-    try:
-      progress = self._manager.restore(
-          step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
-      saved_config = progress["config"]
-    except Exception as error:  # orbax raises many types; all mean the same here
-      raise _DamagedCheckpoint(
-          f"Checkpoint {where} is unreadable (corrupted or not written by cfl_jax): "
-          f"{_root_cause(error)}") from error
+    progress = self._read(step, ocp.args.Composite(progress=ocp.args.JsonRestore()),
+                          "is unreadable (corrupted or not written by cfl_jax)").progress
+    saved_config = progress.get("config") if isinstance(progress, Mapping) else None
+    if not isinstance(saved_config, Mapping):
+      raise _DamagedCheckpoint(f"Checkpoint {where} holds no config in its progress record "
+                               "(corrupted or not written by cfl_jax).")
     differences = _config_differences(
         {k: v for k, v in saved_config.items() if k not in NON_TRAJECTORY_KEYS},
         {k: v for k, v in config.items() if k not in NON_TRAJECTORY_KEYS})
@@ -191,35 +215,63 @@ class Checkpointer:
       raise CheckpointError(
           f"Checkpoint {where} was written by a different config; differing keys:\n  "
           + "\n  ".join(differences) + f"\n{advice}")
-    try:
-      state = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
-    except Exception as error:  # orbax raises many types; all mean the same here
-      raise _DamagedCheckpoint(
-          f"Checkpoint {where} does not hold a train state matching this model and optimizer "
-          f"(corrupted or incompatible): {_root_cause(error)}") from error
+    state = self._read(step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+                       "does not hold a train state matching this model and optimizer "
+                       "(corrupted or incompatible)").state
     return state, progress
+
+  def _read(self, step: int, args: ocp.args.Composite, damage: str) -> Any:
+    """``self._manager.restore(step, args=args)``, retried through transient store errors.
+
+    Raises:
+      StoreUnavailable: when the store stays unreachable past the retry budget.
+      _DamagedCheckpoint: for any other error: the checkpoint was read, and it ``damage``
+        (a phrase such as "is unreadable").
+    """
+    where = self.directory / str(step)
+    try:
+      return storage.retrying(f"reading checkpoint {where}",
+                              lambda: self._manager.restore(step, args=args))
+    except storage.StoreUnavailable:
+      raise
+    except Exception as error:  # orbax raises many types; all non-transient ones mean damage
+      raise _DamagedCheckpoint(f"Checkpoint {where} {damage}: {_root_cause(error)}") from error
 
   def restore_latest(self, abstract_state: Any,
                      config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
     """Restores the newest intact checkpoint, or returns None when there is none.
 
-    A damaged checkpoint (unreadable, or not a train state of this shape) is moved aside to
+    A checkpoint is damaged only when it was read and failed to decode or has missing or
+    inconsistent parts (not a train state of this shape); then it is moved aside to
     ``damaged_checkpoints/`` beside the checkpoint directory, with a warning naming it and why,
-    and the next older one is tried. A checkpoint written by a different config is not damaged:
-    it stops the run (see :meth:`restore`).
+    and the next older one is tried. A store that stays unreachable past the retry budget moves
+    nothing: the run stops with StoreUnavailable, and a later run finds every checkpoint. With
+    several processes each one reads the checkpoint and the worst verdict of all (unavailable,
+    then damaged) is applied by all; process 0 moves. A checkpoint written by a different config
+    is not damaged: it stops the run (see :meth:`restore`).
 
     Raises:
       CheckpointError: if a checkpoint was written with different trajectory keys.
+      StoreUnavailable: if the store (for any process) stays unreachable past the retry budget.
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
+      restored, problem = None, None
       try:
-        return self.restore(step, abstract_state, config)
-      except _DamagedCheckpoint as damaged:
-        self._move_aside(step, damaged)
+        restored = self.restore(step, abstract_state, config)
+      except (_DamagedCheckpoint, storage.StoreUnavailable) as error:
+        problem = error
+      verdict = _worst_of_all_processes(_verdict(problem))
+      if verdict == _UNAVAILABLE:
+        raise (problem if isinstance(problem, storage.StoreUnavailable) else
+               storage.StoreUnavailable(f"Another process could not read checkpoint "
+                                        f"{self.directory / str(step)}; run again to resume."))
+      if verdict == _DAMAGED:
+        self._move_aside(step, problem or "damaged, as another process read it")
+        continue
+      return restored
     return None
 
-  def _move_aside(self, step: int, reason: BaseException) -> None:
+  def _move_aside(self, step: int, reason: BaseException | str) -> None:
     damaged = self.directory / str(step)
     # Every process must agree on the name: process 0's clock decides.
     stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
@@ -229,7 +281,7 @@ class Checkpointer:
     multihost_utils.sync_global_devices(f"cfl_jax moved aside checkpoint {step}")
     logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
                     "the next older one, if any.", damaged, reason, target)
-    self._manager.reload()
+    storage.retrying(f"listing the checkpoints in {self.directory}", self._manager.reload)
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager.

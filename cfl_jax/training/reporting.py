@@ -144,16 +144,17 @@ class RunFiles:
   ``tensorboard/`` (scalars ``train/<metric>`` and ``eval/<metric>``) and ``summary.json``.
 
   Call :meth:`keep_metrics_until` once before appending (it opens the event writer), :meth:`sync`
-  after each checkpoint save and :meth:`close` at the end.
+  before each checkpoint save and :meth:`close` at the end.
 
   On a local disk records are appended to ``metrics.jsonl`` as they come and TensorBoard writes
   its event file in place. An object store has no append, so there both are kept in a local
-  staging directory and uploaded whole by :meth:`sync` (each file one atomic object write) at
-  every checkpoint and at :meth:`close`. The workdir then always holds the records up to a
-  checkpoint or beyond: a preempted VM loses at most the records after its newest checkpoint,
-  which are exactly the steps the resumed run computes (and logs) again. The upload rewrites the
-  whole log once per checkpoint, never per log step: a few bytes per logged step, next to the
-  checkpoint's size.
+  staging directory and uploaded whole by :meth:`sync` (each file one atomic object write,
+  retried through transient store errors) before every checkpoint is saved and at :meth:`close`.
+  A checkpoint therefore exists only once the records up to its step are in the workdir: a run
+  stopped (or a VM lost) at any moment leaves the records up to its newest checkpoint or beyond,
+  and the resumed run drops those beyond (:meth:`keep_metrics_until`), which are exactly the
+  steps it computes (and logs) again. The upload rewrites the whole log once per checkpoint,
+  never per log step: a few bytes per logged step, next to the checkpoint's size.
   """
 
   def __init__(self, workdir: storage.PathLike, *, enabled: bool):
@@ -163,8 +164,10 @@ class RunFiles:
     self._events = None
     self._records: list[dict[str, Any]] = []  # object stores: the whole log, uploaded by sync
     self._staging = None
+    self._store_failed = False  # a sync gave up: close() then uploads nothing more
     if enabled:
-      self.workdir.mkdir(parents=True, exist_ok=True)
+      storage.retrying(f"creating {self.workdir}",
+                       lambda: self.workdir.mkdir(parents=True, exist_ok=True))
       if not self._local:
         self._staging = tempfile.TemporaryDirectory(prefix="cfl_jax_run_files_")
 
@@ -193,9 +196,11 @@ class RunFiles:
     self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
                                  filename_suffix=f".{os.getpid()}.{step}")
     path = self._path("metrics.jsonl")
-    if not path.exists():
+    records = storage.retrying(f"reading {path}",
+                               lambda: read_metrics(path) if path.exists() else None)
+    if records is None:
       return
-    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    kept = [record for record in records if record["step"] <= step]
     if self._local:
       storage.write_atomic(path, _jsonl(kept))
     else:
@@ -221,18 +226,28 @@ class RunFiles:
 
   def sync(self) -> None:
     """Object stores: uploads ``metrics.jsonl`` and this session's event file (a no-op on a
-    local disk, where both are written in place)."""
+    local disk, where both are written in place).
+
+    Raises:
+      StoreUnavailable: when the store stays unreachable past the retry budget (see
+        :func:`cfl_jax.storage.retrying`); the run must stop before its next checkpoint.
+    """
     if not self.enabled or self._local or self._events is None:
       return
-    storage.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
-    self._events.flush()
-    staged = epath.Path(self._events.logdir)
-    for event_file in staged.iterdir():
-      storage.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
+    try:
+      storage.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
+      self._events.flush()
+      staged = epath.Path(self._events.logdir)
+      for event_file in staged.iterdir():
+        storage.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
+    except storage.StoreUnavailable:
+      self._store_failed = True
+      raise
 
   def close(self) -> None:
-    """Uploads what :meth:`sync` uploads, then closes the TensorBoard writer."""
-    if self._events is not None:
+    """Uploads what :meth:`sync` uploads (unless a sync gave up on the store), then closes the
+    TensorBoard writer."""
+    if self._events is not None and not self._store_failed:
       self.sync()
     self.abandon()
 

@@ -408,6 +408,8 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       non-finite state.
     CheckpointSaveError: as soon as a checkpoint could not be written.
     WorkdirLockLost: before a checkpoint, when another run has taken the workdir over.
+    StoreUnavailable: when the run files cannot be uploaded before a checkpoint (the store
+      stayed unreachable past the retry budget); that checkpoint is not saved.
   """
   config, plan, mesh = run.config, run.plan, run.mesh
   train_step_fn = jit_train_step(mesh, loss_fn=recipe.get_loss_fn(config.loss),
@@ -455,11 +457,11 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
         raise TrainingDiverged(f"Training diverged by step {step}: the parameters or optimizer "
                                f"state are not finite. {checkpointer.describe_latest()}")
       lock.check()
+      files.sync()  # the records up to `step` are in the workdir before its checkpoint exists
       checkpointer.save(step, state, {"config": run.config_json,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train,
                                       "wall_seconds": clock.total()})
-      files.sync()
   if last_eval is None and not preempted:  # resumed from the final checkpoint
     last_eval = run.evaluate(eval_step_fn, state)
   return step, last_train, last_eval, preempted
@@ -504,6 +506,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
     CheckpointError: for an incompatible checkpoint in ``workdir`` (damaged ones are moved aside
       and the newest intact one is resumed).
     CheckpointSaveError: when a checkpoint cannot be written (the run stops at once).
+    StoreUnavailable: when a bucket workdir stays unreachable past the retry budget
+      (:data:`cfl_jax.storage.RETRY_SECONDS`); running again resumes from the newest checkpoint.
     TrainingDiverged: when the loss, gradients or parameters stop being finite; ``summary.json``
       then records ``status='diverged'`` and the reason, and no non-finite checkpoint exists.
   """

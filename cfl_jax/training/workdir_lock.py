@@ -119,6 +119,31 @@ def _token(observation: lock_object.Observation | None) -> str | None:
     return None
 
 
+def check_store(workdir: storage.PathLike) -> None:
+  """Raises a ConfigError unless ``workdir`` is local (or mounted) or a ``gs://`` URL.
+
+  Other object stores (``s3://``, ...) are refused rather than run without a lock: the lock's
+  conditional writes are written for GCS generations, and orbax would write the checkpoint arrays
+  through tensorstore's S3 driver, which takes no endpoint from the environment (so no test here
+  can reach a local S3 server) and whose documentation warns that it lacks atomicity checkpoints
+  rely on.
+
+  Examples:
+    >>> check_store('gs://bucket/run')
+    >>> check_store('s3://bucket/run')
+    Traceback (most recent call last):
+    ...
+    cfl_jax.training.config.ConfigError: The workdir s3://bucket/run is on an object store ...
+  """
+  path = os.fspath(workdir)
+  if not storage.is_local(path) and not path.startswith("gs://"):
+    raise config_lib.ConfigError(
+        f"The workdir {path} is on an object store other than GCS: use a local (or mounted) "
+        "directory or a gs:// bucket. Runs in other stores are refused rather than run without a "
+        "lock: the workdir lock's conditional writes are implemented for GCS only, and orbax "
+        "would write checkpoints through tensorstore's S3 driver, which cannot be tested here.")
+
+
 class WorkdirLock:
   """An exclusive lock on ``workdir`` for the duration of a run, taken by process 0.
 
@@ -135,7 +160,8 @@ class WorkdirLock:
 
   Raises:
     WorkdirLocked: on entry, when another live run holds the lock or the store fails.
-    ConfigError: for timings that cannot work.
+    ConfigError: for timings that cannot work, or a workdir on another object store than GCS
+      (see :func:`check_store`).
 
   Examples:
     >>> import tempfile
@@ -150,6 +176,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: storage.PathLike, *, enabled: bool = True,
                heartbeat_seconds: float | None = None, stale_seconds: float | None = None):
+    check_store(workdir)
     root = storage.as_path(workdir)
     self.workdir = os.fspath(root)
     self.path = root / ".lock"
