@@ -22,7 +22,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax import storage
-from cfl_jax.training import StoreUnavailable, reporting, train_and_evaluate
+from cfl_jax.training import StoreUnavailable, reporting, train_and_evaluate, workdir_lock
 from cfl_jax.training.checkpointing import Checkpointer
 from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
 
@@ -175,6 +175,46 @@ def test_a_run_under_store_faults_ends_as_the_uninterrupted_local_run(bucket_dir
   assert counts["refused"] >= 3 and counts["failed_after_effect"] >= 3, counts
   _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
+
+
+def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
+    bucket_dir, gcs_faults, uninterrupted, tmp_path, module_compilation_cache):
+  """SIGKILL twice mid-run while 3 % of every request of the workdir fails, its lock's included:
+  each relaunch takes the dead run's lock over (short lock timings) and resumes from the newest
+  committed checkpoint; the last ends on the local result, every record exactly once."""
+  gcs_faults.set(seed=1, rate=0.03, statuses=[503, 429], after_effect=0.5,
+                 match=rf" {bucket_dir.name}/|^GET /storage/v1/b/[^/]+/o $")
+  env = {**module_compilation_cache, workdir_lock.HEARTBEAT_VARIABLE: "1",
+         workdir_lock.STALE_VARIABLE: "5"}
+  workdir, resumed_from = os.fspath(bucket_dir), []
+  for _ in range(2):
+    previous = max(_committed_steps(bucket_dir), default=0)
+    process = start_trainer(workdir, _CONFIG, env=env)
+    try:
+      wait_for(lambda after=previous: max(_committed_steps(bucket_dir), default=0) > after,
+               process, timeout=240)
+    finally:
+      process.kill()  # SIGKILL: no checkpoint of its own, its lock left behind
+      process.wait()
+    assert not (bucket_dir / "summary.json").exists()  # killed mid-run
+    resumed_from.append(max(_committed_steps(bucket_dir)))
+  code, output = finish(start_trainer(workdir, _CONFIG, env=env), timeout=300)
+  counts = gcs_faults.counts()
+  print("faults injected:", counts, "; killed after checkpoints", resumed_from)
+  assert code == 0, output[-3000:]
+  assert "Taking over the stale lock of" in output, output[-3000:]
+  assert counts["refused"] + counts["failed_after_effect"] >= 5, counts
+  assert _read_json(bucket_dir / "summary.json")["resumed_from_step"] == resumed_from[-1]
+  _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+
+
+def _committed_steps(workdir: epath.Path) -> list[int]:
+  """The committed checkpoint steps, none before the checkpoint directory exists, listed anew
+  (another process writes them: gcsfs's listing cache would hide them)."""
+  storage.filesystem(workdir)[0].invalidate_cache()
+  if not (workdir / "checkpoints").exists():
+    return []
+  return [step for step in _steps(workdir) if _committed(workdir, step)]
 
 # (e) One file system instance: what a move removes, epath (and so orbax) no longer lists.
 
