@@ -60,8 +60,21 @@ class StoreUnavailable(RuntimeError):
 
 def retry_budget() -> float:
   """Seconds :func:`retrying` keeps trying: :data:`RETRY_SECONDS_VARIABLE` if set, else
-  :data:`RETRY_SECONDS`."""
-  return float(os.environ.get(RETRY_SECONDS_VARIABLE, RETRY_SECONDS))
+  :data:`RETRY_SECONDS`.
+
+  Raises:
+    ValueError: naming the variable, when it is not a number of seconds >= 0.
+  """
+  text = os.environ.get(RETRY_SECONDS_VARIABLE)
+  if text is None:
+    return RETRY_SECONDS
+  try:
+    seconds = float(text)
+  except ValueError:
+    seconds = -1.0
+  if not seconds >= 0:
+    raise ValueError(f"{RETRY_SECONDS_VARIABLE}={text!r} is not a number of seconds >= 0.")
+  return seconds
 
 
 @functools.cache

@@ -22,7 +22,9 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax import storage
-from cfl_jax.training import StoreUnavailable, reporting, train_and_evaluate, workdir_lock
+from cfl_jax.training import ConfigError, StoreUnavailable, reporting, train_and_evaluate
+from cfl_jax.training import workdir_lock
+from cfl_jax.training.train import Run
 from cfl_jax.training.checkpointing import Checkpointer
 from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
 
@@ -161,6 +163,13 @@ def test_only_transient_store_errors_are_retried_and_only_within_the_budget(capl
                                              r"\(Server disconnected\)\. Nothing was lost"):
     storage.retrying("reading z", unreachable, budget=0)
 
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_retry_budget_in_the_environment_is_a_config_error(monkeypatch, value):
+  monkeypatch.setenv(storage.RETRY_SECONDS_VARIABLE, value)
+  with pytest.raises(ConfigError, match=f"CFL_JAX_STORE_RETRY_SECONDS='{value}' is not a number"):
+    Run.create(tiny_config())
 
 # (a) A few percent of 503/429 answers, before and after they take effect.
 

@@ -255,6 +255,7 @@ class Run:
       mesh = sharding.make_data_mesh()
       for key in ("batch_size", "eval_batch_size"):
         sharding.check_batch_size(key, config[key], mesh)
+      storage.retry_budget()  # a bad CFL_JAX_STORE_RETRY_SECONDS stops the run here
       if config.mixup_alpha:
         mixup_lib.check_rows_per_shard(config.batch_size, mesh.shape[sharding.DATA_AXIS],
                                        name="batch_size")
