@@ -19,7 +19,9 @@ import time
 import uuid
 
 from etils import epath
+from etils.epath import backend as epath_backend
 import fsspec
+import gcsfs
 from google.oauth2 import credentials as oauth2_credentials
 import pytest
 
@@ -263,7 +265,21 @@ def _token_endpoint() -> Iterator[str]:
     server.shutdown()
 
 
-def test_the_heartbeat_outlives_refused_credential_refreshes(bucket_dir, monkeypatch):
+@pytest.fixture
+def fresh_gcs_client():
+  """A GCS client built anew from ``fsspec.config.conf`` for this test (etils.epath, and so
+  the lock, keep one cached client per process), and discarded after it."""
+  def clear():
+    epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    gcsfs.GCSFileSystem.clear_instance_cache()
+  clear()
+  yield
+  clear()
+
+
+def test_the_heartbeat_outlives_refused_credential_refreshes(bucket_dir, monkeypatch,
+                                                             fresh_gcs_client):
+  del fresh_gcs_client  # used for its effect
   with _token_endpoint() as token_uri:
     credentials = oauth2_credentials.Credentials(
         "first", refresh_token="refresh", client_id="id", client_secret="secret",
