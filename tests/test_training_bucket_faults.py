@@ -33,7 +33,13 @@ _STEPS = 60
 _CONFIG = tiny_config(num_train_steps=_STEPS, checkpoint_every_steps=10, log_every_steps=5,
                       eval_every_epochs=2, max_to_keep=3)
 
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
+
+@pytest.fixture(autouse=True)
+def _share_compiled_programs(module_compilation_cache, monkeypatch):
+  """Runner subprocesses load the programs this module compiled (test time: a cached executable
+  is the same program, so no result depends on it)."""
+  for key, value in module_compilation_cache.items():
+    monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
@@ -187,14 +193,13 @@ def test_a_run_under_store_faults_ends_as_the_uninterrupted_local_run(bucket_dir
 
 
 def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
-    bucket_dir, gcs_faults, uninterrupted, tmp_path, module_compilation_cache):
+    bucket_dir, gcs_faults, uninterrupted, tmp_path):
   """SIGKILL twice mid-run while 3 % of every request of the workdir fails, its lock's included:
   each relaunch takes the dead run's lock over (short lock timings) and resumes from the newest
   committed checkpoint; the last ends on the local result, every record exactly once."""
   gcs_faults.set(seed=1, rate=0.03, statuses=[503, 429], after_effect=0.5,
                  match=rf" {bucket_dir.name}/|^GET /storage/v1/b/[^/]+/o $")
-  env = {**module_compilation_cache, workdir_lock.HEARTBEAT_VARIABLE: "1",
-         workdir_lock.STALE_VARIABLE: "5"}
+  env = {workdir_lock.HEARTBEAT_VARIABLE: "1", workdir_lock.STALE_VARIABLE: "5"}
   workdir, resumed_from = os.fspath(bucket_dir), []
   for _ in range(2):
     previous = max(_committed_steps(bucket_dir), default=0)
