@@ -100,7 +100,7 @@ def _transient_types() -> tuple[type[BaseException], ...]:
   return tuple(found)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def error_chain(error: BaseException) -> Iterator[BaseException]:
   """``error`` and the errors it was raised from or while handling, outermost first."""
   seen: BaseException | None = error
   while seen is not None:
@@ -120,7 +120,7 @@ def is_transient(error: BaseException) -> bool:
     >>> is_transient(FileNotFoundError('gs://bucket/run/metrics.jsonl'))
     False
   """
-  for cause in _chain(error):
+  for cause in error_chain(error):
     if isinstance(cause, (FileNotFoundError, FileExistsError, PermissionError)):
       return False
     status = getattr(cause, "code", None) or getattr(cause, "status", None)

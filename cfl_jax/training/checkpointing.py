@@ -54,11 +54,9 @@ class CheckpointSaveError(RuntimeError):
 def _root_cause(error: BaseException) -> str:
   """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
   first line of its message."""
-  seen: BaseException | None = error
-  while seen is not None:
-    if isinstance(seen, OSError):
-      return str(seen)
-    seen = seen.__cause__ or seen.__context__
+  for cause in storage.error_chain(error):
+    if isinstance(cause, OSError):
+      return str(cause)
   message = str(error).strip()
   tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
   if tensorstore:
