@@ -1,8 +1,9 @@
-"""README.md's benchmark tables, rendered from the stored records in ``benchmarks/records/``.
+"""The benchmark tables of the docs, rendered from the stored records in ``benchmarks/records/``.
 
-Each table in README.md follows a marker line ``<!-- record: benchmarks/records/NAME.json -->``;
-``tests/test_readme_numbers.py`` checks that every table equals :func:`render` of its record, so
-the README cannot drift from what was measured. After rerunning a benchmark with ``--record``:
+Each table in docs/guides/benchmarks.md (or README.md) follows a marker line
+``<!-- record: benchmarks/records/NAME.json -->``; ``tests/test_readme_numbers.py`` checks that
+every table equals :func:`render` of its record, so the pages cannot drift from what was
+measured. After rerunning a benchmark with ``--record``:
 
     python benchmarks/readme_tables.py benchmarks/records/loss_cpu.json   # paste under the marker
 """

@@ -2,10 +2,14 @@
 extra whose absence is named."""
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
 
+import yaml  # PyYAML comes with the train extra (flax, orbax, ml_collections)
+
+import cfl_jax
 from training_helpers import REPO
 
 # (absl-py and chex come with optax itself.)
@@ -36,6 +40,11 @@ print("loaded", sorted(m for m in sys.modules if m.split('.')[0] in {_TRAINING_S
 """
 
 
+def _project():
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    return tomllib.load(f)["project"]
+
+
 def test_the_core_computes_the_loss_and_names_the_train_extra():
   result = subprocess.run([sys.executable, "-c", _CORE_ONLY], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": REPO}, check=True)
@@ -47,8 +56,7 @@ def test_the_core_computes_the_loss_and_names_the_train_extra():
 
 
 def test_the_declared_core_is_jax_optax_and_numpy():
-  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-    project = tomllib.load(f)["project"]
+  project = _project()
   names = lambda requirements: {r.split(">")[0].split("[")[0].split(";")[0].strip()
                                 for r in requirements}
   assert names(project["dependencies"]) == {"jax", "optax", "numpy"}
@@ -72,3 +80,37 @@ def test_code_cites_the_method_page_in_the_repository():
               citing.append(os.path.relpath(os.path.join(root, name), REPO))
   assert not citing, f"cite docs/method.md, not a SPEC outside the repository: {citing}"
   assert os.path.isfile(os.path.join(REPO, "docs", "method.md"))
+
+
+def test_the_project_urls():
+  urls = _project()["urls"]
+  assert {"Homepage", "Repository", "Documentation", "Changelog", "Paper"} <= set(urls)
+  assert urls["Homepage"] == urls["Repository"] == "https://github.com/cfl-jax/cfl-jax"
+  assert urls["Changelog"] == urls["Repository"] + "/blob/main/CHANGELOG.md"
+  for url in urls.values():
+    assert url.startswith("https://"), url
+    if url.startswith(urls["Repository"] + "/"):  # a file or folder of this repository
+      path = url.removeprefix(urls["Repository"] + "/").split("/", 2)[2]
+      assert os.path.exists(os.path.join(REPO, path)), url
+  assert urls["Paper"] == "https://arxiv.org/abs/2202.08978"
+
+
+def test_citation_cff_cites_this_version_and_the_paper():
+  with open(os.path.join(REPO, "CITATION.cff"), encoding="utf-8") as f:
+    cff = yaml.safe_load(f)
+  assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+  assert cff["message"] and cff["title"] and cff["authors"]
+  assert cff["version"] == cfl_jax.__version__, "a release bumps CITATION.cff's version too"
+  assert cff["license"] == _project()["license"]
+  assert cff["repository-code"] == _project()["urls"]["Repository"]
+  paper = cff["preferred-citation"]
+  assert paper["title"] == "Cyclical Focal Loss" and paper["year"] == 2022
+  assert paper["authors"] == [{"family-names": "Smith", "given-names": "Leslie N."}]
+  assert paper["url"] == "https://arxiv.org/abs/2202.08978"
+  assert paper["doi"] == "10.48550/arXiv.2202.08978"
+
+
+def test_the_changelog_has_a_section_for_this_version():
+  with open(os.path.join(REPO, "CHANGELOG.md"), encoding="utf-8") as f:
+    versions = re.findall(r"^## \[([^\]]+)\]", f.read(), re.M)
+  assert versions and versions[0] == cfl_jax.__version__, versions

@@ -1,7 +1,9 @@
-"""Every number README.md reports comes from a stored record, and stays equal to it.
+"""Every number README.md and the benchmarks guide report comes from a stored record, and stays
+equal to it.
 
-Benchmark tables follow ``<!-- record: PATH -->`` markers and must equal
-``benchmarks/readme_tables.render`` of that record; the study results are checked against
+Benchmark tables follow ``<!-- record: PATH -->`` markers (in README.md or a page under
+docs/guides/) and must equal ``benchmarks/readme_tables.render`` of that record; the study results
+(in full in docs/guides/benchmarks.md, in three sentences in README.md) are checked against
 ``experiments/results/*/results.json`` through the study's own statistics.
 """
 
@@ -13,28 +15,37 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_tables  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-FLAT = " ".join(README.split())  # prose wraps anywhere: compare with single spaces
-MARKERS = re.findall(r"<!-- record: (\S+) -->\n((?:\|.*\|\n)+)", README)
+
+def _flat(path):
+  """The page with single spaces: prose wraps anywhere."""
+  return " ".join(path.read_text().split())
 
 
-def test_the_readme_shows_every_benchmark_record():
-  shown = {path for path, _ in MARKERS}
+README = _flat(ROOT / "README.md")
+BENCHMARKS = _flat(ROOT / "docs" / "guides" / "benchmarks.md")
+MARKERS = [(str(page.relative_to(ROOT)), path, table) for page in PAGES
+           for path, table in re.findall(r"<!-- record: (\S+) -->\n((?:\|.*\|\n)+)",
+                                         page.read_text())]
+
+
+def test_the_pages_show_every_benchmark_record_once():
+  shown = [path for _, path, _ in MARKERS]
   stored = {str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks" / "records").glob("*.json")}
-  assert shown == stored
+  assert sorted(shown) == sorted(stored)
 
 
-@pytest.mark.parametrize("path, table", MARKERS, ids=[path for path, _ in MARKERS])
-def test_each_table_is_its_record(path, table):
+@pytest.mark.parametrize("page, path, table", MARKERS, ids=[path for _, path, _ in MARKERS])
+def test_each_table_is_its_record(page, path, table):
   record = json.loads((ROOT / path).read_text())
-  assert table.strip() == readme_tables.render(record)
+  assert table.strip() == readme_tables.render(record), f"{page}: {path}"
 
 
 def test_a_changed_record_no_longer_matches(tmp_path):
-  path, table = MARKERS[0]
+  _, path, table = MARKERS[0]
   record = json.loads((ROOT / path).read_text())
   record["rows"][0]["x_ce"] += 0.1
   assert table.strip() != readme_tables.render(record)
@@ -70,15 +81,18 @@ def test_the_digits_result_is_results_json():
   diffs = [c["diff"]["mean"] for _, _, c in report.comparisons(
       results, list(grid.datasets), grid.compared, "cross_entropy") if c["verdict"] == "win"]
   assert (f"beat it in {wins} of {n} comparisons (+{100 * min(diffs):.1f} to "
-          f"+{100 * max(diffs):.1f} points") in FLAT
-  assert losses == 0 and "CFL never did worse than cross-entropy" in FLAT
+          f"+{100 * max(diffs):.1f} points") in BENCHMARKS
+  assert losses == 0 and "CFL never did worse than cross-entropy" in BENCHMARKS
   _, holm = _holm_wins(results, grid, grid.compared, "cross_entropy")
-  assert not holm and "none survives Holm's correction" in FLAT
+  assert not holm and "none survives Holm's correction" in BENCHMARKS
+  assert "on digits no gain survives Holm's correction" in README
   wins, _, losses, n = _counts(results, grid, grid.compared, "cross_entropy_ls")
-  assert f"({wins} wins, {losses} losses in {n})" in FLAT
+  assert f"({wins} wins, {losses} losses in {n})" in BENCHMARKS
   wins, _, losses, n = _counts(results, grid, grid.compared, "focal")
-  assert f"plain focal loss ({wins} wins, {losses} losses in {n})" in FLAT
-  assert f"{len(results['runs'])} runs, `python -m experiments.study --grid=all" in FLAT
+  assert f"plain focal loss ({wins} wins, {losses} losses in {n})" in BENCHMARKS
+  runs = len(results["runs"])
+  assert f"{runs} runs, `python -m experiments.study --grid=all" in BENCHMARKS
+  assert f"scikit-learn's digits ({runs} runs)" in README
 
 
 def test_the_mnist1d_result_is_results_json():
@@ -87,16 +101,21 @@ def test_the_mnist1d_result_is_results_json():
   baselines = [100 * stats.mean_std([r["test_accuracy"] for r in
                                      stats.runs_of(results, "standard", v).values()])[0]
                for v in ("logistic", "mlp", "cnn")]
-  assert "reproduced at {:.1f} / {:.1f} / {:.1f} %".format(*baselines) in FLAT
+  assert "reproduced at {:.1f} / {:.1f} / {:.1f} %".format(*baselines) in BENCHMARKS
   smoothed, plain = ("cfl_hc2_ls", "cfl_reference"), ("cfl_hc2", "cfl_hc3")
   family, wins = _holm_wins(results, grid, smoothed, "cross_entropy")
   per_loss = len(grid.datasets) * len(smoothed)
-  assert f"after Holm's correction over {len(family)} comparisons" in FLAT
+  assert f"after Holm's correction over {len(family)} comparisons" in BENCHMARKS
   assert (f"beat cross-entropy ({len(wins)} of {per_loss}, +{100 * min(wins):.1f} to "
-          f"+{100 * max(wins):.1f} points") in FLAT
+          f"+{100 * max(wins):.1f} points") in BENCHMARKS
+  assert f"label-smoothed CFL beat cross-entropy ({len(wins)} of {per_loss})" in README
   _, plain_wins = _holm_wins(results, grid, plain, "cross_entropy")
-  assert f"never did ({len(plain_wins)} of {len(grid.datasets) * len(plain)})" in FLAT
+  per_plain = len(grid.datasets) * len(plain)
+  assert f"never did ({len(plain_wins)} of {per_plain})" in BENCHMARKS
+  assert f"never beat it ({len(plain_wins)} of {per_plain})" in README
   _, against_ls = _holm_wins(results, grid, smoothed, "cross_entropy_ls")
-  assert f"same smoothing ({len(against_ls)} of {per_loss})" in FLAT
+  for page in (BENCHMARKS, README):
+    assert f"same smoothing ({len(against_ls)} of {per_loss})" in page
   main_runs = [r for r in results["runs"] if "main" in r["grid"]]
-  assert f"{len(main_runs)} runs, plus the" in FLAT
+  assert f"{len(main_runs)} runs, plus the" in BENCHMARKS
+  assert f"MNIST-1D ({len(main_runs)} runs)" in README
