@@ -44,7 +44,7 @@ T = TypeVar("T")
 #: still stops a run whose store is gone within minutes. Tests lower it through the environment
 #: variable.
 RETRY_SECONDS = 180.0
-RETRY_SECONDS_VARIABLE = "CFL_JAX_STORE_RETRY_SECONDS"  #: the environment variable that overrides it
+RETRY_SECONDS_VARIABLE = "CFL_JAX_STORE_RETRY_SECONDS"  #: the variable that overrides it
 _FIRST_DELAY_SECONDS, _LONGEST_DELAY_SECONDS = 1.0, 30.0
 
 # HTTP answers that mean "try again": time-out, too many requests, server errors.

@@ -100,37 +100,7 @@ class ConfigReference(SphinxDirective):
 
   def run(self) -> list[nodes.Node]:
     self.env.note_dependency(inspect.getsourcefile(config_reference.config_module))
-    entries = config_reference.entries()
-    order = {key: i for i, key in enumerate(config_reference.own_meanings())}
-    entries.sort(key=lambda e: order.get(e.key, len(order)))
-    own = config_reference.own_meanings()
-    groups: dict[str, list[config_reference.Entry]] = {"": []}
-    for entry in entries:
-      groups.setdefault(entry.key.split(".")[0] if "." in entry.key else "", []).append(entry)
-    lines = []
-    for group, members in groups.items():
-      title = "Top-level keys" if not group else f"``{group}``"
-      lines += [title, "-" * max(len(title), 3), ""]
-      if group and own.get(group) and any(e.source != group for e in members):
-        lines += [_meaning_rst(own[group]), ""]
-      lines += [".. list-table::", "   :header-rows: 1", "   :widths: 25 15 60", "",
-                "   * - Key", "     - Default", "     - Meaning"]
-      rows: list[list[config_reference.Entry]] = []
-      for entry in members:  # keys that share a meaning share a row
-        if rows and rows[-1][0].source == entry.source and entry.source != entry.key:
-          rows[-1].append(entry)
-        else:
-          rows.append([entry])
-      for row in rows:
-        keys = [f":cfl-config-key:`{e.key}`" for e in row]
-        defaults = [f"``{e.default!r}``" for e in row]
-        if len(row) == 1:
-          lines += [f"   * - {keys[0]}", f"     - {defaults[0]}"]
-        else:  # line blocks, one key (default) per line
-          lines += [f"   * - | {keys[0]}"] + [f"       | {k}" for k in keys[1:]]
-          lines += [f"     - | {defaults[0]}"] + [f"       | {d}" for d in defaults[1:]]
-        lines += [f"     - {_meaning_rst(row[0].meaning)}"]
-      lines.append("")
+    lines = config_reference.reference_rst(_meaning_rst, key_role="cfl-config-key")
     container = nodes.section()
     container.document = self.state.document
     nested_parse_with_titles(self.state, StringList(lines, "<cfl-config-reference>"), container)

@@ -8,7 +8,7 @@ comment above ``config.model``). No Sphinx here: the docs extension and the test
 """
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import dataclasses
 import inspect
 import io
@@ -104,11 +104,8 @@ def own_meanings() -> dict[str, str]:
       below += 1
     if below in starting:
       parts[starting[below]].append(text)
-  # A block above a key comes before that key's end-of-line comment.
-  meanings = {}
-  for key in order:
-    meanings[key] = " ".join(parts[key]).strip()
-  return meanings
+  # Lines in order: a block above a key comes before the comment ending the key's line.
+  return {key: " ".join(parts[key]).strip() for key in order}
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -119,18 +116,55 @@ def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
       yield f"{prefix}{key}", value
 
 
-def leaf_keys() -> list[str]:
-  """Every leaf key of ``default_config()``, dotted, in schema order."""
-  return [key for key, _ in _leaves(config_module.default_config().to_dict())]
-
-
 def entries() -> list[Entry]:
-  """Every leaf key of the schema with its default and meaning, in schema order."""
+  """Every leaf key of the schema with its default and meaning, in the order of the source."""
   meanings = own_meanings()
+  order = {key: i for i, key in enumerate(meanings)}
   result = []
   for key, default in _leaves(config_module.default_config().to_dict()):
     source = key
     while not meanings.get(source) and "." in source:
       source = source.rsplit(".", 1)[0]
     result.append(Entry(key, default, meanings.get(source, ""), source))
-  return result
+  return sorted(result, key=lambda entry: order.get(entry.key, len(order)))
+
+def reference_rst(meaning_rst: Callable[[str], str], key_role: str = "code") -> list[str]:
+  """The reference as reST: a section and a table (key, default, meaning) per group of keys.
+
+  Args:
+    meaning_rst: turns a comment into reST (escaping, links).
+    key_role: the role each key is written with (the docs make it a link target).
+
+  Returns:
+    The lines: first the top-level keys, then one section per group (``dataset``, ``model``,
+    ...) in schema order. Consecutive keys that share an inherited meaning share a row.
+  """
+  own = own_meanings()
+  groups: dict[str, list[Entry]] = {"": []}
+  for entry in entries():
+    groups.setdefault(entry.key.split(".")[0] if "." in entry.key else "", []).append(entry)
+  lines = []
+  for group, members in groups.items():
+    title = "Top-level keys" if not group else f"``{group}``"
+    lines += [title, "-" * len(title), ""]
+    if group and own.get(group) and any(e.source != group for e in members):
+      lines += [meaning_rst(own[group]), ""]
+    lines += [".. list-table::", "   :header-rows: 1", "   :widths: 25 15 60", "",
+              "   * - Key", "     - Default", "     - Meaning"]
+    rows: list[list[Entry]] = []
+    for entry in members:
+      if rows and rows[-1][0].source == entry.source and entry.source != entry.key:
+        rows[-1].append(entry)
+      else:
+        rows.append([entry])
+    for row in rows:
+      keys = [f":{key_role}:`{e.key}`" for e in row]
+      defaults = [f"``{e.default!r}``" for e in row]
+      if len(row) == 1:
+        lines += [f"   * - {keys[0]}", f"     - {defaults[0]}"]
+      else:  # line blocks: one key (and default) per line
+        lines += [f"   * - | {keys[0]}"] + [f"       | {k}" for k in keys[1:]]
+        lines += [f"     - | {defaults[0]}"] + [f"       | {d}" for d in defaults[1:]]
+      lines += [f"     - {meaning_rst(row[0].meaning)}"]
+    lines.append("")
+  return lines
