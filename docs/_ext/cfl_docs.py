@@ -190,19 +190,21 @@ def _import(name: str) -> Any:
   return _MISSING
 
 
+_DOCUMENTED: dict[str, Any] = {}  # this process's map, rebuilt when the objects change
+
+
 def _documented_objects(env) -> dict[tuple[int, str], tuple[str, Any]]:
   """(id of object, last name part) -> (documented full name, the object) for our objects."""
   objects = env.get_domain("py").objects
-  cache = getattr(env, "_cfl_documented", None)
-  if cache is not None and cache[0] == len(objects):
-    return cache[1]
+  if _DOCUMENTED.get("count") == len(objects):
+    return _DOCUMENTED["found"]
   found = {}
   for name, entry in objects.items():
     if name.startswith("cfl_jax") and not entry.aliased:
       value = _import(name)
       if value is not _MISSING:
         found.setdefault((id(value), name.rsplit(".", 1)[-1]), (name, value))
-  env._cfl_documented = (len(objects), found)
+  _DOCUMENTED.update(count=len(objects), found=found)
   return found
 
 
