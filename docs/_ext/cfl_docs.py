@@ -247,8 +247,6 @@ def _aliases() -> list[tuple[Any, str]]:
 
 def _public_jax_name(annotation: Any) -> str | None:
   """``jax.Array`` for jaxlib's ``Array`` class, ``jax.sharding.Mesh`` for ``jax._src`` ..."""
-  import jax
-
   name = getattr(annotation, "__name__", None)
   module = getattr(annotation, "__module__", "") or ""
   if not name or not (module.startswith(("jax", "jaxlib"))):
@@ -256,7 +254,6 @@ def _public_jax_name(annotation: Any) -> str | None:
   for public in ("jax", "jax.sharding", "jax.random", "jax.typing"):
     if getattr(_import(public), name, None) is annotation:
       return f"{public}.{name}"
-  del jax
   return None
 
 
@@ -273,7 +270,7 @@ def format_annotation(annotation: Any, config=None) -> str | None:
     args = list(typing.get_args(annotation))
     for alias, text in _aliases():
       alias_args = typing.get_args(alias)
-      if alias_args and all(a in args for a in alias_args):
+      if alias_args and all(a in args for a in alias_args) and config is not None:
         rest = [a for a in args if a not in alias_args]
         return " | ".join([text] + [format_annotation(a, config) or default_format(a, config)
                                     for a in rest])
