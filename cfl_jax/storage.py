@@ -38,13 +38,13 @@ from etils.epath import backend as epath_backend
 PathLike = str | os.PathLike
 T = TypeVar("T")
 
-# How long one store call is retried (seconds from its first attempt) before the run gives up
-# with StoreUnavailable; an attempt under way when it expires is finished first (gcsfs alone
-# retries one request for about 30 s). Three minutes rides out an outage of a minute or two and
-# still stops a run whose store is gone within minutes. Tests lower it through the environment
-# variable.
+#: How long one store call is retried (seconds from its first attempt) before the run gives up
+#: with StoreUnavailable; an attempt under way when it expires is finished first (gcsfs alone
+#: retries one request for about 30 s). Three minutes rides out an outage of a minute or two and
+#: still stops a run whose store is gone within minutes. Tests lower it through the environment
+#: variable.
 RETRY_SECONDS = 180.0
-RETRY_SECONDS_VARIABLE = "CFL_JAX_STORE_RETRY_SECONDS"
+RETRY_SECONDS_VARIABLE = "CFL_JAX_STORE_RETRY_SECONDS"  #: the variable that overrides it
 _FIRST_DELAY_SECONDS, _LONGEST_DELAY_SECONDS = 1.0, 30.0
 
 # HTTP answers that mean "try again": time-out, too many requests, server errors.

@@ -28,6 +28,7 @@ _DATASETS: dict[str, tuple[str, str]] = {
     "places_lt": ("cfl_jax.data.imagenet", "places_lt"),
 }
 
+#: The names :func:`get_dataset` accepts.
 DATASET_NAMES = tuple(_DATASETS)
 
 

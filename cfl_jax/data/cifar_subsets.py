@@ -30,6 +30,7 @@ _SUBSETS: dict[str, tuple[str | None, int, tuple[str, ...]]] = {
     "first_4000": (None, 0, ("cifar10", "cifar100")),
 }
 
+#: The names :func:`subset_ids` accepts.
 SUBSET_NAMES = tuple(_SUBSETS)
 SUBSET_SIZE = 4000
 

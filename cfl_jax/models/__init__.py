@@ -38,6 +38,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "tresnet_m": tresnet.TResNetM,
 }
 
+#: The names :func:`get_model` accepts.
 MODEL_NAMES = tuple(_MODELS)
 
 

@@ -33,7 +33,7 @@ from cfl_jax import storage
 
 Path = tuple[str, ...]
 
-# Where each model's ImageNet weights are published, for the error about a missing file.
+#: Where each model's ImageNet weights are published, for the error about a missing file.
 WEIGHTS_SOURCES = {
     "tresnet_m": "timm's tresnet_m.miil_in1k: model.safetensors of "
                  "https://huggingface.co/timm/tresnet_m.miil_in1k",
@@ -107,6 +107,7 @@ _CHECKPOINT_NAMING: dict[str, Callable[[Path], str]] = {
     "resnet152": _torchvision_resnet_module,
 }
 
+#: The models whose ImageNet weights :func:`import_weights` reads.
 IMPORTABLE_MODELS = tuple(_CHECKPOINT_NAMING)
 
 

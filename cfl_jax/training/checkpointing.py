@@ -5,9 +5,9 @@ where there is no rename, it writes a commit marker last), so a run killed mid-s
 previous checkpoint intact and the partial one is never restored. The directory may be local or in
 a bucket (``gs://``); every process of a multi-host run writes its shards into it. The JSON
 ``progress`` record beside the state carries the resolved config (checked on resume: a
-checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the host-side state
-needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
-logging window).
+checkpoint whose trajectory keys, all but :data:`NON_TRAJECTORY_KEYS`, differ is refused) and
+the host-side state needed to make a resumed run end exactly like an uninterrupted one (the
+partially averaged logging window).
 
 Reading a checkpoint retries transient store errors (:func:`cfl_jax.storage.retrying`): a
 checkpoint is set aside as damaged only when it was read and does not decode, never because the
@@ -34,8 +34,8 @@ import orbax.checkpoint as ocp
 
 from cfl_jax import storage
 
-# Config keys that do not change the training trajectory: they may differ on resume (the new
-# values apply from there on, and the differences are logged). Every other key must match.
+#: Config keys that do not change the training trajectory. They may differ on resume (the new
+#: values apply from there on, and the differences are logged); every other key must match.
 NON_TRAJECTORY_KEYS = frozenset({
     "name", "eval_batch_size", "eval_every_epochs", "log_every_steps",
     "checkpoint_every_steps", "max_to_keep", "many_shot_min", "few_shot_max",

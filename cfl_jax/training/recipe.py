@@ -31,7 +31,7 @@ LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 OPTIMIZER_NAMES = ("sgd", "adamw")
 LR_SCHEDULE_NAMES = ("cosine", "step", "constant")
 WEIGHT_DECAY_TARGETS = ("kernels", "all")
-HEAD_MODULE = "head"  # top-level module name of every classifier's last layer (cfl_jax.models)
+HEAD_MODULE = "head"  #: top-level module name of every classifier's last layer (cfl_jax.models)
 
 # config.cyclical entry -> name of the hyper-parameter it drives (and of its logged metric).
 CYCLICAL_HYPERPARAMETERS = {
@@ -98,6 +98,7 @@ _LOSSES = {
 }
 _CYCLICAL = ("cyclical_focal", "cyclical_focal_reference", "sigmoid_cyclical_focal")
 
+#: The values of the config's ``loss.name``, for :func:`get_loss_fn`.
 LOSS_NAMES = tuple(_LOSSES)
 
 
@@ -307,7 +308,15 @@ def set_hyperparameters(opt_state: optax.InjectStatefulHyperparamsState,
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The run's durations, in steps, and its schedules (all read at ``state.step``)."""
+  """The run's durations, in steps, and its schedules (all read at ``state.step``).
+
+  Attributes:
+    steps_per_epoch: optimizer steps in one epoch.
+    total_steps: the run's length in steps.
+    eval_every_steps: steps between evaluations; 0 evaluates only at the end.
+    schedules: name -> ``optax.Schedule`` of the step: ``xi``, ``learning_rate`` and each enabled
+      cyclical hyper-parameter.
+  """
 
   steps_per_epoch: int
   total_steps: int

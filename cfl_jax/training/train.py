@@ -49,7 +49,7 @@ from cfl_jax.training import workdir_lock
 
 Batch = Mapping[str, jax.Array]
 
-# Purpose -> the constant folded into the run's key for that consumer's random stream.
+#: Purpose -> the constant folded into the run's key for that consumer's random stream.
 STREAMS = {"init": 0, "dropout": 1, "mixup": 2}
 
 
