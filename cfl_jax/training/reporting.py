@@ -174,8 +174,9 @@ class BestMetrics:
     return summary
 
   def scalars(self) -> dict[str, float]:
-    """The numbers of :meth:`summary` that are neither epochs nor steps (for TensorBoard)."""
-    return {key: value for key, value in self.summary().items()
+    """The numbers of :meth:`summary` that are neither epochs nor steps, named without a
+    leading ``best_`` (TensorBoard shows them as ``best/<name>``)."""
+    return {key.removeprefix("best_"): value for key, value in self.summary().items()
             if not key.endswith(("_epoch", "_step")) and isinstance(value, (int, float))}
 
 
@@ -235,7 +236,7 @@ def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
 class RunFiles:
   """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
   ``tensorboard/`` (scalars ``train/<metric>``, ``eval/<metric>`` and the best so far,
-  ``best/<key>``) and ``summary.json``.
+  ``best/<metric>``: see :meth:`append_best`) and ``summary.json``.
 
   Call :meth:`keep_metrics_until` once before appending (it opens the event writer), :meth:`sync`
   before each checkpoint save and :meth:`close` at the end.
@@ -319,9 +320,9 @@ class RunFiles:
                       {key: value for key, value in record.items() if key not in ("step", "split")})
 
   def append_best(self, step: int, best: BestMetrics) -> None:
-    """Writes the best values so far (:meth:`BestMetrics.scalars`) to TensorBoard as
-    ``best/<key>`` at ``step`` (they are not records of ``metrics.jsonl``: its eval records hold
-    everything they are computed from)."""
+    """Writes the best values so far (:meth:`BestMetrics.scalars`) to TensorBoard at ``step``:
+    ``best/test_accuracy``, ``best/test_accuracy_at_best_validation``, ... (not to
+    ``metrics.jsonl``, whose eval records hold everything they are computed from)."""
     if self.enabled:
       self._add_scalars("best", step, best.scalars())
 
