@@ -7,7 +7,7 @@ a bucket (``gs://``); every process of a multi-host run writes its shards into i
 ``progress`` record beside the state carries the resolved config (checked on resume: a
 checkpoint written with different :data:`TRAJECTORY_KEYS` is refused) and the host-side state
 needed to make a resumed run end exactly like an uninterrupted one (the partially averaged
-logging window, the best evaluations so far).
+logging window).
 
 Reading a checkpoint retries transient store errors (:func:`cfl_jax.storage.retrying`): a
 checkpoint is set aside as damaged only when it was read and does not decode, never because the
