@@ -171,9 +171,10 @@ def main(argv):
         error, (training.CheckpointSaveError, training.StoreUnavailable)))
   if summary["preempted"]:
     return  # the loop logged where it stopped; exit status 0
-  keys = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",
-          "few_shot_accuracy", "loss", "train_steps", "wall_seconds")
-  logging.info("Done: %s", json.dumps({key: summary[key] for key in keys}))
+  keys = ("test_accuracy", "best_test_accuracy", "best_epoch", "best_ema_test_accuracy",
+          "test_accuracy_at_best_validation", "balanced_accuracy", "many_shot_accuracy",
+          "medium_shot_accuracy", "few_shot_accuracy", "loss", "train_steps", "wall_seconds")
+  logging.info("Done: %s", json.dumps({key: summary[key] for key in keys if key in summary}))
 
 
 if __name__ == "__main__":

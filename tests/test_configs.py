@@ -86,6 +86,16 @@ def test_loss_hyperparameters_follow_the_protocol(study, protocol):
   assert _get_config(study, "ce").loss.label_smoothing == hyper["label_smoothing"]
 
 
+@pytest.mark.parametrize("study", STUDIES)
+def test_each_study_evaluates_every_epoch_as_its_protocol(study):
+  """timm validates after every epoch, LDAM tests after every epoch, OLTR validates after every
+  epoch (the test metrics of its best validation epoch are what it reports)."""
+  config = resolve_config(_get_config(study))
+  assert config.eval_every_epochs == 1
+  oltr = study in ("imagenet_lt", "places_lt")
+  assert config.dataset.get("validation_split") == ("validation" if oltr else None)
+
+
 def test_cifar_lt_is_the_ldam_protocol():
   config = resolve_config(_get_config("cifar_lt", "c100,ratio=50,ce"))
   assert config.dataset.to_dict() == {"name": "cifar100", "imbalance_ratio": 50.0,
@@ -246,6 +256,13 @@ def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path
   assert summary["train_steps"] == steps and not summary["preempted"]
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])
   assert ("ema_test_accuracy" in summary) == (config.ema_decay > 0)
+  assert summary["best_test_accuracy"] == summary["test_accuracy"]  # one evaluation
+  assert ("best_ema_test_accuracy" in summary) == (config.ema_decay > 0)
+  if study in ("imagenet_lt", "places_lt"):  # the validation list, 4 images
+    assert summary["test_accuracy_at_best_validation"] == summary["test_accuracy"]
+    assert summary["best_validation_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+  else:
+    assert "validation_accuracy" not in summary
   assert os.path.isfile(os.path.join(tmp_path, "summary.json"))
 
 

@@ -88,3 +88,27 @@ def test_unprepared_benchmark_says_how_to_prepare(tmp_path):
 def test_unknown_eval_split(data_dir):
   with pytest.raises(ValueError, match="no split 'val'; it has"):
     get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "eval_split": "val"})
+
+
+def test_validation_data_evaluates_the_validation_list(data_dir):
+  """OLTR selects its epoch on the validation list: ``validation_data()`` evaluates it."""
+  assert get_dataset({"name": "imagenet_lt", "data_dir": data_dir}).validation_data() is None
+  data = get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "image_size": 8,
+                      "validation_split": "validation"})
+  validation = data.validation_data()
+  assert (data.num_eval_examples, validation.num_eval_examples) == (3, 2)
+  assert validation.validation_data() is None
+  np.testing.assert_array_equal(validation.train_class_counts, data.train_class_counts)
+  labels = np.concatenate([b["label"][b["mask"]]
+                           for b in validation.eval_batches(global_batch_size=2)])
+  assert sorted(labels.tolist()) == [1, 2]  # _VAL's labels
+  tested = np.concatenate([b["label"][b["mask"]] for b in data.eval_batches(global_batch_size=2)])
+  assert sorted(tested.tolist()) == [0, 1, 2]  # the test list, unchanged
+
+
+@pytest.mark.parametrize("split, message", [
+    ("val", "no split 'val'; it has"),
+    ("test", "validation_split='test' must differ from the train and eval splits")])
+def test_bad_validation_split(data_dir, split, message):
+  with pytest.raises(ValueError, match=message):
+    get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "validation_split": split})

@@ -264,6 +264,24 @@ def test_report_takes_the_recipe_from_the_config(tmp_path):
     report.render(GRID, {"runs": []}, [])
 
 
+def test_report_shows_the_best_epoch_where_the_runs_recorded_it():
+  results = _fake_results()
+  assert "best-epoch" not in report.render(GRID, results, [])  # runs recorded before it
+  for r in results["runs"]:
+    r.update(best_test_accuracy=r["test_accuracy"] + 0.01, best_epoch=3.0)
+  text = report.render(GRID, results, [])
+  assert "| best-epoch acc % | best-epoch diff vs CE, pp [95% CI] |" in text
+  assert "(`best_test_accuracy`, the number timm and LDAM report)" in text
+
+
+def test_recorded_results_without_the_best_metrics_still_report():
+  results = run.load_results(os.path.join(provenance.REPO, "experiments", "results", "digits",
+                                          "results.json"))
+  assert not any("best_test_accuracy" in r for r in results["runs"])
+  text = report.render(GRID, results, [])
+  assert "## long_tail_10" in text and "best-epoch" not in text
+
+
 def test_report_applies_holm_to_the_compared_family():
   results = _fake_results(seeds=range(4))
   for r in results["runs"]:  # cfl_hc3 beats cross-entropy by a clear, seed-varying margin
@@ -303,6 +321,9 @@ def test_spot_check_schema_and_command_reproduces(tmp_path, compilation_cache):
   assert entry["hyper_parameters"]["gamma_neg"] == 2.0
   assert entry["hyper_parameters"]["label_smoothing"] == 0.1
   assert entry["train_steps"] == 3 * 7 and len(entry["eval_curve"]) == 3
+  curve = [e["test_accuracy"] for e in entry["eval_curve"]]
+  assert entry["best_test_accuracy"] == max(curve)
+  assert entry["best_epoch"] == entry["eval_curve"][curve.index(max(curve))]["epoch"]
   assert len(entry["per_class_accuracy"]) == 10 and 0 <= entry["test_accuracy"] <= 1
   assert entry["train_class_counts"] == [124, 96, 74, 57, 44, 34, 26, 20, 16, 12]
   assert entry["command"].startswith("JAX_PLATFORMS=cpu ")

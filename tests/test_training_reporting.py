@@ -150,3 +150,69 @@ def test_plain_log_lines_otherwise(caplog):
     progress.eval(2, {"test_accuracy": 0.9, "few_shot_accuracy": None})
   assert "step 2/4: loss 0.5, accuracy 0.75, grad_norm 1, xi 0.25" in caplog.text
   assert "eval at step 2: test_accuracy 0.9, few_shot_accuracy n/a" in caplog.text
+
+
+def _evaluation(step, accuracy, **metrics):
+  return {"step": step, "epoch": step / 10, "split": "eval", "test_accuracy": accuracy,
+          **metrics}
+
+
+def test_best_is_the_first_of_the_highest_evaluations():
+  best = reporting.BestMetrics()
+  for step, accuracy in ((10, 0.5), (20, 0.75), (30, float("nan")), (40, 0.75), (50, 0.6)):
+    best.update(_evaluation(step, accuracy))
+  assert best.summary() == {"best_test_accuracy": 0.75, "best_epoch": 2.0, "best_step": 20}
+
+
+def test_best_of_the_ema_weights_and_the_test_metrics_chosen_on_validation():
+  best = reporting.BestMetrics()
+  best.update(_evaluation(10, 0.5, ema_test_accuracy=0.4, validation_accuracy=0.7,
+                          few_shot_accuracy=0.1, test_loss=2.0))
+  best.update(_evaluation(20, 0.6, ema_test_accuracy=0.55, validation_accuracy=0.6,
+                          few_shot_accuracy=0.3, test_loss=1.5))
+  summary = best.summary()
+  assert (summary["best_test_accuracy"], summary["best_epoch"]) == (0.6, 2.0)
+  assert (summary["best_ema_test_accuracy"], summary["best_ema_epoch"]) == (0.55, 2.0)
+  # OLTR: the test metrics of the evaluation with the best validation accuracy, not the best test.
+  assert (summary["best_validation_accuracy"], summary["best_validation_epoch"]) == (0.7, 1.0)
+  assert summary["test_accuracy_at_best_validation"] == 0.5
+  assert summary["few_shot_accuracy_at_best_validation"] == 0.1
+  assert summary["test_loss_at_best_validation"] == 2.0
+  assert summary["many_shot_accuracy_at_best_validation"] is None  # not in the records
+  assert set(best.scalars()) == {"test_accuracy", "ema_test_accuracy", "validation_accuracy",
+                                 "test_accuracy_at_best_validation",
+                                 "few_shot_accuracy_at_best_validation",
+                                 "test_loss_at_best_validation"}
+
+
+def test_best_continues_from_its_snapshot_and_rebuilds_from_the_records():
+  records = [_evaluation(10, 0.5, validation_accuracy=0.5), {"step": 15, "split": "train"},
+             _evaluation(20, 0.7, validation_accuracy=0.4), _evaluation(30, 0.6,
+                                                                        validation_accuracy=0.8)]
+  evaluations = [record for record in records if record["split"] == "eval"]
+  whole, first = reporting.BestMetrics(), reporting.BestMetrics()
+  for record in evaluations:
+    whole.update(record)
+  first.update(evaluations[0])
+  resumed = reporting.BestMetrics(json.loads(json.dumps(first.snapshot())))
+  for record in evaluations[1:]:
+    resumed.update(record)
+  assert resumed.summary() == whole.summary()
+  assert reporting.BestMetrics.from_records(records).summary() == whole.summary()
+  assert reporting.BestMetrics().summary() == {}
+
+
+def test_tensorboard_has_the_best_values_so_far(tmp_path):
+  files = reporting.RunFiles(str(tmp_path), enabled=True)
+  files.keep_metrics_until(0)
+  best = reporting.BestMetrics()
+  for step, accuracy in ((10, 0.5), (20, 0.75), (30, 0.625)):
+    record = _evaluation(step, accuracy)
+    files.append_metrics(record)
+    best.update(record)
+    files.append_best(step, best)
+  files.close()
+  scalars = _scalars(tmp_path / "tensorboard")
+  assert scalars["best/test_accuracy"] == [(10, 0.5), (20, 0.75), (30, 0.75)]
+  assert not any(tag.endswith(("_epoch", "_step")) for tag in scalars)
+  assert all(r["split"] == "eval" for r in reporting.read_metrics(tmp_path / "metrics.jsonl"))

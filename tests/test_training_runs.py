@@ -15,6 +15,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax.training import CheckpointError, train_and_evaluate
 from training_helpers import (REPO, comparable, final_params, finish, free_port, read_metrics,
@@ -63,6 +64,7 @@ def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, 
   assert stopped < summary["resumed_from_step"] < 150
   reference_dir, reference_summary = uninterrupted
   assert comparable(read_summary(workdir)) == comparable(reference_summary)
+  assert summary["best_step"] == reference_summary["best_step"]  # the best, none lost
   assert read_metrics(workdir) == read_metrics(reference_dir)  # every log line, exactly
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(reference_dir))
 
@@ -116,6 +118,48 @@ def test_two_processes_agree_with_one_and_stop_together_on_sigterm(tmp_path, uni
   assert summary["resumed_from_step"] == stopped and summary["train_steps"] == 150
   assert summary["test_accuracy"] == pytest.approx(reference_summary["test_accuracy"], abs=0.02)
   assert summary["loss"] == pytest.approx(reference_summary["loss"], rel=0.2)
+
+
+def test_the_summary_reports_the_best_evaluation(uninterrupted):
+  """timm's and LDAM's number: the first evaluation with the highest test top-1, in
+  summary.json and TensorBoard, beside the final model's metrics."""
+  workdir, summary = uninterrupted
+  evaluations = [r for r in read_metrics(workdir) if r["split"] == "eval"]
+  assert [r["step"] for r in evaluations] == [60, 120, 150]
+  highest = max(r["test_accuracy"] for r in evaluations)
+  first = next(r for r in evaluations if r["test_accuracy"] == highest)
+  assert read_summary(workdir)["best_test_accuracy"] == highest
+  assert (summary["best_epoch"], summary["best_step"]) == (first["epoch"], first["step"])
+  assert summary["test_accuracy"] == evaluations[-1]["test_accuracy"]  # the final model's
+  assert not any(key.startswith(("best_ema", "best_validation")) for key in summary)
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  scalars = events.Scalars("best/test_accuracy")  # float32: the best so far at each evaluation
+  assert [e.step for e in scalars] == [60, 120, 150]
+  assert [e.value for e in scalars] == pytest.approx(
+      [max(r["test_accuracy"] for r in evaluations[:i + 1]) for i in range(3)])
+
+
+def test_a_checkpoint_without_best_metrics_rebuilds_them_from_the_records(tmp_path,
+                                                                           uninterrupted):
+  """A checkpoint written before it kept the best metrics: they come from metrics.jsonl."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "150"))
+  progress_path = os.path.join(workdir, "checkpoints", "140", "progress", "metadata")
+  with open(progress_path) as f:
+    progress = json.load(f)
+  with open(progress_path, "w") as f:
+    json.dump({key: value for key, value in progress.items() if key != "best"}, f)
+  records = read_metrics(workdir)
+  for record in records:  # an evaluation before the checkpoint, made the best
+    if record["split"] == "eval" and record["step"] == 60:
+      record["test_accuracy"] = 0.999
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(record) + "\n" for record in records)
+  summary = train_and_evaluate(_CONFIG, workdir)
+  assert summary["resumed_from_step"] == 140
+  assert (summary["best_test_accuracy"], summary["best_step"]) == (0.999, 60)
 
 
 def test_rerunning_a_finished_run_changes_nothing(uninterrupted):

@@ -92,6 +92,12 @@ class ImageClassificationData(abc.ABC):
       all batches of all processes, and every process yields the same number of batches.
     """
 
+  def validation_data(self) -> "ImageClassificationData | None":
+    """The same data evaluated on its validation split (its ``eval_batches`` visit that split),
+    or None when there is none to evaluate: the trainer evaluates it beside the eval set to
+    select an epoch, as OLTR does (``validation_split`` of ImageNet-LT and Places-LT)."""
+    return None
+
 
 def resolve_process(process_index: int | None = None,
                     process_count: int | None = None) -> tuple[int, int]:

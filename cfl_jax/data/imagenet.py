@@ -3,7 +3,8 @@
 * ``imagenet2012``: the TFDS ``imagenet2012`` dataset, prepared by the user from the ILSVRC-2012
   archives (``tfds build imagenet2012 --manual_dir=DIR``); evaluated on ``validation``.
 * ``imagenet_lt`` / ``places_lt``: this package's OLTR builders (:mod:`cfl_jax.data.oltr`);
-  evaluated on ``test`` by default (the published numbers), or ``validation``.
+  evaluated on ``test`` by default (the published numbers), or ``validation``; with
+  ``validation_split='validation'`` the validation split is evaluated too, to select an epoch.
 
 Examples::
 
@@ -44,7 +45,7 @@ def imagenet2012(*, data_dir: str | None = None, image_size: int = 224,
 
 
 def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 224,
-                   eval_split: str = "test",
+                   eval_split: str = "test", validation_split: str | None = None,
                    shuffle_buffer: int = 16_384) -> tfds_stream.TfdsImageData:
   """ImageNet-LT (``'imagenet_lt'``) or Places-LT (``'places_lt'``) from its prepared OLTR builder.
 
@@ -53,6 +54,9 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
     data_dir: TFDS data directory holding the prepared dataset; None for the default.
     image_size: side of the square model inputs.
     eval_split: ``'test'`` or ``'validation'``.
+    validation_split: ``'validation'`` to evaluate that split too at every evaluation, so that
+      the trainer reports the test metrics of the epoch with the best validation accuracy
+      (OLTR's model selection); None or ``''``: no validation split.
     shuffle_buffer: examples in each process's shuffle buffer.
 
   Returns:
@@ -61,7 +65,7 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
 
   Raises:
     FileNotFoundError: if the data is not prepared, with the command that prepares it.
-    ValueError: for an unknown ``eval_split``.
+    ValueError: for an unknown ``eval_split`` or ``validation_split``, or the two equal.
   """
   builder_class = oltr.BUILDERS[name]
   builder = tfds_io.require_prepared(builder_class(data_dir=data_dir), (
@@ -69,6 +73,7 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
       f"oltr.prepare('{name}', manual_dir=DIR, data_dir={data_dir!r})\". {builder_class.layout()}"))
   return tfds_stream.TfdsImageData(
       builder, name=name, image_size=image_size, eval_split=eval_split,
+      validation_split=validation_split,
       train_class_counts=builder.info.metadata["train_class_counts"],
       shuffle_buffer=shuffle_buffer)
 

@@ -16,6 +16,7 @@ reads and drops the skipped records of the current epoch before decoding: cheap 
 not free.
 """
 
+import copy
 import functools
 import math
 from typing import Any
@@ -54,6 +55,8 @@ class TfdsImageData(base.ImageClassificationData):
     name: registry name reported as ``self.name``.
     image_size: side of the square model inputs.
     train_split, eval_split: TFDS split names.
+    validation_split: a TFDS split other than ``eval_split`` for :meth:`validation_data`, or
+      None (or ``''``) for none.
     train_class_counts: ``[C]`` counts if known; else counted from the training labels on first
       access (a full pass over the records without image decoding).
     shuffle_buffer: examples in each process's shuffle buffer.
@@ -64,12 +67,16 @@ class TfdsImageData(base.ImageClassificationData):
   def __init__(self, builder: Any, *, name: str, image_size: int, train_split: str = "train",
                eval_split: str = "validation", train_class_counts: np.ndarray | None = None,
                shuffle_buffer: int = 16_384, rand_augment: int | None = None,
-               random_erasing: float = 0.0):
+               random_erasing: float = 0.0, validation_split: str | None = None):
     _keep_tensorflow_off_accelerators()
     splits = builder.info.splits
-    for split in (train_split, eval_split):
-      if split not in splits:
+    validation_split = validation_split or None
+    for split in (train_split, eval_split, validation_split):
+      if split is not None and split not in splits:
         raise ValueError(f"{builder.name!r} has no split {split!r}; it has {', '.join(splits)}.")
+    if validation_split in (train_split, eval_split):
+      raise ValueError(f"validation_split={validation_split!r} must differ from the train and "
+                       f"eval splits ({train_split!r}, {eval_split!r}).")
     self.name = name
     self.num_classes = builder.info.features["label"].num_classes
     self.image_shape = (image_size, image_size, 3)
@@ -78,6 +85,7 @@ class TfdsImageData(base.ImageClassificationData):
     self._builder = builder
     self._train_split = train_split
     self._eval_split = eval_split
+    self._validation_split = validation_split
     self._shuffle_buffer = shuffle_buffer
     self._augment = keras_augment.train_augmentation(rand_augment, random_erasing)
     if train_class_counts is not None:
@@ -95,6 +103,14 @@ class TfdsImageData(base.ImageClassificationData):
     for batch in labels.map(lambda example: example["label"]).batch(65_536).as_numpy_iterator():
       counts += np.bincount(batch, minlength=self.num_classes)
     return counts
+
+  def validation_data(self) -> "TfdsImageData | None":
+    if self._validation_split is None:
+      return None
+    validation = copy.copy(self)  # shares the builder (and the counted train_class_counts)
+    validation._eval_split, validation._validation_split = self._validation_split, None
+    validation.num_eval_examples = self._builder.info.splits[self._validation_split].num_examples
+    return validation
 
   def _train_epoch(self, epoch: int, seed: int, first_step: int, local_batch: int,
                    process_index: int, process_count: int) -> tf.data.Dataset:

@@ -11,7 +11,8 @@ One job per module, in the order a run uses them:
   train step.
 * ``sharding``: the ``('data',)`` mesh, shardings, global batches from host-local data, CPU devices.
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
-* ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, progress.
+* ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, the best
+  evaluation, progress.
 * ``workdir_lock``: one run per workdir (``flock`` locally, a generation-checked lock object in a
   GCS bucket).
 * ``compilation_cache``: JAX's persistent compilation cache of a run (default: in its workdir).

@@ -4,7 +4,8 @@ Only process 0 writes files and shows progress; the other processes of a multi-h
 disabled writers, so the loop calls them unconditionally.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
 import json
 import math
 import os
@@ -86,6 +87,99 @@ class MetricWindow:
     return record
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """One way of picking a run's best evaluation: the highest ``metric`` over all of them.
+
+  Its summary keys are ``best_<metric>``, ``best<tag>_epoch`` and ``best<tag>_step`` (``tag`` is
+  empty or starts with ``_``), and ``<key>_at_best<tag>`` for each key ``carried`` from that
+  evaluation.
+  """
+
+  metric: str
+  tag: str = ""
+  carried: tuple[str, ...] = ()
+
+
+# The selections a run reports (docs/studies.md, "What differs from the papers"): timm and LDAM
+# report the best test top-1 over epochs (timm from the EMA weights when it keeps them: here
+# ``best_ema_test_accuracy``); OLTR the test metrics of the epoch with the best validation top-1.
+SELECTIONS = (
+    Selection("test_accuracy"),
+    Selection("ema_test_accuracy", "_ema"),
+    Selection("validation_accuracy", "_validation",
+              carried=("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
+                       "medium_shot_accuracy", "few_shot_accuracy", "test_loss")),
+)
+
+
+class BestMetrics:
+  """The best evaluation of a run so far under each of :data:`SELECTIONS`.
+
+  An evaluation replaces the best only when strictly higher, so of equal values the first (the
+  earliest epoch) stays best, as timm's checkpoint saver keeps it; evaluations without a finite
+  value of a selection's metric are ignored by it. A run keeps :meth:`snapshot` in each
+  checkpoint, so a resumed run reports what an uninterrupted one does; :meth:`from_records`
+  rebuilds the same state from the eval records of ``metrics.jsonl`` (for checkpoints written
+  before the snapshot existed).
+
+  Examples:
+    >>> best = BestMetrics()
+    >>> for step, accuracy in ((10, 0.5), (20, 0.7), (30, 0.7), (40, 0.6)):
+    ...   best.update({"step": step, "epoch": step / 10, "test_accuracy": accuracy})
+    >>> best.summary()
+    {'best_test_accuracy': 0.7, 'best_epoch': 2.0, 'best_step': 20}
+  """
+
+  def __init__(self, snapshot: Mapping[str, Any] | None = None):
+    self._best = {metric: dict(chosen) for metric, chosen in (snapshot or {}).items()}
+
+  @classmethod
+  def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "BestMetrics":
+    """The best of the ``'eval'`` records among ``records`` (those of ``metrics.jsonl``)."""
+    best = cls()
+    for record in records:
+      if record.get("split") == "eval":
+        best.update(record)
+    return best
+
+  def update(self, record: Mapping[str, Any]) -> None:
+    """Takes one evaluation: ``step``, ``epoch`` and its metrics."""
+    for selection in SELECTIONS:
+      value = record.get(selection.metric)
+      if not isinstance(value, (int, float)) or not math.isfinite(value):
+        continue
+      chosen = self._best.get(selection.metric)
+      if chosen is None or value > chosen["value"]:
+        self._best[selection.metric] = {
+            "value": value, "step": record["step"], "epoch": record["epoch"],
+            "carried": {key: record.get(key) for key in selection.carried}}
+
+  def snapshot(self) -> dict[str, Any]:
+    """A JSON-serialisable snapshot from which ``BestMetrics(snapshot)`` continues."""
+    return {metric: dict(chosen) for metric, chosen in self._best.items()}
+
+  def summary(self) -> dict[str, Any]:
+    """The summary keys of every selection that has seen a value (see :class:`Selection`)."""
+    summary: dict[str, Any] = {}
+    for selection in SELECTIONS:
+      chosen = self._best.get(selection.metric)
+      if chosen is None:
+        continue
+      summary[f"best_{selection.metric}"] = chosen["value"]
+      summary[f"best{selection.tag}_epoch"] = chosen["epoch"]
+      summary[f"best{selection.tag}_step"] = chosen["step"]
+      summary.update({f"{key}_at_best{selection.tag}": value
+                      for key, value in chosen["carried"].items()})
+    return summary
+
+  def scalars(self) -> dict[str, float]:
+    """The numbers of :meth:`summary` that are neither epochs nor steps, named without a
+    leading ``best_`` (TensorBoard shows them as ``best/<name>``)."""
+    return {key.removeprefix("best_"): value for key, value in self.summary().items()
+            if not key.endswith(("_epoch", "_step")) and isinstance(value, (int, float))}
+
+
 def _strict(value: Any) -> Any:
   """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
   if isinstance(value, float):
@@ -141,7 +235,8 @@ def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
 
 class RunFiles:
   """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
-  ``tensorboard/`` (scalars ``train/<metric>`` and ``eval/<metric>``) and ``summary.json``.
+  ``tensorboard/`` (scalars ``train/<metric>``, ``eval/<metric>`` and the best so far,
+  ``best/<metric>``: see :meth:`append_best`) and ``summary.json``.
 
   Call :meth:`keep_metrics_until` once before appending (it opens the event writer), :meth:`sync`
   before each checkpoint save and :meth:`close` at the end.
@@ -184,11 +279,12 @@ class RunFiles:
     if self.enabled:
       write_json(self._path("summary.json"), summary)
 
-  def keep_metrics_until(self, step: int) -> None:
+  def keep_metrics_until(self, step: int) -> list[dict[str, Any]]:
     """Drops the records after ``step``, the checkpoint resumed from, from ``metrics.jsonl``
-    and (by TensorBoard's purge step) from the event files."""
+    and (by TensorBoard's purge step) from the event files; returns the records kept (none in a
+    disabled writer)."""
     if not self.enabled:
-      return
+      return []
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
               else self._path("tensorboard"))
@@ -199,12 +295,13 @@ class RunFiles:
     records = storage.retrying(f"reading {path}",
                                lambda: read_metrics(path) if path.exists() else None)
     if records is None:
-      return
+      return []
     kept = [record for record in records if record["step"] <= step]
     if self._local:
       storage.write_atomic(path, _jsonl(kept))
     else:
-      self._records = kept
+      self._records = list(kept)
+    return kept
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
@@ -219,10 +316,22 @@ class RunFiles:
         f.write(_jsonl([record]))
     else:
       self._records.append(dict(record))
+    self._add_scalars(record["split"], record["step"],
+                      {key: value for key, value in record.items() if key not in ("step", "split")})
+
+  def append_best(self, step: int, best: BestMetrics) -> None:
+    """Writes the best values so far (:meth:`BestMetrics.scalars`) to TensorBoard at ``step``:
+    ``best/test_accuracy``, ``best/test_accuracy_at_best_validation``, ... (not to
+    ``metrics.jsonl``, whose eval records hold everything they are computed from)."""
+    if self.enabled:
+      self._add_scalars("best", step, best.scalars())
+
+  def _add_scalars(self, prefix: str, step: int, values: Mapping[str, Any]) -> None:
+    """The numbers among ``values`` as TensorBoard scalars ``<prefix>/<key>``."""
     if self._events is not None:
-      for key, value in record.items():
-        if key not in ("step", "split") and isinstance(value, (int, float)):
-          self._events.add_scalar(f"{record['split']}/{key}", value, record["step"])
+      for key, value in values.items():
+        if isinstance(value, (int, float)):
+          self._events.add_scalar(f"{prefix}/{key}", value, step)
 
   def sync(self) -> None:
     """Object stores: uploads ``metrics.jsonl`` and this session's event file (a no-op on a
@@ -309,7 +418,8 @@ class Progress:
   def eval(self, step: int, record: Mapping[str, Any]) -> None:
     """Shows an evaluation's accuracies."""
     if self._enabled:
-      message = _format(record, ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
+      message = _format(record, ("test_accuracy", "validation_accuracy", "ema_test_accuracy",
+                                 "balanced_accuracy", "many_shot_accuracy",
                                  "medium_shot_accuracy", "few_shot_accuracy", "test_loss",
                                  "expected_calibration_error"))
       write = self._bar.write if self._bar is not None else logging.info

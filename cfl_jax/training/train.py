@@ -281,19 +281,31 @@ class Run:
                              num_classes=self.dataset.num_classes,
                              num_shards=self.mesh.shape[sharding.DATA_AXIS])
 
+  @functools.cached_property
+  def validation(self) -> data_lib.ImageClassificationData | None:
+    """The dataset's validation split (:meth:`~cfl_jax.data.ImageClassificationData.
+    validation_data`), evaluated beside the test set to select an epoch, or None."""
+    return self.dataset.validation_data()
+
   def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
-    """Test-set metrics of ``state``, and ``ema_test_accuracy`` / ``ema_test_loss`` of its
-    averaged weights when it has them."""
-    summary = self._evaluate_once(eval_step_fn, state)
+    """Test-set metrics of ``state``; ``ema_test_accuracy`` / ``ema_test_loss`` of its averaged
+    weights when it has them; ``validation_accuracy`` / ``validation_loss`` (of the raw weights)
+    when the dataset has a validation split."""
+    summary = self._evaluate_once(eval_step_fn, state, self.dataset)
     if state.ema:
-      ema = self._evaluate_once(eval_step_fn, ema_view(state))
+      ema = self._evaluate_once(eval_step_fn, ema_view(state), self.dataset)
       summary.update(ema_test_accuracy=ema["test_accuracy"], ema_test_loss=ema["test_loss"])
+    if self.validation is not None:
+      validation = self._evaluate_once(eval_step_fn, state, self.validation)
+      summary.update(validation_accuracy=validation["test_accuracy"],
+                     validation_loss=validation["test_loss"])
     return summary
 
-  def _evaluate_once(self, eval_step_fn, state) -> dict[str, Any]:
-    """Test-set metrics of ``state`` (one pass over the eval set)."""
+  def _evaluate_once(self, eval_step_fn, state,
+                     dataset: data_lib.ImageClassificationData) -> dict[str, Any]:
+    """Metrics of ``state`` on the eval set of ``dataset`` (one pass over it)."""
     totals = None
-    for batch in self.dataset.eval_batches(global_batch_size=self.config.eval_batch_size):
+    for batch in dataset.eval_batches(global_batch_size=self.config.eval_batch_size):
       counts = eval_step_fn(state, sharding.shard_batch(batch, self.mesh))
       totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     totals = jax.device_get(totals)
@@ -395,8 +407,9 @@ def _max_steps_in_flight() -> int | None:
 def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
            checkpointer: checkpointing.Checkpointer, display: reporting.Progress,
            watcher: checkpointing.PreemptionWatcher, clock: "_WallClock",
-           lock: workdir_lock.WorkdirLock):
-  """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing.
+           lock: workdir_lock.WorkdirLock, best: reporting.BestMetrics):
+  """Trains from ``state.step`` to the end (or a preemption), logging and checkpointing;
+  every evaluation updates ``best``, which each checkpoint keeps.
 
   Returns:
     ``(step, last_train, last_eval, preempted)``: the final step, the last train-metrics record
@@ -449,7 +462,10 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
     if step == plan.total_steps or (plan.eval_every_steps
                                     and step % plan.eval_every_steps == 0):
       last_eval = run.evaluate(eval_step_fn, state)
-      files.append_metrics({"step": step, "epoch": epoch, "split": "eval", **last_eval})
+      record = {"step": step, "epoch": epoch, "split": "eval", **last_eval}
+      files.append_metrics(record)
+      best.update(record)
+      files.append_best(step, best)
       display.eval(step, last_eval)
     preempted = watcher.reached(step) and step < plan.total_steps
     periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
@@ -462,8 +478,9 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
       checkpointer.save(step, state, {"config": run.config_json,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train,
+                                      "best": best.snapshot(),
                                       "wall_seconds": clock.total()})
-  if last_eval is None and not preempted:  # resumed from the final checkpoint
+  if last_eval is None and not preempted:  # resumed from the final checkpoint (best has it)
     last_eval = run.evaluate(eval_step_fn, state)
   return step, last_train, last_eval, preempted
 
@@ -493,11 +510,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
     test metrics of the final state (and ``ema_test_accuracy`` / ``ema_test_loss`` of its
-    averaged weights when ``ema_decay > 0``), ``loss`` (mean training objective over the last
-    logging window), ``train_steps``, ``wall_seconds`` (all sessions of a resumed run),
-    ``session_wall_seconds``, ``seed`` and run facts. After a preemption (SIGTERM) it returns
-    early with ``status='preempted'`` and no test metrics, having saved a checkpoint to resume
-    from.
+    averaged weights when ``ema_decay > 0``, ``validation_accuracy`` / ``validation_loss`` when
+    the dataset has a validation split); the best evaluation of the run
+    (:class:`~cfl_jax.training.reporting.BestMetrics`): ``best_test_accuracy`` with
+    ``best_epoch`` and ``best_step``, the same for ``best_ema_test_accuracy`` with an EMA, and
+    with a validation split ``best_validation_accuracy``, its epoch and step and the test
+    metrics of that evaluation (``test_accuracy_at_best_validation``, ...); ``loss`` (mean
+    training objective over the last logging window), ``train_steps``, ``wall_seconds`` (all
+    sessions of a resumed run), ``session_wall_seconds``, ``seed`` and run facts. After a
+    preemption (SIGTERM) it returns early with ``status='preempted'``, no test metrics of the
+    final state and the best ones so far, having saved a checkpoint to resume from.
 
   Raises:
     ConfigError: for a bad config, before any computation.
@@ -538,19 +560,22 @@ def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: b
     clock = _WallClock(progress.get("wall_seconds", 0.0), session_started)
     summary["resumed_from_step"] = start_step or None
     files.write_config(run.config_json)
-    files.keep_metrics_until(start_step)
+    kept_records = files.keep_metrics_until(start_step)
+    # A checkpoint written before the best metrics were kept in it: rebuilt from the records.
+    best = (reporting.BestMetrics(progress["best"]) if "best" in progress
+            else reporting.BestMetrics.from_records(kept_records))
     display = reporting.Progress(total_steps=run.plan.total_steps, start_step=start_step,
                                  enabled=is_writer)
     try:
       with contextlib.closing(display):
         step, last_train, last_eval, preempted = _train(
-            run, state, progress, files, checkpointer, display, watcher, clock, lock)
+            run, state, progress, files, checkpointer, display, watcher, clock, lock, best)
     except workdir_lock.WorkdirLockLost:
       files.abandon()  # the workdir is another run's now
       raise
     except TrainingDiverged as error:
-      files.write_summary({**summary, "status": "diverged", "error": str(error),
-                           "wall_seconds": clock.total(),
+      files.write_summary({**summary, **best.summary(), "status": "diverged",
+                           "error": str(error), "wall_seconds": clock.total(),
                            "session_wall_seconds": time.time() - session_started})
       raise
   summary.update(train_steps=step, loss=last_train["loss"] if last_train else None,
@@ -559,8 +584,8 @@ def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: b
   if preempted:
     logging.warning("Preempted after step %d: checkpoint saved in %s; run again to resume.",
                     step, checkpointer.directory)
-    return {**summary, "status": "preempted", "preempted": True}
-  summary.update(last_eval, status="completed", preempted=False,
+    return {**summary, **best.summary(), "status": "preempted", "preempted": True}
+  summary.update(last_eval, **best.summary(), status="completed", preempted=False,
                  train_class_counts=run.dataset.train_class_counts.tolist())
   files.write_summary(summary)
   return summary

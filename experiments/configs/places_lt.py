@@ -16,7 +16,8 @@ Targets the paper's Places-LT table (overall, many-, medium- and few-shot top-1 
 weights (the 1,000-class classifier is replaced by a fresh 365-class one), learning rate 0.001 on
 the backbone and 0.1 on the classifier, both x0.1 every 10 epochs, 30 epochs, batch 128, SGD
 momentum 0.9, weight decay 5e-4 on every parameter, 224-px random-resized crop + flip; the
-losses are ``imagenet_lt.py``'s (read its docstring).
+losses and the evaluation are ``imagenet_lt.py``'s (read its docstring; here the validation list
+has 7,300 images, 20 per class).
 
 Where the port differs: the weights are loaded once at the start of a run (a resumed run takes
 them from its checkpoint); BatchNorm statistics are updated during fine-tuning as in PyTorch's

@@ -42,7 +42,9 @@ _NUM_EPOCHS = flags.DEFINE_integer(
 _NUM_TRAIN_STEPS = flags.DEFINE_integer(
     "num_train_steps", None, "Training steps of every main and ablation run, over --num_epochs "
     "(default: the config file's length); baseline variants may fix their own.", lower_bound=1)
-_EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", 2, "Test-set evaluation period (curves).")
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every_epochs", 2, "Test-set evaluation period (the curves and the best evaluation); 0: "
+    "only at the end.", lower_bound=0)
 _ONLY = flags.DEFINE_string(
     "only", None, "Run one cell DATASET/LOSS/SEED (e.g. long_tail_10/cfl_hc2/0) and print it; "
     "writes results.json but no report.")
@@ -194,9 +196,9 @@ def main(argv):
   if _ONLY.value:
     entry = next(r for r in results["runs"] if r["run_id"] == cells[0].run_id)
     print(json.dumps({k: entry[k] for k in (
-        "run_id", "test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-        "medium_shot_accuracy", "few_shot_accuracy", "test_loss", "expected_calibration_error",
-        "wall_seconds", "command")}, indent=1))
+        "run_id", "test_accuracy", "best_test_accuracy", "best_epoch", "balanced_accuracy",
+        "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy", "test_loss",
+        "expected_calibration_error", "wall_seconds", "command")}, indent=1))
     return
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   # Accumulated over resumed invocations of the same study (or shard).

@@ -24,18 +24,16 @@ from experiments.study import provenance
 from experiments.study.grid import Cell
 from experiments.study.grid import Grid
 
-# One results.json entry, in this order.
+# One results.json entry, in this order. Entries recorded before the best evaluation was kept
+# lack ``best_test_accuracy`` and ``best_epoch``; readers take them with ``.get``.
 RUN_KEYS = ("run_id", "grid", "dataset", "loss", "loss_name", "hyper_parameters", "seed",
-            "num_epochs", "test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-            "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
-            "train_class_counts", "test_loss", "expected_calibration_error", "reliability",
-            "train_steps", "steps_per_epoch", "wall_seconds", "eval_curve", "overrides",
-            "command")
+            "num_epochs", "test_accuracy", "best_test_accuracy", "best_epoch",
+            "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy",
+            "few_shot_accuracy", "per_class_accuracy", "train_class_counts", "test_loss",
+            "expected_calibration_error", "reliability", "train_steps", "steps_per_epoch",
+            "wall_seconds", "eval_curve", "overrides", "command")
 # The keys of RUN_KEYS taken from the run's summary.json.
-_SUMMARY_KEYS = ("test_accuracy", "balanced_accuracy", "many_shot_accuracy",
-                 "medium_shot_accuracy", "few_shot_accuracy", "per_class_accuracy",
-                 "train_class_counts", "test_loss", "expected_calibration_error", "reliability",
-                 "train_steps", "steps_per_epoch")
+_SUMMARY_KEYS = RUN_KEYS[RUN_KEYS.index("test_accuracy"):RUN_KEYS.index("wall_seconds")]
 
 
 def _eval_curve(workdir: storage.PathLike) -> list[dict[str, float]]:
