@@ -45,7 +45,8 @@ def imagenet2012(*, data_dir: str | None = None, image_size: int = 224,
 
 def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 224,
                    eval_split: str = "test",
-                   shuffle_buffer: int = 16_384) -> tfds_stream.TfdsImageData:
+                   shuffle_buffer: int = 16_384,
+                   color_jitter: float = 0.0) -> tfds_stream.TfdsImageData:
   """ImageNet-LT (``'imagenet_lt'``) or Places-LT (``'places_lt'``) from its prepared OLTR builder.
 
   Args:
@@ -54,6 +55,8 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
     image_size: side of the square model inputs.
     eval_split: ``'test'`` or ``'validation'``.
     shuffle_buffer: examples in each process's shuffle buffer.
+    color_jitter: brightness, contrast and saturation jitter of the training images (OLTR's
+      transform: 0.4); 0: off.
 
   Returns:
     A :class:`~cfl_jax.data.tfds_stream.TfdsImageData` whose ``train_class_counts`` come from the
@@ -70,7 +73,7 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
   return tfds_stream.TfdsImageData(
       builder, name=name, image_size=image_size, eval_split=eval_split,
       train_class_counts=builder.info.metadata["train_class_counts"],
-      shuffle_buffer=shuffle_buffer)
+      shuffle_buffer=shuffle_buffer, color_jitter=color_jitter)
 
 
 imagenet_lt = functools.partial(oltr_benchmark, "imagenet_lt")
