@@ -90,8 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict({
       "name": "cyclical_focal",  # one of recipe.LOSS_NAMES
       "gamma_hc": 2.0,  # high-confidence exponent (high_confidence, *cyclical_*)
-      "gamma_lc": 2.0,  # focal exponent (focal, *cyclical_*; the reference code's gamma_pos)
-      "gamma_neg": 2.0,  # non-target exponent (cyclical_focal_reference only)
+      "gamma_lc": 2.0,  # focal exponent (focal, *cyclical*, asymmetric_focal; reference gamma_pos)
+      "gamma_neg": 2.0,  # non-target exponent (cyclical_focal_reference, asymmetric_focal)
       "label_smoothing": 0.0,  # epsilon, inside the weighted sum
       "cyclical_factor": 4.0,  # f >= 1, shared by xi and every cyclical hyper-parameter
       "xi_granularity": "step",  # 'step' or 'epoch' (xi constant within an epoch)
