@@ -20,6 +20,7 @@ import pytest
 
 from cfl_jax.data import SUBSET_NAMES
 from cfl_jax.data import get_dataset
+from cfl_jax.models import get_model
 from cfl_jax.training import recipe
 from cfl_jax.training import resolve_config
 from cfl_jax.training import train_and_evaluate
@@ -84,6 +85,38 @@ def test_loss_hyperparameters_follow_the_protocol(study, protocol):
                                         hyper["xi_first_epoch"])
   assert _get_config(study, "focal").loss.gamma_lc == 2.0
   assert _get_config(study, "ce").loss.label_smoothing == hyper["label_smoothing"]
+  asl = _get_config(study, "asl_focal").loss
+  assert (asl.name, asl.gamma_lc, asl.gamma_neg, asl.label_smoothing) == (
+      "asymmetric_focal", hyper["gamma_lc"], hyper["gamma_neg"], 0.1)
+
+
+def _np_asl_single_label(logits, labels, gamma_pos, gamma_neg, eps=0.1):
+  """timm's ASLSingleLabel (the authors' --focal_loss asym), transcribed per example in numpy."""
+  logits = np.asarray(logits, np.float64)
+  log_preds = logits - logits.max(-1, keepdims=True)
+  log_preds -= np.log(np.exp(log_preds).sum(-1, keepdims=True))
+  targets = np.eye(logits.shape[-1])[labels]
+  anti_targets = 1 - targets
+  xs_pos = np.exp(log_preds) * targets
+  xs_neg = (1 - np.exp(log_preds)) * anti_targets
+  weight = (1 - xs_pos - xs_neg) ** (gamma_pos * targets + gamma_neg * anti_targets)
+  smoothed = targets * (1 - eps) + eps / logits.shape[-1]
+  return -(smoothed * log_preds * weight).sum(-1)
+
+
+@pytest.mark.parametrize("study", ["cifar10", "imagenet", "imagenet_lt"])
+def test_asl_focal_is_the_authors_asym_baseline(study):
+  """``asl_focal`` is ASLSingleLabel(gamma_pos=--gamma_pos, gamma_neg=--gamma_neg), eps 0.1."""
+  config = resolve_config(_get_config(study, "asl_focal"))
+  rng = np.random.default_rng(1)
+  logits = (rng.normal(size=(16, 7)) * 3).astype(np.float32)
+  labels = rng.integers(0, 7, size=16)
+  hyper = common.PROTOCOLS["oltr" if study == "imagenet_lt" else "timm"]
+  expected = _np_asl_single_label(logits, labels, hyper["gamma_lc"], hyper["gamma_neg"])
+  ours = jax.jit(recipe.get_loss_fn(config.loss))(logits, labels, 0.7)  # xi is not read
+  np.testing.assert_allclose(ours, expected, rtol=2e-5)
+  focal = recipe.get_loss_fn(resolve_config(_get_config(study, "focal")).loss)
+  assert not np.allclose(focal(logits, labels, 0.7), expected, rtol=1e-2)  # not Lin et al.'s
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -136,7 +169,7 @@ def test_cifar_studies_are_the_timm_tresnet_recipe(study, arg):
   assert (config.ema_decay, config.mixup_alpha) == (0.0, 0.0)
   # 50,000 / 384 = 130 steps per epoch: warm-up over epochs 0-3, cosine over 3-200, floor after.
   values = _lr_at_epochs(config, 50_000, (0, 1.5, 3, 3 + 197 / 2, 200, 200.5))
-  np.testing.assert_allclose(values, [0.01, 0.08, 0.15, (0.15 + 1e-5) / 2, 1e-5, 1e-5],
+  np.testing.assert_allclose(values, [0.01, 0.08, 0.15, (0.15 + 1e-6) / 2, 1e-6, 1e-6],
                              rtol=1e-3)
 
 
@@ -147,6 +180,9 @@ def test_imagenet_is_the_timm_recipe_with_ema_and_mixup():
   assert (config.optimizer.learning_rate, config.optimizer.weight_decay,
           config.optimizer.nesterov) == (0.6, 2e-5, True)
   assert (config.ema_decay, config.mixup_alpha) == (0.9998, 0.2)
+  # The authors' command: --warmup-lr 0.02 over 3 epochs; --min-lr left at their default 1e-6.
+  values = _lr_at_epochs(config, 1_281_167, (0, 1.5, 3, 200, 200.5))
+  np.testing.assert_allclose(values, [0.02, 0.31, 0.6, 1e-6, 1e-6], rtol=1e-3)
 
 
 def test_places_lt_fine_tunes_imagenet_weights():
@@ -156,6 +192,7 @@ def test_places_lt_fine_tunes_imagenet_weights():
   assert (config.model.name, config.model.init_from) == ("resnet152", "/w/r152.safetensors")
   opt = config.optimizer
   assert (opt.learning_rate, opt.head_learning_rate, opt.weight_decay_on) == (0.001, 0.1, "all")
+  assert (config.model.feature_dim, config.dataset.color_jitter) == (512, 0.4)
   assert (config.num_epochs, config.batch_size, opt.lr_decay_epochs) == (30, 128, (10, 20))
   steps_per_epoch = 62_500 // 128
   lr = recipe.learning_rate_schedule(opt, total_steps=30 * steps_per_epoch,
@@ -164,9 +201,35 @@ def test_places_lt_fine_tunes_imagenet_weights():
                              [1e-3, 1e-3, 1e-4, 1e-5, 1e-5], rtol=1e-5)
 
 
+def test_places_lt_feature_layer_trains_with_the_backbone():
+  """OLTR's use_fc layer (2,048 -> 512 + ReLU) sits before the 512 -> 365 classifier, in the
+  backbone's parameter group: one SGD step moves it at the backbone's 0.001, the classifier at
+  0.1."""
+  config = resolve_config(_get_config("places_lt", "cfl_reference"))
+  model = get_model(config.model.name, num_classes=365, feature_dim=config.model.feature_dim)
+  images = jnp.zeros((1, 64, 64, 3))
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))["params"]
+  assert params["features"]["kernel"].shape == (2048, 512)
+  assert params["head"]["dense"]["kernel"].shape == (512, 365)
+  groups = recipe.parameter_groups(params)
+  assert groups["features"] == {"kernel": "backbone", "bias": "backbone"}
+  assert groups["head"]["dense"] == {"kernel": "head", "bias": "head"}
+  tree = {module: jax.tree.map(lambda leaf: jnp.zeros(leaf.shape), params[module])
+          for module in ("stem_conv", "features", "head")}
+  tx = recipe.build_optimizer(config.optimizer)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, tree), tx.init(tree), tree)
+  steps = {module: np.unique(np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(update)]))
+           for module, update in updates.items()}
+  np.testing.assert_allclose(steps["features"], [-1e-3], rtol=1e-6)
+  np.testing.assert_allclose(steps["stem_conv"], [-1e-3], rtol=1e-6)
+  np.testing.assert_allclose(steps["head"], [-0.1], rtol=1e-6)
+
+
 def test_imagenet_lt_reference_xi_is_the_long_tail_path():
   config = resolve_config(_get_config("imagenet_lt", "cfl_reference"))
   assert (config.model.name, config.num_epochs, config.batch_size) == ("resnet10", 30, 128)
+  # The authors' ImageNet-LT stage-1 config: OLTR's colour jitter, no use_fc layer.
+  assert (config.model.feature_dim, config.dataset.color_jitter) == (0, 0.4)
   assert (config.optimizer.learning_rate, config.optimizer.weight_decay,
           config.optimizer.weight_decay_on) == (0.1, 5e-4, "all")
   np.testing.assert_allclose(_lr_at_epochs(config, 115_846, (0, 9, 10, 19, 20, 29)),
@@ -191,8 +254,8 @@ def test_cifar_4k_subsets():
 
 
 @pytest.mark.parametrize("study, arg, message", [
-    ("cifar10", "c10", r"Unknown token 'c10'.*valid tokens: cfl \| ce \| focal \| cfl_reference, "
-     r"smoke, data_dir=<str>"),
+    ("cifar10", "c10", r"Unknown token 'c10'.*valid tokens: cfl \| ce \| focal \| cfl_reference "
+     r"\| asl_focal, smoke, data_dir=<str>"),
     ("cifar_lt", "c10,rho=10", r"Unknown token 'rho=10'.*c10 \| c100, .*ratio=<float>"),
     ("cifar_4k", "sampler6_2,sampler5_3", "sets 'subset' twice"),
     ("imagenet_lt", "ce,focal", "sets 'loss' twice"),
@@ -240,7 +303,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("study, arg, steps", [
     ("cifar10", "smoke", 2),
-    ("cifar_4k", "c10,balanced,smoke", 2),  # compiles the same programs as cifar10
+    ("cifar_4k", "c10,balanced,asl_focal,smoke", 2),  # the authors' asym baseline
     ("cifar100", "focal,smoke", 2),
     ("cifar_lt", "c10,ratio=10,smoke", 2),
     ("imagenet", "ce,smoke", 2),
@@ -252,6 +315,10 @@ def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path
   """The recipe's data pipeline at its input size, augmentation, EMA and mixup, tiny model."""
   del module_compilation_cache  # used for its effect
   config = _get_config(study, f"{arg},data_dir={data_dir}")
+  # The OLTR smokes keep OLTR's colour jitter, Places-LT's its 512-wide feature layer too.
+  oltr = study in ("imagenet_lt", "places_lt")
+  assert config.dataset.get("color_jitter", 0.0) == (0.4 if oltr else 0.0)
+  assert config.model.feature_dim == (512 if study == "places_lt" else 0)
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["train_steps"] == steps and not summary["preempted"]
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])

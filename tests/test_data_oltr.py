@@ -112,3 +112,53 @@ def test_validation_data_evaluates_the_validation_list(data_dir):
 def test_bad_validation_split(data_dir, split, message):
   with pytest.raises(ValueError, match=message):
     get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "validation_split": split})
+
+
+def test_color_jitter_draws_torchvision_ranges():
+  """ColorJitter(0.4, 0.4, 0.4, 0): brightness scales by U(0.6, 1.4) (alone on a grey image,
+  where contrast and saturation change nothing); contrast and saturation move a colour image;
+  the output stays in [0, 255] and is a function of the seed."""
+  tf = pytest.importorskip("tensorflow")
+  image_ops = pytest.importorskip("cfl_jax.data.image_ops")
+
+  def jitter(image, count, strength=0.4):
+    seeds = tf.stack([tf.range(count, dtype=tf.int64), tf.zeros(count, tf.int64)], axis=1)
+    return np.stack([image_ops.color_jitter(tf.constant(image), seed, strength).numpy()
+                     for seed in seeds])
+
+  grey = np.full((4, 4, 3), 100.0, np.float32)
+  ratios = jitter(grey, 64)[:, 0, 0, 0] / 100.0
+  assert 0.6 <= ratios.min() < 0.7 and 1.3 < ratios.max() <= 1.4
+  colour = np.random.default_rng(0).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+  jittered = jitter(colour, 16)
+  assert jittered.min() >= 0 and jittered.max() <= 255
+  np.testing.assert_array_equal(jittered, jitter(colour, 16))
+  # Beyond brightness: the images are not scaled copies of the input.
+  scale = (jittered * colour).sum(axis=(1, 2, 3)) / (colour * colour).sum()
+  assert np.abs(jittered - scale[:, None, None, None] * colour).max() > 5
+  np.testing.assert_array_equal(jitter(colour, 2, strength=0.0)[0], colour)
+  with pytest.raises(ValueError, match=r"strength must be in \[0, 1\)"):
+    image_ops.color_jitter(tf.constant(colour), tf.constant([0, 0], tf.int64), 1.0)
+
+
+def test_color_jitter_changes_training_images_only(tmp_path):
+  oltr.tfds.disable_progress_bar()
+  manual_dir = _write_benchmark(tmp_path / "manual", "ImageNet_LT")
+  rng = np.random.default_rng(0)
+  for path, image_format, mode, _ in _TRAIN + _VAL + _TEST:  # noise, not the fakes' black
+    width, height = PIL_Image.open(manual_dir / path).size
+    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    PIL_Image.fromarray(noise).convert(mode).save(manual_dir / path, format=image_format)
+  data_dir = str(tmp_path / "tfds")
+  oltr.prepare("imagenet_lt", manual_dir=str(manual_dir), data_dir=data_dir)
+  plain, jittered = (get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "image_size": 8,
+                                  "color_jitter": strength}) for strength in (0.0, 0.4))
+  batches = [next(data.train_batches(global_batch_size=6, seed=0)) for data in (plain, jittered)]
+  np.testing.assert_array_equal(batches[0]["label"], batches[1]["label"])  # same order and crops
+  changed = np.abs(batches[0]["image"] - batches[1]["image"]).max(axis=(1, 2, 3))
+  assert (changed > 0.05).all()  # every image jittered (standardised units)
+  for plain_batch, jittered_batch in zip(plain.eval_batches(global_batch_size=2),
+                                         jittered.eval_batches(global_batch_size=2)):
+    np.testing.assert_array_equal(plain_batch["image"], jittered_batch["image"])
+  with pytest.raises(ValueError, match=r"color_jitter must be in \[0, 1\)"):
+    get_dataset({"name": "imagenet_lt", "data_dir": data_dir, "color_jitter": 1.5})

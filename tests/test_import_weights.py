@@ -124,6 +124,26 @@ def test_other_class_count_reinitialises_the_classifier(checkpoints, caplog):
   assert not np.allclose(second["params"]["head"]["dense"]["kernel"], head["kernel"])
 
 
+def test_feature_layer_is_new_and_the_file_fills_the_backbone(checkpoints, caplog):
+  """Places-LT's model (OLTR's use_fc): the torchvision file fills the backbone; the 2,048 -> 512
+  layer and the 512 -> 365 classifier are the model's own initialisation; the file's classifier
+  is left unused."""
+  path, tensors = checkpoints("resnet50")
+  with caplog.at_level(logging.WARNING):
+    variables = import_weights("resnet50", path, num_classes=365, seed=3, feature_dim=512)
+  assert "new feature layer (512) and classifier" in caplog.text
+  model = get_model("resnet50", num_classes=365, feature_dim=512)
+  initial = model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
+  assert _shapes(variables) == _shapes(initial)
+  for module in ("features", "head"):
+    jax.tree.map(np.testing.assert_array_equal, variables["params"][module],
+                 initial["params"][module])
+  np.testing.assert_array_equal(variables["params"]["stage4_block3"]["conv3"]["kernel"],
+                                np.transpose(tensors["layer4.2.conv3.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(variables["batch_stats"]["stem_bn"]["var"],
+                                tensors["bn1.running_var"])
+
+
 def test_classifier_of_another_feature_width_is_misshaped(checkpoints, tmp_path):
   _, tensors = checkpoints("resnet50")
   edited = dict(tensors, **{"fc.weight": np.zeros((10, 1024), np.float32),

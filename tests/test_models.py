@@ -189,3 +189,34 @@ def test_unknown_shortcut_option():
   with pytest.raises(ValueError, match="shortcut option 'C'"):
     _abstract_variables(model, jnp.zeros((1, 8, 8, 3)))
 
+
+
+def test_feature_layer_before_the_classifier():
+  """``feature_dim``: OLTR's use_fc, pooled features -> dense (PyTorch's nn.Linear init) -> ReLU
+  -> classifier, as a top-level ``features`` module (outside ``head``)."""
+  model = get_model("resnet10", num_classes=7, feature_dim=16)
+  x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  features, head = variables["params"]["features"], variables["params"]["head"]["dense"]
+  assert features["kernel"].shape == (512, 16) and head["kernel"].shape == (16, 7)
+  bound = 512**-0.5  # U(+-1 / sqrt(fan_in)) for the kernel and the bias
+  for leaf in (features["kernel"], features["bias"]):
+    assert 0.9 * bound < float(jnp.abs(leaf).max()) <= bound
+  # The logits are the classifier applied to relu(dense(mean-pooled backbone features)).
+  plain = get_model("resnet10", num_classes=512)
+  plain_variables = {"params": {**variables["params"], "head": {"dense": {
+      "kernel": jnp.eye(512), "bias": jnp.zeros(512)}}}, "batch_stats": variables["batch_stats"]}
+  plain_variables["params"].pop("features")
+  pooled = plain.apply(plain_variables, x, train=False)
+  hidden = jax.nn.relu(pooled @ features["kernel"] + features["bias"])
+  np.testing.assert_allclose(model.apply(variables, x, train=False),
+                             hidden @ head["kernel"] + head["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_feature_layer_only_where_the_model_has_one():
+  assert "features" in _abstract_variables(get_model("digits_cnn", num_classes=3, feature_dim=8),
+                                           jnp.zeros((1, 8, 8, 1)))["params"]
+  with pytest.raises(ValueError, match="'mnist1d_cnn' has no feature layer.*digits_cnn, resnet20"):
+    get_model("mnist1d_cnn", num_classes=10, feature_dim=8)
+  with pytest.raises(ValueError, match="feature_dim must be >= 0"):
+    get_model("resnet10", num_classes=10, feature_dim=-1)

@@ -38,6 +38,8 @@ def _loss(name, xi=0.3, **hyper):
     ("sigmoid_cyclical_focal", lambda: cfl_jax.sigmoid_cyclical_focal_loss(
         _LOGITS, optax.smooth_labels(jax.nn.one_hot(_LABELS, 4), 0.1), 0.3, gamma_hc=3.0,
         gamma_lc=1.5).sum(-1)),
+    ("asymmetric_focal", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
+        _LOGITS, _LABELS, 0.0, gamma_lc=1.5, gamma_neg=4.0, label_smoothing=0.1)),
 ])
 def test_each_loss_by_name_binds_its_hyperparameters(name, expected):
   np.testing.assert_allclose(_loss(name), jax.jit(expected)(), rtol=1e-6)
@@ -45,7 +47,8 @@ def test_each_loss_by_name_binds_its_hyperparameters(name, expected):
 
 def test_every_name_is_tested_and_unknown_names_fail():
   assert set(LOSS_NAMES) == {"cross_entropy", "focal", "high_confidence", "cyclical_focal",
-                             "cyclical_focal_reference", "sigmoid_cyclical_focal"}
+                             "cyclical_focal_reference", "sigmoid_cyclical_focal",
+                             "asymmetric_focal"}
   with pytest.raises(ValueError, match="Unknown loss 'x'"):
     get_loss_fn(ml_collections.ConfigDict({"name": "x"}))
 
@@ -304,6 +307,8 @@ _PROBABILITIES = np.asarray(jax.nn.softmax(np.random.default_rng(1).normal(size=
     ("cyclical_focal_reference", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(
         _LOGITS, _PROBABILITIES.argmax(-1), 0.3, gamma_hc=3.0, gamma_lc=1.5, gamma_neg=4.0,
         label_smoothing=0.1)),
+    ("asymmetric_focal", lambda: cfl_jax.cyclical_focal_loss_with_integer_labels(  # as ASL's code
+        _LOGITS, _PROBABILITIES.argmax(-1), 0.0, gamma_lc=1.5, gamma_neg=4.0, label_smoothing=0.1)),
 ])
 def test_probability_labels_take_the_probability_variants(name, expected):
   config = resolve_config({"loss": {"name": name, **_HYPER}}).loss

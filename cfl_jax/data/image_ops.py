@@ -6,6 +6,8 @@ Crops leave these ops as float32 ``[size, size, 3]`` in [0, 255]; :func:`standar
 to model inputs.
 """
 
+import itertools
+
 import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,3 +81,50 @@ def center_crop(image: tf.Tensor, size: int, *, crop_fraction: float = 0.875) ->
   else:
     crop = tf.slice(image, [window[0], window[1], 0], [side, side, -1])
   return tf.image.resize(crop, (size, size), method="bilinear")
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+  """torchvision's ``ColorJitter(strength, strength, strength, hue=0)``, OLTR's training jitter.
+
+  Brightness, contrast and saturation factors are drawn uniformly from ``[1 - strength, 1 +
+  strength]`` and the three adjustments applied in a random order, each clipped to the pixel
+  range, as torchvision does. Brightness scales the pixels (torchvision's blend with black);
+  contrast and saturation are ``tf.image``'s: contrast blends each channel with its own mean
+  (torchvision: with the mean grey level), saturation scales the HSV saturation (torchvision:
+  blends with the grey image).
+
+  Args:
+    image: float ``[H, W, 3]`` in [0, 255].
+    seed: int ``[2]`` stateless seed.
+    strength: the jitter, in [0, 1) (OLTR: 0.4).
+
+  Returns:
+    float32 ``[H, W, 3]`` in [0, 255], the same for the same seed.
+
+  Examples:
+    >>> image = tf.fill((4, 4, 3), 100.0)
+    >>> jittered = color_jitter(image, tf.constant([0, 1], tf.int64), 0.4)
+    >>> bool(tf.reduce_all(jittered == color_jitter(image, tf.constant([0, 1], tf.int64), 0.4)))
+    True
+  """
+  if not 0 <= strength < 1:
+    raise ValueError(f"color jitter strength must be in [0, 1), got {strength}.")
+  if not strength:
+    return tf.cast(image, tf.float32)
+  lower, upper = 1.0 - strength, 1.0 + strength
+  order_seed, *seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  adjustments = (
+      lambda x, s: x * tf.random.stateless_uniform([], s, lower, upper),
+      lambda x, s: tf.image.stateless_random_contrast(x, lower, upper, s),
+      lambda x, s: tf.image.stateless_random_saturation(x, lower, upper, s),
+  )
+
+  def in_order(order):
+    x = tf.cast(image, tf.float32) / 255.0
+    for index in order:
+      x = tf.clip_by_value(adjustments[index](x, seeds[index]), 0.0, 1.0)
+    return x * 255.0
+
+  orders = list(itertools.permutations(range(len(adjustments))))
+  choice = tf.random.stateless_uniform([], order_seed, maxval=len(orders), dtype=tf.int32)
+  return tf.switch_case(choice, [lambda order=order: in_order(order) for order in orders])

@@ -46,7 +46,8 @@ def imagenet2012(*, data_dir: str | None = None, image_size: int = 224,
 
 def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 224,
                    eval_split: str = "test", validation_split: str | None = None,
-                   shuffle_buffer: int = 16_384) -> tfds_stream.TfdsImageData:
+                   shuffle_buffer: int = 16_384,
+                   color_jitter: float = 0.0) -> tfds_stream.TfdsImageData:
   """ImageNet-LT (``'imagenet_lt'``) or Places-LT (``'places_lt'``) from its prepared OLTR builder.
 
   Args:
@@ -58,6 +59,8 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
       the trainer reports the test metrics of the epoch with the best validation accuracy
       (OLTR's model selection); None or ``''``: no validation split.
     shuffle_buffer: examples in each process's shuffle buffer.
+    color_jitter: brightness, contrast and saturation jitter of the training images (OLTR's
+      transform: 0.4); 0: off.
 
   Returns:
     A :class:`~cfl_jax.data.tfds_stream.TfdsImageData` whose ``train_class_counts`` come from the
@@ -75,7 +78,7 @@ def oltr_benchmark(name: str, *, data_dir: str | None = None, image_size: int = 
       builder, name=name, image_size=image_size, eval_split=eval_split,
       validation_split=validation_split,
       train_class_counts=builder.info.metadata["train_class_counts"],
-      shuffle_buffer=shuffle_buffer)
+      shuffle_buffer=shuffle_buffer, color_jitter=color_jitter)
 
 
 imagenet_lt = functools.partial(oltr_benchmark, "imagenet_lt")

@@ -6,16 +6,18 @@ state from the mapping and mutates nothing, so :class:`ImageAugment` is a pure f
 ``(image, seed)``: safe in parallel ``tf.data`` maps and reproducible in ``(seed, step)``.
 :class:`RandAugment` and :class:`RandomErasing` work on one float image in [0, 255].
 
-RandAugment here (timm's ``rand-m9``: 2 ops per image, magnitude m = 9 of 10) is a policy over
-the Keras layers of timm's ``_RAND_TRANSFORMS`` ops, each with timm's range at m (see
-``timm.data.auto_augment``): rotate up to 30 m / 10 degrees, shear up to 0.3 m / 10, translate up
-to 0.45 m / 10 of the side, solarize above (m / 10) of the range, posterize to int(4 m / 10) bits,
+RandAugment here (the papers' ``rand-m9-mstd0.5-inc1``: 2 ops per image, magnitude m = 9 of 10,
+the "increasing" op set) is a policy over the Keras layers of timm's
+``_RAND_INCREASING_TRANSFORMS`` ops, each with timm's range at m (see ``timm.data.auto_augment``):
+rotate up to 30 m / 10 degrees, shear up to 0.3 m / 10, translate up to 0.45 m / 10 of the side,
+solarize above 256 - int(256 m / 10) (26 at m9), posterize to 4 - int(4 m / 10) bits (1 at m9),
 contrast / colour / sharpness up to 0.9 m / 10 either way, plus auto-contrast, equalize and
 invert. Each picked op is applied with probability 1/2, as timm's. Differences from timm: the
-magnitudes are drawn uniformly up to these values rather than fixed at m with Gaussian noise;
-brightness is Keras's additive shift (up to 0.9 m / 20 of the range) where timm scales; the
-enhance ops go either way where timm's non-"increasing" ops only strengthen; SolarizeAdd is left
-out (no Keras layer); pixels moved in from outside are reflected rather than grey.
+magnitudes are drawn uniformly up to these values (Keras's solarize threshold uniformly in
+[0, 26]) rather than at m with Gaussian noise of standard deviation 0.5 (``mstd0.5``) and a random
+sign; brightness is Keras's additive shift (up to 0.9 m / 20 of the range) where timm scales;
+SolarizeAdd is left out (no Keras layer); pixels moved in from outside are reflected rather than
+grey.
 
 Random erasing (Zhong et al. 2017) is ``keras.layers.RandomErasing`` with probability ``p``
 exactly (``factor=(p, p)``), area 2-33 % of the image and Gaussian noise fill (timm's
@@ -34,7 +36,8 @@ MAX_MAGNITUDE = 10  # timm's magnitude scale
 
 
 def _timm_ops(magnitude: int) -> list[keras.layers.Layer]:
-  """Keras layers with timm's RandAugment ranges at ``magnitude`` (of 10), images in [0, 255]."""
+  """Keras layers with timm's increasing RandAugment ranges at ``magnitude`` (of 10), images in
+  [0, 255]."""
   m = magnitude / MAX_MAGNITUDE
   pixels = {"value_range": (0, 255)}
   return [
@@ -42,8 +45,9 @@ def _timm_ops(magnitude: int) -> list[keras.layers.Layer]:
       keras.layers.Equalization(**pixels),
       keras.layers.RandomInvert(factor=(1.0, 1.0), **pixels),
       keras.layers.RandomRotation(factor=30 * m / 360, fill_mode="reflect"),
-      keras.layers.RandomPosterization(factor=max(1, int(4 * m)), **pixels),
-      keras.layers.Solarization(threshold_factor=(m, m), **pixels),
+      # timm's increasing forms (inc1): stronger with m, 1 bit and a threshold of 26 at m9.
+      keras.layers.RandomPosterization(factor=max(1, 4 - int(4 * m)), **pixels),
+      keras.layers.Solarization(threshold_factor=((256 - int(256 * m)) / 255,) * 2, **pixels),
       keras.layers.RandomColorDegeneration(factor=0.9 * m),
       keras.layers.RandomContrast(factor=0.9 * m),
       keras.layers.RandomBrightness(factor=0.45 * m, **pixels),

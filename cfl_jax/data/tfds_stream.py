@@ -47,8 +47,9 @@ def _read(builder, split, **kwargs) -> tf.data.Dataset:
 class TfdsImageData(base.ImageClassificationData):
   """An :class:`~cfl_jax.data.base.ImageClassificationData` over a prepared TFDS builder.
 
-  Training: random-resized crop and flip, then optionally RandAugment and random erasing
-  (:mod:`keras_augment`, timm's order); evaluation: centre crop; see :mod:`image_ops`.
+  Training: random-resized crop and flip, then optionally colour jitter (OLTR's), RandAugment and
+  random erasing (:mod:`keras_augment`, timm's order); evaluation: centre crop; see
+  :mod:`image_ops`.
 
   Args:
     builder: a prepared ``tfds.core.DatasetBuilder``.
@@ -62,12 +63,15 @@ class TfdsImageData(base.ImageClassificationData):
     shuffle_buffer: examples in each process's shuffle buffer.
     rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
     random_erasing: random erasing probability; 0: off.
+    color_jitter: brightness, contrast and saturation jitter (:func:`image_ops.color_jitter`,
+      0.4 for OLTR's training transform); 0: off.
   """
 
   def __init__(self, builder: Any, *, name: str, image_size: int, train_split: str = "train",
                eval_split: str = "validation", train_class_counts: np.ndarray | None = None,
                shuffle_buffer: int = 16_384, rand_augment: int | None = None,
-               random_erasing: float = 0.0, validation_split: str | None = None):
+               random_erasing: float = 0.0, validation_split: str | None = None,
+               color_jitter: float = 0.0):
     _keep_tensorflow_off_accelerators()
     splits = builder.info.splits
     validation_split = validation_split or None
@@ -88,6 +92,9 @@ class TfdsImageData(base.ImageClassificationData):
     self._validation_split = validation_split
     self._shuffle_buffer = shuffle_buffer
     self._augment = keras_augment.train_augmentation(rand_augment, random_erasing)
+    if not 0 <= color_jitter < 1:
+      raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}.")
+    self._color_jitter = color_jitter
     if train_class_counts is not None:
       self.train_class_counts = np.asarray(train_class_counts, dtype=np.int64)
 
@@ -127,6 +134,9 @@ class TfdsImageData(base.ImageClassificationData):
     def preprocess(position, example):
       seed_pair = tf.stack([tf.constant(epoch_seed, tf.int64), position])
       image = image_ops.random_resized_crop_flip(example["image"], seed_pair, self.image_shape[0])
+      if self._color_jitter:
+        jitter_seed = tf.random.experimental.stateless_fold_in(seed_pair, 2)
+        image = image_ops.color_jitter(image, jitter_seed, self._color_jitter)
       augment_seed = tf.random.experimental.stateless_fold_in(seed_pair, 1)
       return {"image": image_ops.standardize(self._augment(image, augment_seed)),
               "label": tf.cast(example["label"], tf.int32)}

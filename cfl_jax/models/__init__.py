@@ -7,6 +7,7 @@ when ``train=True`` and take the updated statistics from the second return value
 """
 
 from collections.abc import Callable
+import inspect
 from typing import Any
 
 from cfl_jax import _extras
@@ -42,7 +43,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES = tuple(_MODELS)
 
 
-def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
+              feature_dim: int = 0) -> nn.Module:
   """Builds the classifier registered under ``name``.
 
   Args:
@@ -50,13 +52,17 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
     num_classes: number of output logits, at least 2.
     dtype: compute dtype, a dtype or its name (``'float32'``, ``'bfloat16'``); parameters are
       always float32 and logits are returned in float32.
+    feature_dim: width of a dense + ReLU feature layer before the classifier (OLTR's
+      ``use_fc``: 512 on Places-LT; see :func:`layers.classify`), for the models with a
+      ``feature_dim`` attribute (the ResNets, TResNet, the digits CNN); 0 for none.
 
   Returns:
     An unbound ``flax.linen.Module``; call ``init`` / ``apply`` with ``train=`` as described in
     the module docstring.
 
   Raises:
-    ValueError: for an unknown name or ``num_classes < 2``.
+    ValueError: for an unknown name, ``num_classes < 2`` or a ``feature_dim`` the model cannot
+      take.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -70,7 +76,17 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32) -> nn.Mo
     raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
   if num_classes < 2:
     raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-  return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
+  if feature_dim < 0:
+    raise ValueError(f"feature_dim must be >= 0, got {feature_dim}.")
+  options = {"feature_dim": feature_dim} if feature_dim else {}
+  if options and not _takes_feature_dim(name):
+    raise ValueError(f"Model {name!r} has no feature layer (feature_dim); models with one: "
+                     f"{', '.join(n for n in MODEL_NAMES if _takes_feature_dim(n))}.")
+  return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **options)
+
+
+def _takes_feature_dim(name: str) -> bool:
+  return "feature_dim" in inspect.signature(_MODELS[name]).parameters
 
 
 __all__ = [

@@ -18,6 +18,8 @@ class DigitsCNN(nn.Module):
   Attributes:
     num_classes: number of output logits.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
+    feature_dim: width of a dense + ReLU feature layer between the pooled features and the
+      classifier (OLTR's ``use_fc``, see :func:`layers.classify`); 0 for none.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -31,6 +33,7 @@ class DigitsCNN(nn.Module):
 
   num_classes: int
   dtype: Any = jnp.float32
+  feature_dim: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -40,4 +43,5 @@ class DigitsCNN(nn.Module):
     for i, (features, strides) in enumerate(((32, 1), (64, 2), (64, 1))):
       x = conv(features, 3, strides, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
-    return layers.ClassifierHead(self.num_classes, self.dtype, name="head")(x)
+    return layers.classify(x, num_classes=self.num_classes, dtype=self.dtype,
+                           feature_dim=self.feature_dim)

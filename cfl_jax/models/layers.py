@@ -16,6 +16,25 @@ import jax.numpy as jnp
 # He et al. (2015) normal initialisation over fan-out, as in torchvision's ResNets.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
+# PyTorch's nn.Linear / nn.Conv1d default: kaiming_uniform(a=sqrt(5)) = U(+-1 / sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+  """PyTorch's default bias initialisation, ``U(-1 / sqrt(fan_in), 1 / sqrt(fan_in))``."""
+  bound = fan_in**-0.5
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
+  """A dense layer initialised as PyTorch's ``nn.Linear(fan_in, features)``; float32 parameters."""
+  return nn.Dense(features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in),
+                  dtype=dtype, param_dtype=jnp.float32, name=name)
+
 
 def conv_factory(dtype: jnp.dtype) -> Callable[..., nn.Module]:
   """Bias-free square convolution with symmetric ``kernel // 2`` padding (PyTorch-style).
@@ -85,3 +104,30 @@ class ClassifierHead(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="dense")(x)
     return x.astype(jnp.float32)
+
+
+FEATURE_MODULE = "features"  # top-level name of the feature layer (see classify)
+
+
+def classify(x: jax.Array, *, num_classes: int, dtype: Any, feature_dim: int = 0) -> jax.Array:
+  """The end of the image models: an optional feature layer, then :class:`ClassifierHead`.
+
+  Call it inside a model's compact ``__call__``: it adds the parameters ``head`` and, with
+  ``feature_dim > 0``, ``features``: OLTR's ``use_fc`` layer, a dense layer from the pooled
+  backbone features to ``feature_dim`` outputs and a ReLU (initialised as PyTorch's
+  ``nn.Linear``), between the backbone and the classifier. Being outside ``head``, it trains in
+  the backbone's parameter group (``cfl_jax.training.recipe.parameter_groups``).
+
+  Args:
+    x: backbone features ``[batch, H, W, C]``.
+    num_classes: number of output logits.
+    dtype: compute dtype; parameters are float32.
+    feature_dim: width of the feature layer; 0 for none.
+
+  Returns:
+    float32 logits ``[batch, num_classes]``.
+  """
+  if feature_dim:
+    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)  # [batch, 1, 1, C]: the head's pool is exact
+    x = nn.relu(torch_dense(feature_dim, x.shape[-1], dtype, FEATURE_MODULE)(pooled))
+  return ClassifierHead(num_classes, dtype, name="head")(x)

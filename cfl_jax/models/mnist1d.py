@@ -37,31 +37,13 @@ References:
   (https://arxiv.org/abs/2011.14439).
 """
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's nn.Linear / nn.Conv1d default: kaiming_uniform(a=sqrt(5)) = U(+-1 / sqrt(fan_in)).
-_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
-  """PyTorch's default bias initialisation, ``U(-1 / sqrt(fan_in), 1 / sqrt(fan_in))``."""
-  bound = fan_in**-0.5
-
-  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def _dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(fan_in),
-                  dtype=dtype, param_dtype=jnp.float32, name=name)
-
+from cfl_jax.models import layers
 
 def _flatten(x: jax.Array) -> jax.Array:
   """``[batch, ...]`` to ``[batch, features]``."""
@@ -93,11 +75,12 @@ class MNIST1DCNN(_Baseline):
     for i, kernel_size in enumerate((5, 3, 3)):
       fan_in = kernel_size * x.shape[-1]
       x = nn.Conv(25, (kernel_size,), strides=(2,), padding=((1, 1),),
-                  kernel_init=_torch_kernel_init, bias_init=_torch_bias_init(fan_in),
+                  kernel_init=layers.torch_kernel_init, bias_init=layers.torch_bias_init(fan_in),
                   dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i + 1}")(x)
       x = nn.relu(x)
     x = _flatten(x)
-    return _dense(self.num_classes, x.shape[-1], self.dtype, "dense")(x).astype(jnp.float32)
+    logits = layers.torch_dense(self.num_classes, x.shape[-1], self.dtype, "dense")(x)
+    return logits.astype(jnp.float32)
 
 
 class MNIST1DMLP(_Baseline):
@@ -114,9 +97,10 @@ class MNIST1DMLP(_Baseline):
     """Maps signals ``[batch, ...]`` (flattened) to float32 logits ``[batch, num_classes]``."""
     del train  # no dropout, no BatchNorm
     x = _flatten(x)
-    h = nn.relu(_dense(self.hidden, x.shape[-1], self.dtype, "dense1")(x))
-    h = h + nn.relu(_dense(self.hidden, self.hidden, self.dtype, "dense2")(h))
-    return _dense(self.num_classes, self.hidden, self.dtype, "dense3")(h).astype(jnp.float32)
+    h = nn.relu(layers.torch_dense(self.hidden, x.shape[-1], self.dtype, "dense1")(x))
+    h = h + nn.relu(layers.torch_dense(self.hidden, self.hidden, self.dtype, "dense2")(h))
+    logits = layers.torch_dense(self.num_classes, self.hidden, self.dtype, "dense3")(h)
+    return logits.astype(jnp.float32)
 
 
 class MNIST1DLogistic(_Baseline):
@@ -127,4 +111,5 @@ class MNIST1DLogistic(_Baseline):
     """Maps signals ``[batch, ...]`` (flattened) to float32 logits ``[batch, num_classes]``."""
     del train  # no dropout, no BatchNorm
     x = _flatten(x)
-    return _dense(self.num_classes, x.shape[-1], self.dtype, "dense")(x).astype(jnp.float32)
+    logits = layers.torch_dense(self.num_classes, x.shape[-1], self.dtype, "dense")(x)
+    return logits.astype(jnp.float32)

@@ -150,10 +150,12 @@ class ResNet(nn.Module):
     shortcut: option ``'A'`` or ``'B'``, see :class:`Shortcut`.
     num_classes: number of output logits.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
+    feature_dim: width of a dense + ReLU feature layer between the pooled features and the
+      classifier (OLTR's ``use_fc``, see :func:`layers.classify`); 0 for none.
 
-  Parameters are named ``stem_conv``, ``stem_bn``, ``stage{i}_block{j}`` (from 1) and ``head``
-  (the classifier, :class:`layers.ClassifierHead`), so an optimizer can treat the classifier
-  apart from the backbone.
+  Parameters are named ``stem_conv``, ``stem_bn``, ``stage{i}_block{j}`` (from 1), ``features``
+  (with ``feature_dim``) and ``head`` (the classifier, :class:`layers.ClassifierHead`), so an
+  optimizer can treat the classifier apart from the backbone.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -172,6 +174,7 @@ class ResNet(nn.Module):
   shortcut: str
   num_classes: int
   dtype: Any = jnp.float32
+  feature_dim: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -190,7 +193,8 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         name = f"stage{i + 1}_block{j + 1}"
         x = self.block_cls(width, strides, self.shortcut, conv, norm, name=name)(x)
-    return layers.ClassifierHead(self.num_classes, self.dtype, name="head")(x)
+    return layers.classify(x, num_classes=self.num_classes, dtype=self.dtype,
+                           feature_dim=self.feature_dim)
 
 
 _CIFAR: dict[str, Any] = dict(widths=(16, 32, 64), block_cls=BasicBlock, stem="cifar",

@@ -211,6 +211,8 @@ class TResNet(nn.Module):
     se_stages: whether each stage uses squeeze-excitation.
     num_classes: number of output logits.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
+    feature_dim: width of a dense + ReLU feature layer between the pooled features and the
+      classifier (OLTR's ``use_fc``, see :func:`layers.classify`); 0 for none.
 
   Parameters are named ``stem_conv``, ``stem_bn``, ``stage{i}_block{j}`` (from 1) and ``head``,
   as in :class:`resnet.ResNet`.
@@ -230,6 +232,7 @@ class TResNet(nn.Module):
   se_stages: Sequence[bool]
   num_classes: int
   dtype: Any = jnp.float32
+  feature_dim: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -252,7 +255,8 @@ class TResNet(nn.Module):
             stage_width, strides, "D", conv, norm, use_se, self.dtype,
             name=f"stage{i + 1}_block{j + 1}",
         )(x)
-    return layers.ClassifierHead(self.num_classes, self.dtype, name="head")(x)
+    return layers.classify(x, num_classes=self.num_classes, dtype=self.dtype,
+                           feature_dim=self.feature_dim)
 
 
 TResNetM = functools.partial(

@@ -30,6 +30,7 @@ from flax import traverse_util
 
 from cfl_jax import models
 from cfl_jax import storage
+from cfl_jax.models import layers
 
 Path = tuple[str, ...]
 
@@ -174,20 +175,24 @@ def _match(
 
 
 def import_weights(
-    name: str, path: str | os.PathLike, *, num_classes: int, seed: int = 0
+    name: str, path: str | os.PathLike, *, num_classes: int, seed: int = 0, feature_dim: int = 0
 ) -> dict[str, dict]:
   """Reads a timm / torchvision safetensors checkpoint as variables of ``get_model(name)``.
 
   Every tensor of the file must land in the model and every model variable must come from the
   file. A classifier trained for another number of classes (same feature width) is replaced by
-  the model's own initialisation from ``jax.random.key(seed)``, and a warning says so.
+  the model's own initialisation from ``jax.random.key(seed)``, and a warning says so. With
+  ``feature_dim`` (OLTR's ``use_fc`` layer, which published checkpoints lack) the file fills the
+  backbone only: the feature layer and the classifier behind it come from that initialisation
+  and the file's classifier is left unused.
 
   Args:
     name: one of ``IMPORTABLE_MODELS`` (``'tresnet_m'``, ``'resnet50'``, ``'resnet152'``).
     path: ``.safetensors`` file (local or ``gs://...``) in the naming of the table in the module
       docstring.
     num_classes: output logits of the model the variables are for.
-    seed: key seed of the re-initialised classifier, if there is one.
+    seed: key seed of the re-initialised classifier (and feature layer), if there is one.
+    feature_dim: the model's feature layer width (``get_model``'s); 0 for none.
 
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` with exactly the tree structure and shapes of
@@ -219,11 +224,19 @@ def import_weights(
   if not storage.as_path(path).is_file():
     raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}; {name}'s ImageNet weights "
                             f"are {WEIGHTS_SOURCES[name]}.")
-  model = models.get_model(name, num_classes=num_classes)
+  model = models.get_model(name, num_classes=num_classes, feature_dim=feature_dim)
   images = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
   init = lambda: model.init(jax.random.key(seed), images, train=False)
   expected = traverse_util.flatten_dict(jax.eval_shape(init))
   tensors = safetensors.numpy.load(storage.as_path(path).read_bytes())
+  fresh: tuple[str, ...] = ()  # top-level modules taken from the model's initialisation
+  if feature_dim:
+    fresh = (layers.FEATURE_MODULE, "head")
+    expected = {key: value for key, value in expected.items() if key[1] not in fresh}
+    file_head = _CHECKPOINT_NAMING[name](("head", "dense")) + "."
+    tensors = {key: value for key, value in tensors.items() if not key.startswith(file_head)}
+    logging.warning("%s: new feature layer (%d) and classifier, initialised (seed %d); the "
+                    "backbone is from %s.", name, feature_dim, seed, os.fspath(path))
   flat, file_classes, problems = _match(expected, tensors, _CHECKPOINT_NAMING[name])
   if problems:
     raise ValueError(f"{os.fspath(path)} does not fit {name}: {'; '.join(problems)}.")
@@ -232,9 +245,11 @@ def import_weights(
         "%s: the classifier in %s has %d classes, the model %d; re-initialised it (seed %d).",
         name, os.fspath(path), file_classes, num_classes, seed,
     )
-    # Under jit, XLA drops everything the classifier's initial values do not depend on.
-    fresh_head = jax.jit(lambda: init()["params"]["head"])()
-    flat.update(traverse_util.flatten_dict({"params": {"head": fresh_head}}))
+    fresh = ("head",)
+  if fresh:
+    # Under jit, XLA drops everything these modules' initial values do not depend on.
+    initial = jax.jit(lambda: {module: init()["params"][module] for module in fresh})()
+    flat.update(traverse_util.flatten_dict({"params": initial}))
   logging.info("%s: imported %d tensors from %s.", name, len(tensors), os.fspath(path))
   variables = traverse_util.unflatten_dict(flat)
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)

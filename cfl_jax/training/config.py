@@ -55,8 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
   # name for cfl_jax.models.get_model; dtype is the compute dtype (params and loss stay f32).
   # init_from: a safetensors file (timm / torchvision naming, see cfl_jax.models.import_weights)
   # loaded at the start of a run, never on resume; '' trains from scratch.
+  # feature_dim: a dense + ReLU layer of this width between the pooled features and the classifier
+  # (OLTR's use_fc; Places-LT: 512), in the backbone's parameter group and initialised afresh
+  # when init_from fills the backbone; 0 = none.
   config.model = ml_collections.ConfigDict(
-      {"name": "digits_cnn", "dtype": "float32", "init_from": ""})
+      {"name": "digits_cnn", "dtype": "float32", "init_from": "", "feature_dim": 0})
 
   config.optimizer = ml_collections.ConfigDict({
       "name": "sgd",  # 'sgd' (weight decay added to the gradient) or 'adamw' (decoupled)
@@ -87,8 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict({
       "name": "cyclical_focal",  # one of recipe.LOSS_NAMES
       "gamma_hc": 2.0,  # high-confidence exponent (high_confidence, *cyclical_*)
-      "gamma_lc": 2.0,  # focal exponent (focal, *cyclical_*; the reference code's gamma_pos)
-      "gamma_neg": 2.0,  # non-target exponent (cyclical_focal_reference only)
+      "gamma_lc": 2.0,  # focal exponent (focal, *cyclical*, asymmetric_focal; reference gamma_pos)
+      "gamma_neg": 2.0,  # non-target exponent (cyclical_focal_reference, asymmetric_focal)
       "label_smoothing": 0.0,  # epsilon, inside the weighted sum
       "cyclical_factor": 4.0,  # f >= 1, shared by xi and every cyclical hyper-parameter
       "xi_granularity": "step",  # 'step' or 'epoch' (xi constant within an epoch)
@@ -199,6 +202,7 @@ def _check_values(c: dict, errors: list[str]) -> None:
   need(c["many_shot_min"] > c["few_shot_max"],
        f"many_shot_min ({c['many_shot_min']}) must exceed few_shot_max ({c['few_shot_max']})")
   choice("model.dtype", c["model"]["dtype"], ("float32", "bfloat16"))
+  at_least("model.feature_dim", c["model"]["feature_dim"], 0)
 
   choice("optimizer.name", opt["name"], recipe.OPTIMIZER_NAMES)
   choice("optimizer.lr_schedule", opt["lr_schedule"], recipe.LR_SCHEDULE_NAMES)

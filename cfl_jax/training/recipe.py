@@ -81,6 +81,13 @@ def _by_label_kind(integer_fn, probability_fn):
 _CYCLICAL_FOCAL = _by_label_kind(cfl_jax.cyclical_focal_loss_with_integer_labels,
                                  cfl_jax.cyclical_focal_loss)
 
+
+def _asymmetric_focal(logits, labels, **hyper):
+  r"""timm's ``ASLSingleLabel`` (the authors' ``--focal_loss asym`` baseline): target weight
+  :math:`(1 - p_t)^{\gamma_{lc}}`, non-target weight :math:`p_j^{\gamma_{neg}}`, smoothing inside
+  the weighted sum; the reference form at xi = 0 (docs/method.md §3)."""
+  return _CYCLICAL_FOCAL(logits, labels, 0.0, **hyper)
+
 # name -> (function of (logits, labels, [xi,] **hyper), {function keyword: config.loss key}).
 # Probability labels (mixup) take the probability-label variants; the reference form collapses
 # them to their argmax class and re-smooths, as the authors' code does (docs/method.md §3).
@@ -93,6 +100,7 @@ _LOSSES = {
     "cyclical_focal": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
     "cyclical_focal_reference": (_CYCLICAL_FOCAL, {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc",
                                                    "gamma_neg": "gamma_neg"}),
+    "asymmetric_focal": (_asymmetric_focal, {"gamma_lc": "gamma_lc", "gamma_neg": "gamma_neg"}),
     "sigmoid_cyclical_focal": (_sigmoid_cyclical_focal,
                                {"gamma_hc": "gamma_hc", "gamma_lc": "gamma_lc"}),
 }

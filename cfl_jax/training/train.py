@@ -251,7 +251,7 @@ class Run:
     try:
       dataset = data_lib.get_dataset(config.dataset)
       model = models.get_model(config.model.name, num_classes=dataset.num_classes,
-                               dtype=config.model.dtype)
+                               dtype=config.model.dtype, feature_dim=config.model.feature_dim)
       mesh = sharding.make_data_mesh()
       for key in ("batch_size", "eval_batch_size"):
         sharding.check_batch_size(key, config[key], mesh)
@@ -340,7 +340,8 @@ class Run:
     if not self.config.model.init_from:
       return init(rng)
     variables = models.import_weights(self.config.model.name, self.config.model.init_from,
-                                      num_classes=self.dataset.num_classes, seed=self.config.seed)
+                                      num_classes=self.dataset.num_classes, seed=self.config.seed,
+                                      feature_dim=self.config.model.feature_dim)
     logging.info("Initialised %s from %s.", self.config.model.name, self.config.model.init_from)
     return init(rng, variables=variables)
 

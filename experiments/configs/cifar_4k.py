@@ -1,7 +1,8 @@
 r"""The paper's 4,000-image CIFAR-10 / CIFAR-100 subsets, balanced and imbalanced.
 
-  python -m experiments.train --config=experiments/configs/cifar_4k.py:c10,sampler6_2,cfl \
-      --workdir=runs/cifar_4k_c10_sampler6_2_cfl
+  python -m experiments.train \
+      --config=experiments/configs/cifar_4k.py:c10,sampler6_2,cfl_reference \
+      --workdir=runs/cifar_4k_c10_sampler6_2_cfl_reference
 
 Argument (comma-separated tokens, any order):
 
@@ -12,14 +13,14 @@ Argument (comma-separated tokens, any order):
   class; ``c10_sampler5_3`` is the list read as the reference loader read it (near balanced), and
   ``sampler5_3_intended`` the same list minus 1 (490, 470, ..., 310 per class, as written); the
   CIFAR-100 lists run about 60 -> 20 and 50 -> 30 per class;
-* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference``;
+* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` | ``asl_focal``;
 * ``data_dir=PATH`` (TFDS data directory holding ``cifar10`` / ``cifar100``); ``smoke``.
 
 The data must be the complete TFDS CIFAR (the subsets select by the ``id`` feature). Targets the
 paper's 4K tables (balanced and imbalanced 4,000-image CIFAR-10/100, TResNet-M rows). The training
 recipe is ``cifar10.py``'s (docs/method.md §5 gives none for the 4K study; the paper ran the same
 timm command on the subsets): TResNet-M at 224 px, RandAugment m9, random erasing 0.6, batch 384
-(10 steps per epoch), SGD Nesterov 0.15, 3 warm-up epochs from 0.01, cosine to 1e-5, 1 cool-down
+(10 steps per epoch), SGD Nesterov 0.15, 3 warm-up epochs from 0.01, cosine to 1e-6, 1 cool-down
 epoch, weight decay 5e-4, 201 epochs; CFL gamma_hc=3, gamma_lc=2, f=4, label smoothing 0.1.
 Evaluation is on the full balanced test set.
 """

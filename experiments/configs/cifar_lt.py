@@ -8,7 +8,7 @@ Argument (comma-separated tokens, any order):
 
 * dataset: ``c10`` (default) | ``c100``;
 * ``ratio=RHO``: imbalance ratio n_max / n_min, 100 by default (the papers use 10, 50, 100);
-* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference``;
+* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` | ``asl_focal``;
 * ``data_dir=PATH`` (TFDS data directory holding ``cifar10`` / ``cifar100``); ``smoke``.
 
 Training set: the first n_i = int(n_max * (1/rho)^(i/(C-1))) images of class i in the original

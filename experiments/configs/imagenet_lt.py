@@ -3,19 +3,24 @@ r"""ImageNet-LT (OLTR benchmark, Liu et al. 2019): the paper's long-tailed Image
   python -m experiments.train --config=experiments/configs/imagenet_lt.py:cfl_reference \
       --workdir=runs/imagenet_lt_cfl_reference
 
-Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference``;
+Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` |
+``asl_focal``;
 ``data_dir=PATH`` (TFDS data directory holding the prepared ``imagenet_lt``); ``smoke``.
 
 Targets the paper's ImageNet-LT table (overall, many-, medium- and few-shot top-1 of ResNet-10).
 115,846 training images over 1,000 classes (1,280 down to 5 per class), evaluated on the balanced
 50,000-image test list with overall, many-shot (>= 100 training images), medium-shot (21-99) and
-few-shot (<= 20) top-1. OLTR's plain-model recipe, as in the paper: ResNet-10 from scratch at
-224 px (random-resized crop + flip; centre crop at eval), float32, batch 128, SGD momentum 0.9 at
-0.1, weight decay 5e-4 on every parameter (as OLTR's PyTorch optimizer), 30 epochs, learning rate
-x0.1 every 10 epochs. After every epoch the 20,000-image validation list (20 per class) and the
-test list are evaluated; OLTR reports the test metrics of the epoch with the best validation
-top-1 (``test_accuracy_at_best_validation``, ``many_shot_accuracy_at_best_validation``, ... in
-``summary.json``, beside the final model's and the best test top-1).
+few-shot (<= 20) top-1. OLTR's plain-model recipe (its stage 1, as the authors'
+``ImageNet_LT/stage_1_cfl.py``), as in the paper: ResNet-10 from scratch at 224 px
+(random-resized crop, flip and colour jitter 0.4 of brightness, contrast and saturation, as OLTR's
+training transform; centre crop at eval), float32, batch 128, SGD momentum 0.9 at 0.1, weight
+decay 5e-4 on every parameter (as OLTR's PyTorch optimizer), 30 epochs, learning rate x0.1 every
+10 epochs; the pooled 512 features feed the classifier directly (``use_fc`` off in the authors'
+ImageNet-LT config). Only stage 1 is implemented, not the authors' stage-2 configs (OLTR's
+meta-embedding classifier and memory). After every epoch the 20,000-image validation list (20 per
+class) and the test list are evaluated; OLTR reports the test metrics of the epoch with the best
+validation top-1 (``test_accuracy_at_best_validation``, ``many_shot_accuracy_at_best_validation``,
+... in ``summary.json``, beside the final model's and the best test top-1).
 
 Losses: the authors' long-tail hyper-parameters gamma_hc=2, gamma_lc (gamma_pos)=0, f=2.
 ``cfl_reference`` reproduces their code exactly: gamma_neg=4, label smoothing 0.1 and the
@@ -31,13 +36,17 @@ import ml_collections
 
 from experiments.configs import common
 
+# OLTR's training transform: ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0).
+OLTR_COLOR_JITTER = 0.4
+
 
 def oltr_recipe(args: types.SimpleNamespace, *, name: str, dataset: str,
                 model: str) -> ml_collections.ConfigDict:
   """The OLTR recipe of the module docstring for ``dataset``, before smoke shrinking (places_lt
   adjusts it)."""
   data = {"name": dataset, "image_size": 224, "eval_split": "test",
-          "validation_split": "validation", "shuffle_buffer": 16_384}
+          "validation_split": "validation", "shuffle_buffer": 16_384,
+          "color_jitter": OLTR_COLOR_JITTER}
   config = common.base_config(args, name=name, dataset=data, model=model, dtype="float32",
                               protocol="oltr")
   config.update(num_epochs=30, batch_size=128, eval_batch_size=500)

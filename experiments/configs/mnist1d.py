@@ -14,9 +14,10 @@ test set is also evaluated every 25 epochs (1,000 steps, as the published loop p
 
 Argument (comma-separated tokens, any order):
 
-* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference``, with the author's untuned
-  defaults (``common.PROTOCOLS['guidance']``: gamma_hc=2, focal gamma 2, f=4, no smoothing;
-  ``cfl_reference`` also gamma_neg=2 and its hard-wired smoothing 0.1);
+* the loss: ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` | ``asl_focal``, with the
+  author's untuned defaults (``common.PROTOCOLS['guidance']``: gamma_hc=2, focal gamma 2, f=4, no
+  smoothing; ``cfl_reference`` and ``asl_focal`` also gamma_neg=2 and their hard-wired smoothing
+  0.1);
 * ``model=cnn`` (default) | ``mlp`` | ``logistic``: the published baselines;
 * ``profile=standard`` (default) | ``balanced`` | ``linear_580_220`` | ``linear_490_310`` |
   ``long_tail`` with ``ratio=RHO`` (10, 50 or 100): the training set (``cfl_jax.data.mnist1d``;
