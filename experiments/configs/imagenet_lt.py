@@ -22,10 +22,11 @@ class) and the test list are evaluated; OLTR reports the test metrics of the epo
 validation top-1 (``test_accuracy_at_best_validation``, ``many_shot_accuracy_at_best_validation``,
 ... in ``summary.json``, beside the final model's and the best test top-1).
 
-Losses: the authors' long-tail hyper-parameters gamma_hc=2, gamma_lc (gamma_pos)=0, f=2.
+Losses: the hyper-parameters of the authors' ``ImageNet_LT/stage_1_cfl.py``: gamma_hc=2,
+gamma_lc (gamma_pos)=0, f=4 (``common.PROTOCOLS['imagenet_lt']``; Places-LT's config differs).
 ``cfl_reference`` reproduces their code exactly: gamma_neg=4, label smoothing 0.1 and the
-long-tail path's xi, counted from epoch 1 with E=30 (0.931 in the first epoch, 0.0345 at epoch
-15, 1.069 in the last: the one schedule allowed past 1, because that code did it). ``cfl`` is
+long-tail path's xi, counted from epoch 1 with E=30 (past 1 in the last epoch: the one schedule
+allowed past 1, because that code did it). ``cfl`` is
 the paper form with the paper's xi (1 -> 0 -> 1 over the run); ``ce`` and ``focal`` (gamma 2)
 are unsmoothed, as OLTR's baselines.
 """
@@ -48,7 +49,7 @@ def oltr_recipe(args: types.SimpleNamespace, *, name: str, dataset: str,
           "validation_split": "validation", "shuffle_buffer": 16_384,
           "color_jitter": OLTR_COLOR_JITTER}
   config = common.base_config(args, name=name, dataset=data, model=model, dtype="float32",
-                              protocol="oltr")
+                              protocol=dataset)
   config.update(num_epochs=30, batch_size=128, eval_batch_size=500)
   config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
                           weight_decay=5e-4, weight_decay_on="all", lr_schedule="step",
