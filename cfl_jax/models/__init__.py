@@ -53,7 +53,7 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
     dtype: compute dtype, a dtype or its name (``'float32'``, ``'bfloat16'``); parameters are
       always float32 and logits are returned in float32.
     feature_dim: width of a dense + ReLU feature layer before the classifier (OLTR's
-      ``use_fc``: 512 on Places-LT; see :func:`layers.classify`), for the models with a
+      ``use_fc``: 512 on Places-LT; see ``cfl_jax.models.layers.classify``), for the models with a
       ``feature_dim`` attribute (the ResNets, TResNet, the digits CNN); 0 for none.
 
   Returns:

@@ -19,7 +19,7 @@ class DigitsCNN(nn.Module):
     num_classes: number of output logits.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
     feature_dim: width of a dense + ReLU feature layer between the pooled features and the
-      classifier (OLTR's ``use_fc``, see :func:`layers.classify`); 0 for none.
+      classifier (OLTR's ``use_fc``, see ``cfl_jax.models.layers.classify``); 0 for none.
 
   Examples:
     >>> import jax, jax.numpy as jnp

@@ -101,9 +101,10 @@ class Selection:
   carried: tuple[str, ...] = ()
 
 
-# The selections a run reports (docs/studies.md, "What differs from the papers"): timm and LDAM
-# report the best test top-1 over epochs (timm from the EMA weights when it keeps them: here
-# ``best_ema_test_accuracy``); OLTR the test metrics of the epoch with the best validation top-1.
+#: The selections a run reports, as docs/studies.md ("What differs from the papers") explains.
+#: timm and LDAM report the best test top-1 over epochs (timm from the EMA weights when it keeps
+#: them, here ``best_ema_test_accuracy``); OLTR the test metrics of the epoch with the best
+#: validation top-1.
 SELECTIONS = (
     Selection("test_accuracy"),
     Selection("ema_test_accuracy", "_ema"),
@@ -236,7 +237,7 @@ def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
 class RunFiles:
   """``config.json``, ``metrics.jsonl`` (one JSON object per line), TensorBoard events under
   ``tensorboard/`` (scalars ``train/<metric>``, ``eval/<metric>`` and the best so far,
-  ``best/<metric>``: see :meth:`append_best`) and ``summary.json``.
+  ``best/<metric>``: see :meth:`RunFiles.append_best`) and ``summary.json``.
 
   Call :meth:`keep_metrics_until` once before appending (it opens the event writer), :meth:`sync`
   before each checkpoint save and :meth:`close` at the end.

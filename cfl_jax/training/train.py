@@ -283,8 +283,8 @@ class Run:
 
   @functools.cached_property
   def validation(self) -> data_lib.ImageClassificationData | None:
-    """The dataset's validation split (:meth:`~cfl_jax.data.ImageClassificationData.
-    validation_data`), evaluated beside the test set to select an epoch, or None."""
+    """The dataset's validation split, evaluated beside the test set to select an epoch, or None
+    (see :meth:`~cfl_jax.data.ImageClassificationData.validation_data`)."""
     return self.dataset.validation_data()
 
   def evaluate(self, eval_step_fn, state) -> dict[str, Any]:
