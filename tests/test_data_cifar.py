@@ -5,7 +5,9 @@ generator (``_generate_examples`` parsing CIFAR binary files) and features, unde
 and versions, so ``tfds.builder('cifar10', data_dir=...)`` reads it exactly as it reads the real
 data. Only the download is replaced by local binary files. Each fake image stores its original
 training index in pixel (0, 0) (channel 0: index % 256, channel 1: index // 256) and the labels
-are ``index % num_classes``, so tests can decode which examples a loader selected.
+are ``index % num_classes``, so tests can decode which examples a loader selected. The tests of
+the views per image (``aug_splits``) read a textured CIFAR-10 (gradients and a colour per image,
+``tfds_fakes``), where crops, flips and augmentation show.
 """
 
 import numpy as np
@@ -148,7 +150,7 @@ def test_three_views_are_the_clean_view_then_two_augmented(textured_dir):
   np.testing.assert_array_equal(first, single["image"])  # aug_splits=1's view, draw for draw
   assert len({row.tobytes() for row in clean}) == 8  # eight different crops of eight images
   # About 1 in 8 augmented views draws no op that changes the image and no erasing (12.5 % of
-  # 128 views at this seed): most of the 16 differ from their clean view.
+  # the 128 augmented views of a 64-image batch here): most of these 16 differ, not every one.
   changed = [not np.array_equal(a, c) for view in (first, second) for a, c in zip(view, clean)]
   assert sum(changed) >= 10
   assert sum(not np.array_equal(a, b) for a, b in zip(first, second)) >= 6  # their own draws
