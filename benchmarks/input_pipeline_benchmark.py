@@ -1,7 +1,9 @@
 """Host input-pipeline throughput in images per second, with the pipelines the configs use.
 
 * ``cifar``: the 224-px CIFAR recipe (``cfl_jax.data.array_stream``): RandAugment m9 at 32 px,
-  random-resized crop to 224, flip, random erasing 0.6, standardisation, from uint8 arrays.
+  random-resized crop to 224, flip, random erasing 0.6, standardisation, from uint8 arrays;
+  ``--aug_splits 3`` serves each image as the configs do, a clean view (crop and flip) and two
+  augmented ones, and the rate counts images and rows (views) apart.
 * ``imagenet``: the ImageNet training transform (``cfl_jax.data.image_ops``): JPEG decode of the
   crop window, resize to 224, flip, standardisation; ``--augment`` adds RandAugment m9 and random
   erasing 0.4 as the ImageNet config does. The JPEGs are 500 x 375 (the ImageNet median is about
@@ -9,7 +11,7 @@
 
 Pin the process to the cores you want to count, e.g. one core:
 
-    taskset -c 0 python benchmarks/input_pipeline_benchmark.py --pipeline cifar
+    taskset -c 0 python benchmarks/input_pipeline_benchmark.py --pipeline cifar [--aug_splits 3]
     taskset -c 0 python benchmarks/input_pipeline_benchmark.py --pipeline imagenet [--augment]
 """
 
@@ -27,13 +29,13 @@ from cfl_jax.data import keras_augment
 from cfl_jax.data.array_stream import StreamedArrayDataset
 
 
-def cifar_batches(batch_size: int):
+def cifar_batches(batch_size: int, aug_splits: int = 1):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
   data = StreamedArrayDataset(
       name="cifar", num_classes=10, train_images=images, train_labels=np.arange(4096) % 10,
       eval_images=images[:10], eval_labels=np.arange(10), image_size=224, mean=(0.5,) * 3,
-      std=(0.25,) * 3, rand_augment=9, random_erasing=0.6)
+      std=(0.25,) * 3, rand_augment=9, random_erasing=0.6, aug_splits=aug_splits)
   return data.train_batches(global_batch_size=batch_size, seed=0)
 
 
@@ -67,10 +69,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--pipeline", choices=("cifar", "imagenet"), default="cifar")
   parser.add_argument("--augment", action="store_true", help="imagenet: RandAugment + erasing")
-  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--aug_splits", type=int, default=1, help="cifar: views per image")
+  parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
   parser.add_argument("--batches", type=int, default=10, help="timed batches (after 2 warm-up)")
   args = parser.parse_args()
-  batches = (cifar_batches(args.batch_size) if args.pipeline == "cifar"
+  views = args.aug_splits if args.pipeline == "cifar" else 1
+  batches = (cifar_batches(args.batch_size, views) if args.pipeline == "cifar"
              else imagenet_batches(args.batch_size, args.augment))
   for _ in range(2):
     next(batches)
@@ -79,8 +83,10 @@ def main():
     next(batches)
   rate = args.batches * args.batch_size / (time.perf_counter() - start)
   cores = len(os.sched_getaffinity(0))
-  print(f"{args.pipeline}{' + augment' if args.augment else ''}: {rate:.0f} images/s on {cores} "
-        f"core(s), {rate / cores:.0f} per core")
+  label = f"{args.pipeline}{' + augment' if args.augment else ''}"
+  if views > 1:
+    label += f", {views} views per image ({rate * views / cores:.0f} rows/s per core)"
+  print(f"{label}: {rate:.0f} images/s on {cores} core(s), {rate / cores:.0f} per core")
 
 
 if __name__ == "__main__":

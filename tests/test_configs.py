@@ -7,7 +7,9 @@ prepared data directory for the whole module.
 """
 
 import importlib
+import logging
 import os
+import re
 import sys
 
 from absl import flags
@@ -156,13 +158,14 @@ def _lr_at_epochs(config, num_examples, epochs):
 def test_cifar_studies_are_the_timm_tresnet_recipe(study, arg):
   """docs/method.md §5: TResNet-M at 224, batch 384, SGD Nesterov 0.9, lr 0.15 cosine, 3 warm-up
   epochs from 0.01, 200 + 1 cool-down epochs, wd 5e-4 not on biases/norms, RandAugment m9,
-  erasing 0.6."""
+  erasing 0.6, three views per image (--aug-splits 3); the schedules count images, so 130
+  steps per epoch."""
   config = resolve_config(_get_config(study, arg))
   assert (config.model.name, config.model.init_from, config.batch_size,
           config.num_epochs) == ("tresnet_m", "", 384, 201)
-  assert {key: config.dataset[key] for key in ("image_size", "rand_augment",
-                                               "random_erasing")} == {
-      "image_size": 224, "rand_augment": 9, "random_erasing": 0.6}
+  assert {key: config.dataset[key] for key in ("image_size", "rand_augment", "random_erasing",
+                                               "aug_splits")} == {
+      "image_size": 224, "rand_augment": 9, "random_erasing": 0.6, "aug_splits": 3}
   opt = config.optimizer
   assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.weight_decay_on,
           opt.head_learning_rate) == ("sgd", 0.9, True, 5e-4, "kernels", 0.0)
@@ -313,16 +316,22 @@ def data_dir(tmp_path_factory):
     ("imagenet_lt", "cfl_reference,smoke", 4),  # two whole epochs of 32 images at batch 16
     ("places_lt", "smoke", 2),
 ])
-def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path, study, arg,
-                                    steps):
-  """The recipe's data pipeline at its input size, augmentation, EMA and mixup, tiny model."""
+def test_smoke_trains_and_evaluates(module_compilation_cache, data_dir, tmp_path, caplog, study,
+                                    arg, steps):
+  """The recipe's data pipeline at its input size, augmentation, views, EMA and mixup, tiny
+  model; the balanced-CIFAR recipes train on three views of each image."""
   del module_compilation_cache  # used for its effect
   config = _get_config(study, f"{arg},data_dir={data_dir}")
   # The OLTR smokes keep OLTR's colour jitter, Places-LT's its 512-wide feature layer too.
   oltr = study in ("imagenet_lt", "places_lt")
   assert config.dataset.get("color_jitter", 0.0) == (0.4 if oltr else 0.0)
   assert config.model.feature_dim == (512 if study == "places_lt" else 0)
-  summary = train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    summary = train_and_evaluate(config, str(tmp_path))
+  views = 3 if study in ("cifar10", "cifar100", "cifar_4k") else 1
+  # What the trainer logs of the first step's sharded batch, read from its arrays.
+  rows = re.search(r"Each step trains on (\d+) rows .*images \((\d+), ", caplog.text)
+  assert rows and int(rows[1]) == int(rows[2]) == views * config.batch_size == views * 16
   assert summary["train_steps"] == steps and not summary["preempted"]
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["loss"])
   assert ("ema_test_accuracy" in summary) == (config.ema_decay > 0)

@@ -194,6 +194,24 @@ def test_init_from_loads_the_file_at_the_start_and_not_on_resume(cifar_dir, tmp_
                jax.device_get(saved.params))
 
 
+@pytest.mark.parametrize("aug_splits, error", [
+    (1, "batch_size=8 over 8 devices is 1 per device"),
+    (2, None),  # 2 rows per device: the views of each device's one image pair up
+    (3, r"batch_size x dataset.aug_splits=24 over 8 devices is 3 per device"),
+])
+def test_mixup_counts_every_view_of_a_devices_images(cifar_dir, aug_splits, error):
+  """Mixup pairs rows within a device's shard, so its even-count rule counts rows: views x
+  images per device. Epochs count images: 16 images at batch 8 are 2 steps, views or not."""
+  config = tiny_config(batch_size=8, mixup_alpha=0.2, dataset={
+      "name": "cifar10", "data_dir": cifar_dir, "random_erasing": 0.5, "aug_splits": aug_splits})
+  if error is None:
+    run = Run.create(config)
+    assert (run.dataset.aug_splits, run.plan.steps_per_epoch) == (aug_splits, 2)
+  else:
+    with pytest.raises(ConfigError, match=error):
+      Run.create(config)
+
+
 @pytest.mark.parametrize("model, message", [
     ("resnet152", r"'/nowhere/r152.safetensors' is not a file; resnet152's ImageNet weights are "
                   r"torchvision's ResNet152_Weights.IMAGENET1K_V1 \(https://download.pytorch.org"),

@@ -133,6 +133,32 @@ def test_shard_batch_builds_a_batch_sharded_global_array():
     sharding.check_batch_size("batch_size", 12, mesh)
 
 
+@pytest.mark.parametrize("devices", [8, 1])
+def test_shard_batch_gives_each_device_the_views_of_its_images(devices):
+  """Host rows [view 0 | view 1 | view 2] of 16 images: device d holds [view 0 | view 1 |
+  view 2] of images 2d, 2d + 1 (16 / 8 per device), in this order; nothing crosses devices."""
+  mesh = sharding.make_data_mesh(jax.devices()[:devices])
+  rows = 100 * np.repeat(np.arange(3), 16) + np.tile(np.arange(16), 3)  # 100 * view + image
+  batch = {"label": rows.astype(np.int32), "image": np.stack([rows, -rows], 1).astype(np.float32)}
+  sharded = sharding.shard_batch(batch, mesh, views=3)
+  per_device = 16 // devices
+  for key, value in sharded.items():
+    assert value.shape == batch[key].shape and value.sharding == sharding.batch_sharded(mesh)
+    for shard in value.addressable_shards:
+      d = mesh.devices.tolist().index(shard.device)
+      images = np.arange(d * per_device, (d + 1) * per_device)
+      expected = (100 * np.arange(3)[:, None] + images).ravel()
+      np.testing.assert_array_equal(np.asarray(shard.data)[..., 0] if key == "image"
+                                    else shard.data, expected)
+  # The regrouping compiles to a copy within each device, no collective.
+  arrays = {key: jax.make_array_from_process_local_data(
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS)),
+      value.reshape(3, 16, *value.shape[1:])) for key, value in batch.items()}
+  compiled = sharding._views_within_devices(mesh).lower(arrays).compile().as_text()
+  for collective in ("all-to-all", "all-gather", "collective-permute", "all-reduce"):
+    assert collective not in compiled
+
+
 class _DropoutNet(nn.Module):
   """Dropout then a dense layer: a model that draws from the dropout stream."""
 

@@ -3,7 +3,9 @@
 * CIFAR-10 / CIFAR-100: CIFAR binary files prepared by the real TFDS builders' own example
   generator and features, so ``tfds.builder('cifar10', data_dir=...)`` reads them as it reads the
   real data. Image ``i`` stores its original training index in pixel (0, 0) (channel 0: i % 256,
-  channel 1: i // 256) and its label is ``i % num_classes``.
+  channel 1: i // 256) and its label is ``i % num_classes``; the other pixels are black, or with
+  ``textured=True`` gradients across (red) and down (green) over a colour of the image's own
+  (blue), so that crops and flips show.
 * ImageNet-2012: the two archives the real ``imagenet2012`` builder reads from its manual_dir (a
   train tar of per-synset tars, a val tar) of small uniform-colour JPEGs, prepared by that builder.
 * ImageNet-LT / Places-LT: OLTR list files over a folder of images, for ``cfl_jax.data.oltr``.
@@ -21,9 +23,13 @@ def _download_config(tfds, **kwargs):
       try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP, **kwargs)
 
 
-def write_cifar_binary(path, indices, num_label_bytes, num_classes):
+def write_cifar_binary(path, indices, num_label_bytes, num_classes, textured=False):
   """CIFAR binary format: per image, label byte(s) then 3 x 32 x 32 uint8 (CHW)."""
   images = np.zeros((len(indices), 3, 32, 32), np.uint8)
+  if textured:
+    rows, cols = np.mgrid[0:32, 0:32]
+    images[:, 0], images[:, 1] = 8 * cols, 8 * rows
+    images[:, 2] = (37 * indices % 256)[:, None, None]
   images[:, 0, 0, 0] = indices % 256
   images[:, 1, 0, 0] = indices // 256
   labels = [indices % 20] * (num_label_bytes - 1) + [indices % num_classes]  # (coarse,) fine
@@ -45,8 +51,9 @@ def offline_cifar_builder(real_builder, tfds_name, files):
   return OfflineCifar
 
 
-def prepare_cifar(data_dir, name, *, train_size, test_size):
-  """Prepares a CIFAR of ``train_size`` / ``test_size`` images as TFDS ``name`` in ``data_dir``."""
+def prepare_cifar(data_dir, name, *, train_size, test_size, textured=False):
+  """Prepares a CIFAR of ``train_size`` / ``test_size`` images as TFDS ``name`` in ``data_dir``
+  (``textured``: see the module docstring)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   tfds.disable_progress_bar()
@@ -56,7 +63,7 @@ def prepare_cifar(data_dir, name, *, train_size, test_size):
   for split, size in (("train", train_size), ("test", test_size)):
     files[split] = os.path.join(data_dir, f"{name}_{split}.bin")
     write_cifar_binary(files[split], np.arange(size), 1 if name == "cifar10" else 2,
-                       int(name[5:]))
+                       int(name[5:]), textured)
   offline_cifar_builder(real_builder, name, files)(data_dir=str(data_dir)).download_and_prepare(
       download_config=_download_config(tfds))
 

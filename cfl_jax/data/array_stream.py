@@ -12,6 +12,12 @@ ArrayDataset` does: global batch ``k`` holds the examples of ``train_index_batch
 of it is augmented with the stateless seed ``(step_seed(seed, k), r)``, so a batch is a pure
 function of ``(seed, k)`` and the union of the process-local batches does not depend on the
 process count.
+
+Views (``aug_splits = n > 1``, timm's ``--aug-splits n --resplit``): each image is served ``n``
+times, all cut by the crop and flip of its seed. View 0 is the clean view (crop and flip only, no
+RandAugment and no erasing); views ``1 ... n-1`` get RandAugment and erasing with their own
+draws, view 1 the very draws that ``n = 1`` gives the image's single view. Rows are ordered
+``[view 0 | view 1 | ...]`` as timm's collate orders them, labels repeated.
 """
 
 import numpy as np
@@ -33,18 +39,20 @@ class StreamedArrayDataset(base.ImageClassificationData):
     mean, std: per-channel statistics of the images in [0, 1].
     rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
     random_erasing: random erasing probability; 0: off.
+    aug_splits: views of each training image (module docstring); 1: one augmented view.
   """
 
   def __init__(self, *, name: str, num_classes: int, train_images: np.ndarray,
                train_labels: np.ndarray, eval_images: np.ndarray, eval_labels: np.ndarray,
                image_size: int, mean, std, rand_augment: int | None = None,
-               random_erasing: float = 0.0):
+               random_erasing: float = 0.0, aug_splits: int = 1):
     for split, labels in (("train", train_labels), ("eval", eval_labels)):
       base.check_labels(labels, num_classes, f"{name} {split}")
     self.name, self.num_classes = name, num_classes
     self.image_shape = (image_size, image_size, 3)
     self.train_class_counts = np.bincount(train_labels, minlength=num_classes).astype(np.int64)
     self.num_eval_examples = len(eval_labels)
+    self.aug_splits = base.check_aug_splits(aug_splits)
     self._train = (train_images, np.asarray(train_labels, np.int32))
     self._eval = (eval_images, np.asarray(eval_labels, np.int32))
     self._stats = (mean, std)
@@ -53,34 +61,53 @@ class StreamedArrayDataset(base.ImageClassificationData):
     self._erase = keras_augment.train_augmentation(None, random_erasing)
     self._eval_transform = tf.function(self._eval_images)
 
-  def _train_example(self, image, seed):
-    ra_seed, crop_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  def _train_view(self, image, seed, view):
+    """View ``view`` of one training image with stateless ``seed``, standardised."""
     image = tf.cast(image, tf.float32)
-    if self._rand_augment is not None:
-      image = self._rand_augment(image, ra_seed)
-    image = image_ops.random_resized_crop_flip(image, crop_seed, self.image_shape[0])
-    return image_ops.standardize(self._erase(image, erase_seed), *self._stats)
+    split = tf.random.experimental.stateless_split
+    crop_seed = split(seed, 3)[1]  # one crop and flip for every view of the image
+
+    def crop(source):
+      return image_ops.random_resized_crop_flip(source, crop_seed, self.image_shape[0])
+
+    def augmented():
+      # View 1 draws from the image's seed itself, as the single view of aug_splits = 1 does.
+      view_seed = tf.where(view <= 1, seed, tf.random.experimental.stateless_fold_in(seed, view))
+      ra_seed, _, erase_seed = tf.unstack(split(view_seed, 3))
+      source = image if self._rand_augment is None else self._rand_augment(image, ra_seed)
+      return self._erase(crop(source), erase_seed)
+
+    if self.aug_splits == 1:
+      return image_ops.standardize(augmented(), *self._stats)
+    return image_ops.standardize(tf.cond(view == 0, lambda: crop(image), augmented), *self._stats)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0, process_index=None,
                     process_count=None):
     rows = base.process_slice(global_batch_size, process_index, process_count)
     local = rows.stop - rows.start
     images, labels = self._train
+    splits = self.aug_splits
+    views = np.repeat(np.arange(splits), local)  # rows [view 0 | view 1 | ...]
 
     def steps():
       for step, indices in base.train_index_batches(len(labels), global_batch_size, seed,
                                                     start_step):
         seeds = np.stack([np.full(local, base.step_seed(seed, step)),
                           np.arange(rows.start, rows.stop)], axis=1)
-        yield images[indices[rows]], labels[indices[rows]], seeds
+        chosen = np.tile(indices[rows], splits)
+        yield images[chosen], labels[chosen], np.tile(seeds, (splits, 1)), views
 
-    signature = (tf.TensorSpec((local, *images.shape[1:]), tf.uint8),
-                 tf.TensorSpec((local,), tf.int32), tf.TensorSpec((local, 2), tf.int64))
+    size = splits * local
+    signature = (tf.TensorSpec((size, *images.shape[1:]), tf.uint8),
+                 tf.TensorSpec((size,), tf.int32), tf.TensorSpec((size, 2), tf.int64),
+                 tf.TensorSpec((size,), tf.int64))
     examples = tf.data.Dataset.from_generator(steps, output_signature=signature).unbatch()
-    batches = examples.map(lambda image, label, s: {"image": self._train_example(image, s),
-                                                    "label": label},
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    yield from batches.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+    def example(image, label, image_seed, view):
+      return {"image": self._train_view(image, image_seed, view), "label": label}
+
+    batches = examples.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from batches.batch(size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
   def _eval_images(self, images):
     resized = tf.map_fn(lambda image: image_ops.center_crop(image, self.image_shape[0]), images,

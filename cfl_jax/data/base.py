@@ -6,6 +6,11 @@ batch ``k`` is a pure function of ``(seed, k)`` and process ``p`` takes rows
 ``[p * B // P, (p + 1) * B // P)`` of it. Hence the union of the host-local batches does not depend
 on ``P``, and resuming at ``start_step = k`` reproduces an uninterrupted run exactly.
 
+Views: a dataset with ``aug_splits = n > 1`` serves ``n`` views of each training image (timm's
+``--aug-splits n``): the host-local batch holds ``n * B // P`` rows ordered ``[view 0 | view 1 |
+... | view n-1]``, each block the process's images in the same order, labels repeated. Steps,
+epochs and ``global_batch_size`` count images, not rows.
+
 Ordering: epoch ``e = k // steps_per_epoch`` visits the training set in the permutation drawn from
 ``(seed, e)``; the last ``num_train % B`` examples of each permutation are dropped. Evaluation
 visits the eval set once in its stored order, padded with masked-out copies of example 0 up to a
@@ -15,7 +20,8 @@ whole number of global batches.
 import abc
 from collections.abc import Callable, Iterator
 import dataclasses
-from typing import Protocol
+import numbers
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -39,6 +45,8 @@ class ImageClassificationData(abc.ABC):
       channels)`` for 1-D signals such as MNIST-1D.
     train_class_counts: ``[C]`` int64, training examples per class (global, all processes).
     num_eval_examples: size of the eval set (before padding).
+    aug_splits: views of each image in a training batch (see the module docstring); 1 for
+      every dataset but those built with ``aug_splits``. Eval batches hold one view.
   """
 
   name: str
@@ -46,6 +54,7 @@ class ImageClassificationData(abc.ABC):
   image_shape: tuple[int, ...]
   train_class_counts: np.ndarray
   num_eval_examples: int
+  aug_splits: int = 1
 
   @property
   def num_train_examples(self) -> int:
@@ -76,8 +85,9 @@ class ImageClassificationData(abc.ABC):
       process_count: number of processes, default ``jax.process_count()``.
 
     Yields:
-      ``{'image': float32 [B_local, *image_shape], 'label': int32 [B_local]}`` with
-      ``B_local = global_batch_size // process_count``.
+      ``{'image': float32 [aug_splits * B_local, *image_shape], 'label': int32
+      [aug_splits * B_local]}`` with ``B_local = global_batch_size // process_count``, rows
+      ordered ``[view 0 | view 1 | ...]`` of the same ``B_local`` images (module docstring).
     """
 
   @abc.abstractmethod
@@ -135,6 +145,24 @@ def process_slice(global_batch_size: int, process_index: int | None = None,
         f"process_count={count}.")
   local = global_batch_size // count
   return slice(index * local, (index + 1) * local)
+
+
+def check_aug_splits(aug_splits: Any) -> int:
+  """``aug_splits`` as an int, or a ValueError unless it is an integer >= 1.
+
+  Examples:
+    >>> check_aug_splits(3)
+    3
+    >>> check_aug_splits(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: aug_splits must be an integer >= 1 (views of each training image), got 1.5.
+  """
+  if isinstance(aug_splits, bool) or not isinstance(aug_splits, numbers.Integral) or (
+      aug_splits < 1):
+    raise ValueError("aug_splits must be an integer >= 1 (views of each training image), got "
+                     f"{aug_splits!r}.")
+  return int(aug_splits)
 
 
 def _check_seed(seed: int) -> int:

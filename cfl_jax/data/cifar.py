@@ -12,7 +12,8 @@ The eval set is always the balanced ``test`` split. All images are standardised 
 the training-set statistics. At the native 32 px the arrays are served as they are and training
 batches get random crop (pad 4) and horizontal flip. With ``image_size`` (e.g. 224, the paper's
 TResNet-M recipe), ``rand_augment`` or ``random_erasing`` the images are resized and augmented
-per batch in tf.data instead (:mod:`cfl_jax.data.array_stream`).
+per batch in tf.data instead (:mod:`cfl_jax.data.array_stream`), optionally as ``aug_splits``
+views of each image (a clean one and augmented ones sharing its crop, timm's ``--aug-splits``).
 
 Examples::
 
@@ -77,7 +78,7 @@ def _select_training(name: str, indices: np.ndarray, labels: np.ndarray, subset:
 def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
           imbalance_ratio: float | None = None, long_tail_profile: str = "exponential",
           augment: bool = True, image_size: int = 32, rand_augment: int | None = None,
-          random_erasing: float = 0.0) -> base.ImageClassificationData:
+          random_erasing: float = 0.0, aug_splits: int = 1) -> base.ImageClassificationData:
   """CIFAR-10 or CIFAR-100 with one of the training sets of the module docstring.
 
   Args:
@@ -90,6 +91,10 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
     image_size: side of the model inputs; other than 32, batches are streamed (see above).
     rand_augment: timm RandAugment magnitude (9 for ``rand-m9``); None: off.
     random_erasing: random erasing probability; 0: off.
+    aug_splits: views of each training image (timm's ``--aug-splits``, with ``--resplit``): 1,
+      one augmented view; ``n > 1``, a clean view (crop and flip) and ``n - 1`` augmented ones,
+      all with one crop and flip, in rows ``[view 0 | view 1 | ...]`` (see
+      :mod:`cfl_jax.data.array_stream`); needs ``rand_augment`` or ``random_erasing``.
 
   Returns:
     An :class:`~cfl_jax.data.base.ArrayDataset` with ``image_shape == (32, 32, 3)``, or, when
@@ -99,7 +104,8 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
   Raises:
     FileNotFoundError: if the TFDS data is not in ``data_dir`` (nothing is downloaded).
     ValueError: for an unknown subset, a subset of the other dataset, both subset and
-      imbalance_ratio, or augment=False with streamed batches.
+      imbalance_ratio, augment=False with streamed batches, or an ``aug_splits`` that is not an
+      integer >= 1 or is > 1 without augmentation to tell the views apart.
   """
   if name not in _NUM_CLASSES:
     raise ValueError(f"Unknown CIFAR dataset {name!r}; known: {', '.join(_NUM_CLASSES)}.")
@@ -112,10 +118,14 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
     long_tail.long_tail_counts(_NUM_CLASSES[name], 1, imbalance_ratio, long_tail_profile)
   elif long_tail_profile != "exponential":
     raise ValueError("long_tail_profile applies to CIFAR-LT only: set imbalance_ratio too.")
-  streamed = image_size != 32 or rand_augment is not None or random_erasing > 0
+  augmented = rand_augment is not None or random_erasing > 0
+  streamed = image_size != 32 or augmented
   if streamed and not augment:
     raise ValueError("augment=False applies to 32-px batches without rand_augment or "
                      "random_erasing; streamed batches are always cropped and flipped.")
+  if base.check_aug_splits(aug_splits) > 1 and not augmented:
+    raise ValueError(f"aug_splits={aug_splits} needs rand_augment or random_erasing: without "
+                     "them every view would be the clean one.")
   builder = tfds_io.tfds_builder(name, data_dir)
   indices, images, labels = _load_split(builder, "train")
   keep = _select_training(name, indices, labels, subset, imbalance_ratio, long_tail_profile)
@@ -129,7 +139,7 @@ def cifar(name: str, *, data_dir: str | None = None, subset: str | None = None,
         name=name, num_classes=_NUM_CLASSES[name], train_images=images[keep],
         train_labels=labels[keep], eval_images=test_images, eval_labels=test_labels,
         image_size=image_size, mean=mean, std=std, rand_augment=rand_augment,
-        random_erasing=random_erasing)
+        random_erasing=random_erasing, aug_splits=aug_splits)
   return base.ArrayDataset(
       name=name, num_classes=_NUM_CLASSES[name], train_images=images[keep],
       train_labels=labels[keep], eval_images=test_images, eval_labels=test_labels,

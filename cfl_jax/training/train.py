@@ -119,7 +119,8 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, loss_fn: reci
 
   Args:
     state: the train state; its optimizer comes from :func:`recipe.build_optimizer`.
-    batch: ``{'image': [B, H, W, C], 'label': int [B]}``.
+    batch: ``{'image': [B, H, W, C], 'label': int [B]}``; with a dataset's ``aug_splits``
+      views, ``B`` counts every view of every image, each one row of the loss's mean.
     rng: the run's key; dropout and mixup draw from their own streams of it
       (:func:`stream_key` at ``state.step``).
     loss_fn: ``loss_fn(logits, labels, xi) -> [B]`` (see :func:`recipe.get_loss_fn`).
@@ -256,9 +257,10 @@ class Run:
       for key in ("batch_size", "eval_batch_size"):
         sharding.check_batch_size(key, config[key], mesh)
       storage.retry_budget()  # a bad CFL_JAX_STORE_RETRY_SECONDS stops the run here
-      if config.mixup_alpha:
-        mixup_lib.check_rows_per_shard(config.batch_size, mesh.shape[sharding.DATA_AXIS],
-                                       name="batch_size")
+      if config.mixup_alpha:  # mixup pairs the rows of a device: every view of its images
+        mixup_lib.check_rows_per_shard(
+            config.batch_size * dataset.aug_splits, mesh.shape[sharding.DATA_AXIS],
+            name="batch_size" if dataset.aug_splits == 1 else "batch_size x dataset.aug_splits")
       plan = recipe.Plan.create(config,
                                 steps_per_epoch=dataset.steps_per_epoch(config.batch_size))
       if config.model.init_from:
@@ -439,9 +441,14 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
                                       start_step=step)
   in_flight: collections.deque[jax.Array] = collections.deque()
   max_in_flight = _max_steps_in_flight()
+  views, first_step = run.dataset.aug_splits, step
   while step < plan.total_steps and not preempted:
-    state, step_metrics = train_step_fn(state, sharding.shard_batch(next(batches), mesh),
-                                        run.key)
+    batch = sharding.shard_batch(next(batches), mesh, views=views)
+    if step == first_step:
+      logging.info("Each step trains on %d rows (batch_size %d x %d view(s) per image), "
+                   "images %s.", batch["label"].shape[0], config.batch_size, views,
+                   batch["image"].shape)
+    state, step_metrics = train_step_fn(state, batch, run.key)
     step += 1
     window.add(step_metrics)
     if max_in_flight is not None:

@@ -13,11 +13,14 @@ docs/method.md §5 (the authors' timm command):
 
 * TResNet-M (``tresnet_m``, 31.39M parameters at 1,000 classes) from scratch, bfloat16 compute
   (the paper used AMP);
-* CIFAR upsampled to 224 px, streamed per batch (``cfl_jax.data.array_stream``): RandAugment
-  m9 (2 ops), random-resized crop and flip, random erasing with probability 0.6; evaluation on
-  the centre 87.5 % resized to 224;
-* batch 384, SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights only (not biases or
-  norm scales);
+* CIFAR upsampled to 224 px, streamed per batch (``cfl_jax.data.array_stream``), three views of
+  each image (the command's ``--aug-splits 3 --resplit``): all three cut by one random-resized
+  crop and flip, view 0 clean (crop and flip only), views 1-2 with RandAugment m9 (2 ops) and
+  random erasing with probability 0.6; evaluation on the centre 87.5 % resized to 224;
+* batch 384 images, so every step trains on 1,152 rows ordered [clean | aug1 | aug2] (within
+  each device's share), the loss averaged over all of them (no JSD term; the learning rate is
+  not rescaled; epochs and schedules count images); SGD with Nesterov momentum 0.9, weight
+  decay 5e-4 on weights only (not biases or norm scales);
 * 201 epochs: 3 warm-up epochs from 0.01 to 0.15, cosine to 1e-6, 1 cool-down epoch at 1e-6
   (the paper's 200 + 1; the reference xi schedule uses E = 201 as the authors' code did);
 * CFL: gamma_hc=3, gamma_lc (the reference code's gamma_pos)=2, f=4, label smoothing 0.1 for
@@ -32,7 +35,9 @@ authors' train.py); the erasing fill (Gaussian noise, timm's ``mode='pixel'``); 
 moves every step (timm updates it per epoch) and the cosine starts after the warm-up (timm's runs
 through it); inputs are standardised with the CIFAR statistics (timm feeds TResNet [0, 1]
 images); RandAugment differs from timm's as ``cfl_jax.data.keras_augment`` states and runs before
-the resize.
+the resize; BatchNorm normalises over all 1,152 rows (the command's ``--split-bn`` most likely
+changed nothing: timm 0.5's TResNet normalises with InplaceABN, which timm's split-BN conversion
+does not touch; ``--dist-bn reduce`` does nothing on the paper's one GPU).
 """
 
 import types
@@ -41,8 +46,9 @@ import ml_collections
 
 from experiments.configs import common
 
+# timm's --aug-splits 3 --resplit: a clean view and two augmented views of each image.
 CIFAR_AUGMENTATION = {"image_size": 224, "rand_augment": common.RAND_AUGMENT_MAGNITUDE,
-                      "random_erasing": 0.6}
+                      "random_erasing": 0.6, "aug_splits": 3}
 
 
 def cifar_recipe(args: types.SimpleNamespace, *, name: str,

@@ -8,10 +8,11 @@ Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | `
 ``data_dir=PATH`` (TFDS data directory holding ``cifar100``); ``smoke``.
 
 Targets the paper's CIFAR-100 table, TResNet-M rows. Same recipe as ``cifar10.py`` (read its
-docstring, including where the port differs): TResNet-M at 224 px with RandAugment m9 and random
-erasing 0.6, batch 384, SGD Nesterov 0.15 with 3 warm-up epochs from 0.01, cosine to 1e-6 and 1
-cool-down epoch (201 in all), weight decay 5e-4 on weights only; CFL gamma_hc=3, gamma_lc=2,
-f=4, label smoothing 0.1.
+docstring, including where the port differs): TResNet-M at 224 px, three views of each image
+(one crop and flip; a clean view and two with RandAugment m9 and random erasing 0.6), batch 384
+images (1,152 rows per step, the loss averaged over all), SGD Nesterov 0.15 with 3 warm-up
+epochs from 0.01, cosine to 1e-6 and 1 cool-down epoch (201 in all), weight decay 5e-4 on weights
+only; CFL gamma_hc=3, gamma_lc=2, f=4, label smoothing 0.1.
 """
 
 import ml_collections
