@@ -60,6 +60,15 @@ def module_compilation_cache(tmp_path_factory):
     yield environment
 
 
+@pytest.fixture
+def runner_subprocesses_share_the_module_cache(module_compilation_cache, monkeypatch):
+  """Runner subprocesses load the programs the module compiled (test time: a cached executable
+  is the same program, so no result depends on it). Their runs' own ``compilation_cache`` then
+  stays unused: JAX is configured with a cache already."""
+  for key, value in module_compilation_cache.items():
+    monkeypatch.setenv(key, value)
+
+
 @pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory):
   """``gs://`` URL of a bucket on a real GCS API server on loopback (``gcp-storage-emulator``,

@@ -95,6 +95,7 @@ def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_d
 
 # The runner on a bucket.
 
+@pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
 def test_a_second_run_on_a_bucket_workdir_is_refused_within_a_minute(bucket_dir):
   """The README's claim, with the default lock timings (see also test_workdir_lock_bucket.py)."""
   workdir = os.fspath(bucket_dir)
@@ -118,6 +119,7 @@ def test_a_second_run_on_a_bucket_workdir_is_refused_within_a_minute(bucket_dir)
   assert not (bucket_dir / ".lock").exists()
 
 
+@pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
 def test_preempted_in_a_bucket_and_resumed_equals_an_uninterrupted_local_run(bucket_dir,
                                                                              uninterrupted):
   workdir = os.fspath(bucket_dir)

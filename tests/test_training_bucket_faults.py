@@ -34,12 +34,7 @@ _CONFIG = tiny_config(num_train_steps=_STEPS, checkpoint_every_steps=10, log_eve
                       eval_every_epochs=2, max_to_keep=3)
 
 
-@pytest.fixture(autouse=True)
-def _share_compiled_programs(module_compilation_cache, monkeypatch):
-  """Runner subprocesses load the programs this module compiled (test time: a cached executable
-  is the same program, so no result depends on it)."""
-  for key, value in module_compilation_cache.items():
-    monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
 
 
 @pytest.fixture
@@ -252,10 +247,14 @@ def test_a_checkpoint_moved_aside_is_gone_for_orbax_and_its_step_saved_again(buc
 # (b) and (c): outages. The run rides one out within the retry budget, or stops with one line;
 # either way no checkpoint is set aside and a relaunch ends on the local result.
 
-def test_a_minute_long_outage_in_mid_training(bucket_dir, gcs_faults, uninterrupted, tmp_path):
-  process = start_trainer(os.fspath(bucket_dir), _CONFIG)
+def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_faults,
+                                                                uninterrupted, tmp_path):
+  # The budget (10 s here, 180 s by default) and the outage (30 s) keep the test short; what
+  # counts is that the outage outlasts the budget.
+  process = start_trainer(os.fspath(bucket_dir), _CONFIG,
+                          env={storage.RETRY_SECONDS_VARIABLE: "10"})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
-  gcs_faults.set(outages=[[0, 60]])
+  gcs_faults.set(outages=[[0, 30]])
   started = time.monotonic()
   code, output = finish(process, timeout=300)
   print(f"outage in mid-training: exit {code} after {time.monotonic() - started:.0f} s,",
@@ -283,7 +282,8 @@ def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_di
   # From the relaunch's first read of a checkpoint's items (its progress record and arrays), for
   # 45 s, every such read goes unanswered (the connection closes), as in an outage; the lock, the
   # run files and the checkpoint listing still answer, so the outage is the restore's. The
-  # budget, 20 s, is shorter: the relaunch gives up.
+  # budget, 20 s, is shorter: the relaunch gives up (a read whose answer is lost takes gcsfs's
+  # own retries, so the stop comes some seconds after the budget).
   gcs_faults.set(lose=[{"match": rf"^GET \S+ {bucket_dir.name}/checkpoints/\d+/(progress|state)/",
                         "count": 10**6}])
   relaunch = start_trainer(os.fspath(bucket_dir), _CONFIG,
