@@ -52,7 +52,7 @@ class _QuietLogs(python_logging.Filter):
   """Drops orbax's per-save INFO chatter, the tracebacks its threads (and asyncio, for the
   futures they leave behind) log when a save fails (the loop raises that failure, and the run
   stops with one message saying why), the tracebacks gcsfs logs when its own retries run out
-  (:func:`cfl_jax.storage.retrying` logs each store error in one line, and retries or stops; the
+  (:func:`cfl_jax.store.retrying` logs each store error in one line, and retries or stops; the
   workdir lock's heartbeat reports them in one line) and JAX's notes on absent backends (libtpu
   on a CPU machine); other warnings and errors still show."""
 

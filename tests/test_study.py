@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.training import reporting
 from experiments.study import digits
 from experiments.study import grid as grid_lib
@@ -236,7 +236,7 @@ def test_a_study_in_a_bucket_reads_and_writes_everything_there(gcs_bucket, tmp_p
   text = report.write_report(GRID, run.load_results(out / "results.json"), out)
   assert (out / "REPORT.md").read_text() == text
   assert text == report.write_report(GRID, results, tmp_path)
-  plots = {name for name in storage.relative_files(out) if name.endswith(".png")}
+  plots = {name for name in store.relative_files(out) if name.endswith(".png")}
   assert plots == {p.name for p in tmp_path.glob("*.png")} and "xi_schedule.png" in plots
   for name in plots:
     assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name

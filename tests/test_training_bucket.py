@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.models import import_weights
 from cfl_jax.training import reporting, train, train_and_evaluate
 import checkpoint_fakes
@@ -64,13 +64,13 @@ def uninterrupted(tmp_path_factory):
 # The storage helpers.
 
 def test_atomic_writes_moves_and_listings_in_a_bucket(bucket_dir):
-  storage.write_atomic(bucket_dir / "a" / "x.json", "one")
-  storage.write_atomic(bucket_dir / "a" / "sub" / "y.bin", b"two")
-  assert storage.relative_files(bucket_dir / "a") == {"x.json", "sub/y.bin"}
-  storage.move_tree(bucket_dir / "a", bucket_dir / "aside" / "a-1")
+  store.write_atomic(bucket_dir / "a" / "x.json", "one")
+  store.write_atomic(bucket_dir / "a" / "sub" / "y.bin", b"two")
+  assert store.relative_files(bucket_dir / "a") == {"x.json", "sub/y.bin"}
+  store.move_tree(bucket_dir / "a", bucket_dir / "aside" / "a-1")
   assert not (bucket_dir / "a").exists()
   assert (bucket_dir / "aside" / "a-1" / "sub" / "y.bin").read_bytes() == b"two"
-  assert storage.relative_files(bucket_dir / "aside" / "a-1") == {"x.json", "sub/y.bin"}
+  assert store.relative_files(bucket_dir / "aside" / "a-1") == {"x.json", "sub/y.bin"}
 
 
 def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_dir):
@@ -150,7 +150,7 @@ def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(bucket_dir, uninterrupt
   train_and_evaluate(_CONFIG, workdir)
   assert _steps(workdir) == [_STEPS - 40, _STEPS - 20, _STEPS]
   newest = bucket_dir / "checkpoints" / str(_STEPS) / "state"
-  for name in storage.relative_files(newest):
+  for name in store.relative_files(newest):
     (newest / name).write_bytes(b"garbage")
   with caplog.at_level(logging.WARNING):
     summary = train_and_evaluate(_CONFIG, workdir)
@@ -209,7 +209,7 @@ def test_two_processes_share_a_bucket_workdir_and_resume_together(bucket_dir, tm
   stopped = _steps(workdir)[-1]
   for returncode, output in results:
     assert returncode == 0 and f"Preempted after step {stopped}" in output, output
-  checkpoint = storage.relative_files(bucket_dir / "checkpoints" / str(stopped))
+  checkpoint = store.relative_files(bucket_dir / "checkpoints" / str(stopped))
   for process in range(2):
     assert any(name.startswith(f"state/ocdbt.process_{process}/") for name in checkpoint)
 

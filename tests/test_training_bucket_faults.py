@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.training import ConfigError, StoreUnavailable, reporting, train_and_evaluate
-from cfl_jax.training import workdir_lock
+from cfl_jax.store import workdir_lock
 from cfl_jax.training.train import Run
 from cfl_jax.training.checkpointing import Checkpointer
 from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
@@ -132,15 +132,15 @@ def test_only_transient_store_errors_are_retried_and_only_within_the_budget(capl
              HttpError({"code": 404, "message": "Not Found"}), FileNotFoundError("gone"),
              FileExistsError("gs://b/.lock"), PermissionError("denied"),
              OSError("Forbidden: b/cfl-jax-test/o"), ValueError("NOT_FOUND: no such key")]
-  assert [storage.is_transient(error) for error in transient] == [True] * len(transient)
-  assert [storage.is_transient(error) for error in answers] == [False] * len(answers)
+  assert [store.is_transient(error) for error in transient] == [True] * len(transient)
+  assert [store.is_transient(error) for error in answers] == [False] * len(answers)
   try:
     try:
       raise ConnectionResetError("reset by peer")
     except ConnectionResetError as cause:
       raise RuntimeError("orbax: restore failed") from cause
   except RuntimeError as wrapped:
-    assert storage.is_transient(wrapped)
+    assert store.is_transient(wrapped)
 
   calls = []
 
@@ -151,24 +151,24 @@ def test_only_transient_store_errors_are_retried_and_only_within_the_budget(capl
     return "read"
 
   with caplog.at_level("WARNING"):
-    assert storage.retrying("reading x", fails_twice, budget=30) == "read"
+    assert store.retrying("reading x", fails_twice, budget=30) == "read"
   assert len(calls) == 3 and calls[2] - calls[0] >= 2.9  # waited 1 s, then 2 s
   assert caplog.text.count("Store error while reading x (Service Unavailable, 503)") == 2
   with pytest.raises(FileNotFoundError):  # an answer, not an outage: raised at once
-    storage.retrying("reading y", lambda: open("/nonexistent/y"), budget=30)
+    store.retrying("reading y", lambda: open("/nonexistent/y"), budget=30)
 
   def unreachable():
     raise aiohttp.ServerDisconnectedError()
 
   with pytest.raises(StoreUnavailable, match=r"^The store kept failing while reading z for 0 s "
                                              r"\(Server disconnected\)\. Nothing was lost"):
-    storage.retrying("reading z", unreachable, budget=0)
+    store.retrying("reading z", unreachable, budget=0)
 
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan"])
 def test_a_bad_retry_budget_in_the_environment_is_a_config_error(monkeypatch, value):
-  monkeypatch.setenv(storage.RETRY_SECONDS_VARIABLE, value)
+  monkeypatch.setenv(store.RETRY_SECONDS_VARIABLE, value)
   with pytest.raises(ConfigError, match=f"CFL_JAX_STORE_RETRY_SECONDS='{value}' is not a number"):
     Run.create(tiny_config())
 
@@ -220,7 +220,7 @@ def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
 def _committed_steps(workdir: epath.Path) -> list[int]:
   """The committed checkpoint steps, none before the checkpoint directory exists, listed anew
   (another process writes them: gcsfs's listing cache would hide them)."""
-  storage.filesystem(workdir)[0].invalidate_cache()
+  store.filesystem(workdir)[0].invalidate_cache()
   if not (workdir / "checkpoints").exists():
     return []
   return [step for step in _steps(workdir) if _committed(workdir, step)]
@@ -233,7 +233,7 @@ def test_a_checkpoint_moved_aside_is_gone_for_orbax_and_its_step_saved_again(buc
   first.save(10, {"w": jnp.ones(3)}, {"config": {}})
   first.close()
   assert [p.name for p in checkpoints.iterdir()] == ["10"]  # epath has listed it
-  storage.move_tree(checkpoints / "10", bucket_dir / "aside" / "10")
+  store.move_tree(checkpoints / "10", bucket_dir / "aside" / "10")
   assert not (checkpoints / "10").exists() and not checkpoints.exists()  # no stale listing
   again = Checkpointer(checkpoints, max_to_keep=3)
   assert again.latest_step() is None
@@ -241,7 +241,7 @@ def test_a_checkpoint_moved_aside_is_gone_for_orbax_and_its_step_saved_again(buc
   again.close()
   state, _ = again.restore(10, {"w": jnp.zeros(3)}, {})
   np.testing.assert_array_equal(state["w"], np.zeros(3))
-  assert storage.relative_files(bucket_dir / "aside" / "10")  # the first one, kept aside
+  assert store.relative_files(bucket_dir / "aside" / "10")  # the first one, kept aside
 
 
 # (b) and (c): outages. The run rides one out within the retry budget, or stops with one line;
@@ -252,7 +252,7 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
   # The budget (10 s here, 180 s by default) and the outage (30 s) keep the test short; what
   # counts is that the outage outlasts the budget.
   process = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                          env={storage.RETRY_SECONDS_VARIABLE: "10"})
+                          env={store.RETRY_SECONDS_VARIABLE: "10"})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
   gcs_faults.set(outages=[[0, 30]])
   started = time.monotonic()
@@ -287,7 +287,7 @@ def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_di
   gcs_faults.set(lose=[{"match": rf"^GET \S+ {bucket_dir.name}/checkpoints/\d+/(progress|state)/",
                         "count": 10**6}])
   relaunch = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                           env={storage.RETRY_SECONDS_VARIABLE: "20"})
+                           env={store.RETRY_SECONDS_VARIABLE: "20"})
   wait_for(lambda: gcs_faults.counts()["answers_lost"] > 0, relaunch, timeout=120)
   outage_ends = time.monotonic() + 45
   code, output = finish(relaunch, timeout=120)
@@ -308,7 +308,7 @@ def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_di
 def test_an_upload_failing_past_the_budget_stops_the_run_before_its_checkpoint(
     bucket_dir, gcs_faults, uninterrupted, tmp_path):
   process = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                          env={storage.RETRY_SECONDS_VARIABLE: "1"})
+                          env={store.RETRY_SECONDS_VARIABLE: "1"})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
   # From now on every upload of an event file fails. A sync uploads metrics.jsonl first: the one
   # that fails leaves the bucket with records beyond the newest checkpoint, as a VM lost between
@@ -336,11 +336,11 @@ def test_truly_damaged_checkpoints_are_still_moved_aside(bucket_dir, uninterrupt
   train_and_evaluate(_CONFIG, os.fspath(bucket_dir))
   assert _steps(bucket_dir) == [40, 50, 60]
   arrays = bucket_dir / "checkpoints" / "60" / "state"
-  for name in storage.relative_files(arrays):
+  for name in store.relative_files(arrays):
     if "/d/" in name:
       (arrays / name).unlink()  # the array data files: a checkpoint with missing parts
   progress = bucket_dir / "checkpoints" / "50" / "progress"
-  for name in storage.relative_files(progress):
+  for name in store.relative_files(progress):
     (progress / name).write_text('{"config": ')  # a torn progress record
   with caplog.at_level("WARNING"):
     summary = train_and_evaluate(_CONFIG, os.fspath(bucket_dir))

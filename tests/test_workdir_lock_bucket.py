@@ -25,9 +25,10 @@ import gcsfs
 from google.oauth2 import credentials as oauth2_credentials
 import pytest
 
-from cfl_jax import storage
-from cfl_jax.training import ConfigError, WorkdirLocked, WorkdirLockLost, lock_object, reporting
-from cfl_jax.training import train_and_evaluate, workdir_lock
+from cfl_jax import store
+from cfl_jax.store import lock_object, workdir_lock
+from cfl_jax.training import ConfigError, WorkdirLocked, WorkdirLockLost, reporting
+from cfl_jax.training import train_and_evaluate
 from training_helpers import finish, free_port, start_trainer, tiny_config, wait_for
 
 _SHORT = {"heartbeat_seconds": 1.0, "stale_seconds": 5.0}
@@ -311,7 +312,7 @@ def _holder_pid(workdir) -> int | None:
 
 def _newest_checkpoint(workdir) -> int:
   """The newest checkpoint's step (0: none), listed afresh."""
-  filesystem, key = storage.filesystem(os.fspath(epath.Path(workdir) / "checkpoints"))
+  filesystem, key = store.filesystem(os.fspath(epath.Path(workdir) / "checkpoints"))
   filesystem.invalidate_cache()
   names = [os.path.basename(path) for path in filesystem.ls(key, detail=False)
            ] if filesystem.exists(key) else []

@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from cfl_jax import storage
+from cfl_jax import store
 
 _SPLIT_LISTS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -97,7 +97,7 @@ class _OltrBuilder(tfds.core.GeneratorBasedBuilder,  # type: ignore[call-arg]
       if not list_path.is_file():
         raise FileNotFoundError(f"Missing list file {list_path}. {self.layout()}")
       splits[split] = read_list(list_path, self.NUM_CLASSES)
-    present = storage.relative_files(root)
+    present = store.relative_files(root)
     missing = [path for entries in splits.values() for path, _ in entries if path not in present]
     if missing:
       raise FileNotFoundError(

@@ -29,7 +29,7 @@ from absl import logging
 from flax import traverse_util
 
 from cfl_jax import models
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.models import layers
 
 Path = tuple[str, ...]
@@ -221,14 +221,14 @@ def import_weights(
         f"No checkpoint naming for model {name!r}; "
         f"importable models: {', '.join(IMPORTABLE_MODELS)}."
     )
-  if not storage.as_path(path).is_file():
+  if not store.as_path(path).is_file():
     raise FileNotFoundError(f"No weights file at {os.fspath(path)!r}; {name}'s ImageNet weights "
                             f"are {WEIGHTS_SOURCES[name]}.")
   model = models.get_model(name, num_classes=num_classes, feature_dim=feature_dim)
   images = jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3))
   init = lambda: model.init(jax.random.key(seed), images, train=False)
   expected = traverse_util.flatten_dict(jax.eval_shape(init))
-  tensors = safetensors.numpy.load(storage.as_path(path).read_bytes())
+  tensors = safetensors.numpy.load(store.as_path(path).read_bytes())
   fresh: tuple[str, ...] = ()  # top-level modules taken from the model's initialisation
   if feature_dim:
     fresh = (layers.FEATURE_MODULE, "head")

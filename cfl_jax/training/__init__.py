@@ -13,8 +13,6 @@ One job per module, in the order a run uses them:
 * ``checkpointing``: orbax checkpoints and preemption (SIGTERM) handling.
 * ``reporting``: workdir files (JSON, metrics.jsonl, TensorBoard), metric window, the best
   evaluation, progress.
-* ``workdir_lock``: one run per workdir (``flock`` locally, a generation-checked lock object in a
-  GCS bucket).
 * ``compilation_cache``: JAX's persistent compilation cache of a run (default: in its workdir).
 """
 
@@ -24,7 +22,7 @@ _extras.require("cfl_jax.training", "train", ["flax", "orbax.checkpoint", "ml_co
                                                 "absl", "tqdm", "tensorboardX", "etils"])
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from cfl_jax.storage import StoreUnavailable
+from cfl_jax.store import StoreUnavailable
 from cfl_jax.training.checkpointing import CheckpointError
 from cfl_jax.training.checkpointing import CheckpointSaveError
 from cfl_jax.training.config import ConfigError
@@ -32,8 +30,8 @@ from cfl_jax.training.config import default_config
 from cfl_jax.training.config import resolve_config
 from cfl_jax.training.recipe import LOSS_NAMES
 from cfl_jax.training.recipe import get_loss_fn
-from cfl_jax.training.workdir_lock import WorkdirLocked
-from cfl_jax.training.workdir_lock import WorkdirLockLost
+from cfl_jax.store.workdir_lock import WorkdirLocked
+from cfl_jax.store.workdir_lock import WorkdirLockLost
 from cfl_jax.training.train import TrainState
 from cfl_jax.training.train import TrainingDiverged
 from cfl_jax.training.train import create_train_state

@@ -9,7 +9,7 @@ checkpoint whose trajectory keys, all but :data:`NON_TRAJECTORY_KEYS`, differ is
 the host-side state needed to make a resumed run end exactly like an uninterrupted one (the
 partially averaged logging window).
 
-Reading a checkpoint retries transient store errors (:func:`cfl_jax.storage.retrying`): a
+Reading a checkpoint retries transient store errors (:func:`cfl_jax.store.retrying`): a
 checkpoint is set aside as damaged only when it was read and does not decode, never because the
 store was unreachable, and all processes of a run agree on that verdict.
 
@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cfl_jax import storage
+from cfl_jax import store
 
 #: Config keys that do not change the training trajectory. They may differ on resume (the new
 #: values apply from there on, and the differences are logged); every other key must match.
@@ -54,7 +54,7 @@ class CheckpointSaveError(RuntimeError):
 def _root_cause(error: BaseException) -> str:
   """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
   first line of its message."""
-  for cause in storage.error_chain(error):
+  for cause in store.error_chain(error):
     if isinstance(cause, OSError):
       return str(cause)
   message = str(error).strip()
@@ -76,7 +76,7 @@ _INTACT, _DAMAGED, _UNAVAILABLE = 0, 1, 2
 def _verdict(problem: BaseException | None) -> int:
   if problem is None:
     return _INTACT
-  return _UNAVAILABLE if isinstance(problem, storage.StoreUnavailable) else _DAMAGED
+  return _UNAVAILABLE if isinstance(problem, store.StoreUnavailable) else _DAMAGED
 
 
 def _worst_of_all_processes(verdict: int) -> int:
@@ -108,9 +108,9 @@ class Checkpointer:
     max_to_keep: most recent checkpoints kept on disk.
   """
 
-  def __init__(self, directory: storage.PathLike, *, max_to_keep: int):
-    self.directory = storage.as_path(directory)
-    self._manager = storage.retrying(
+  def __init__(self, directory: store.PathLike, *, max_to_keep: int):
+    self.directory = store.as_path(directory)
+    self._manager = store.retrying(
         f"listing the checkpoints in {self.directory}", lambda: ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -190,7 +190,7 @@ class Checkpointer:
         trajectory keys (any key but :data:`NON_TRAJECTORY_KEYS`), or does not match
         ``abstract_state``.
       StoreUnavailable: if the store stays unreachable (transient errors, retried) for longer
-        than the retry budget (see :func:`cfl_jax.storage.retrying`).
+        than the retry budget (see :func:`cfl_jax.store.retrying`).
     """
     where = self.directory / str(step)
     advice = "Restore the original config, or start afresh in a new workdir."
@@ -228,9 +228,9 @@ class Checkpointer:
     """
     where = self.directory / str(step)
     try:
-      return storage.retrying(f"reading checkpoint {where}",
+      return store.retrying(f"reading checkpoint {where}",
                               lambda: self._manager.restore(step, args=args))
-    except storage.StoreUnavailable:
+    except store.StoreUnavailable:
       raise
     except Exception as error:  # orbax raises many types; all non-transient ones mean damage
       raise _DamagedCheckpoint(f"Checkpoint {where} {damage}: {_root_cause(error)}") from error
@@ -256,12 +256,12 @@ class Checkpointer:
       restored, problem = None, None
       try:
         restored = self.restore(step, abstract_state, config)
-      except (_DamagedCheckpoint, storage.StoreUnavailable) as error:
+      except (_DamagedCheckpoint, store.StoreUnavailable) as error:
         problem = error
       verdict = _worst_of_all_processes(_verdict(problem))
       if verdict == _UNAVAILABLE:
-        raise (problem if isinstance(problem, storage.StoreUnavailable) else
-               storage.StoreUnavailable(f"Another process could not read checkpoint "
+        raise (problem if isinstance(problem, store.StoreUnavailable) else
+               store.StoreUnavailable(f"Another process could not read checkpoint "
                                         f"{self.directory / str(step)}; run again to resume."))
       if verdict == _DAMAGED:
         self._move_aside(step, problem or "damaged, as another process read it")
@@ -275,11 +275,11 @@ class Checkpointer:
     stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
     target = self.directory.parent / "damaged_checkpoints" / f"{step}-{stamp}"
     if jax.process_index() == 0:
-      storage.move_tree(damaged, target)
+      store.move_tree(damaged, target)
     multihost_utils.sync_global_devices(f"cfl_jax moved aside checkpoint {step}")
     logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
                     "the next older one, if any.", damaged, reason, target)
-    storage.retrying(f"listing the checkpoints in {self.directory}", self._manager.reload)
+    store.retrying(f"listing the checkpoints in {self.directory}", self._manager.reload)
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager.

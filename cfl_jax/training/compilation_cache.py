@@ -33,7 +33,7 @@ from typing import Any
 import jax
 from jax.experimental.compilation_cache import compilation_cache as cache_lib
 
-from cfl_jax import storage
+from cfl_jax import store
 
 # Values of config.compilation_cache besides a directory.
 AUTO, OFF = "auto", "off"
@@ -41,7 +41,7 @@ AUTO, OFF = "auto", "off"
 WORKDIR_CACHE = "compilation_cache"
 
 
-def cache_settings(choice: str, workdir: storage.PathLike) -> dict[str, Any]:
+def cache_settings(choice: str, workdir: store.PathLike) -> dict[str, Any]:
   """The ``jax.config`` settings ``config.compilation_cache=choice`` asks for ({}: none).
 
   Args:
@@ -59,9 +59,9 @@ def cache_settings(choice: str, workdir: storage.PathLike) -> dict[str, Any]:
   if choice == AUTO:
     if _setting("jax_compilation_cache_dir") or not _setting("jax_enable_compilation_cache"):
       return {}  # JAX is configured already: its settings rule
-    directory = storage.as_path(workdir) / WORKDIR_CACHE
+    directory = store.as_path(workdir) / WORKDIR_CACHE
   else:
-    directory = storage.as_path(choice)
+    directory = store.as_path(choice)
   return {
       "jax_enable_compilation_cache": True,
       "jax_compilation_cache_dir": str(directory),
@@ -74,7 +74,7 @@ def cache_settings(choice: str, workdir: storage.PathLike) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def persistent_compilation_cache(choice: str, workdir: storage.PathLike) -> Iterator[None]:
+def persistent_compilation_cache(choice: str, workdir: store.PathLike) -> Iterator[None]:
   """JAX's persistent compilation cache as ``config.compilation_cache=choice`` asks, while
   entered; JAX's previous settings are restored on exit.
 

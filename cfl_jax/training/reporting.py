@@ -18,7 +18,7 @@ from absl import logging
 from etils import epath
 import jax
 
-from cfl_jax import storage
+from cfl_jax import store
 
 # Train metrics that are measurements (averaged over the window); the step's other metrics are
 # schedule values, reported as they were at the window's last step.
@@ -192,11 +192,11 @@ def _strict(value: Any) -> Any:
   return value
 
 
-def write_json(path: storage.PathLike, value: Any) -> None:
+def write_json(path: store.PathLike, value: Any) -> None:
   """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically.
 
   A reader (or a run killed mid-write) sees either the old file or the new one, never a torn one
-  (see :func:`cfl_jax.storage.write_atomic`); ``path`` may be in a bucket.
+  (see :func:`cfl_jax.store.write_atomic`); ``path`` may be in a bucket.
 
   Examples:
     >>> import json, os, tempfile
@@ -205,14 +205,14 @@ def write_json(path: storage.PathLike, value: Any) -> None:
     >>> json.load(open(path))
     {'loss': None, 'step': 3}
   """
-  storage.write_atomic(path, json.dumps(_strict(value), indent=1, allow_nan=False))
+  store.write_atomic(path, json.dumps(_strict(value), indent=1, allow_nan=False))
 
 
 def _jsonl(records: Sequence[Mapping[str, Any]]) -> str:
   return "".join(json.dumps(_strict(record), allow_nan=False) + "\n" for record in records)
 
 
-def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
+def read_metrics(path: store.PathLike) -> list[dict[str, Any]]:
   """The records of a ``metrics.jsonl`` file (local or in a bucket), in order.
 
   A torn last line (a run killed while appending) is dropped with a warning; a damaged line
@@ -221,7 +221,7 @@ def read_metrics(path: storage.PathLike) -> list[dict[str, Any]]:
   Raises:
     ValueError: for a line before the last that is not a JSON object.
   """
-  lines = [line for line in storage.as_path(path).read_text().splitlines() if line.strip()]
+  lines = [line for line in store.as_path(path).read_text().splitlines() if line.strip()]
   records = []
   for number, line in enumerate(lines, start=1):
     try:
@@ -253,16 +253,16 @@ class RunFiles:
   never per log step: a few bytes per logged step, next to the checkpoint's size.
   """
 
-  def __init__(self, workdir: storage.PathLike, *, enabled: bool):
-    self.workdir = storage.as_path(workdir)
+  def __init__(self, workdir: store.PathLike, *, enabled: bool):
+    self.workdir = store.as_path(workdir)
     self.enabled = enabled
-    self._local = storage.is_local(workdir)
+    self._local = store.is_local(workdir)
     self._events = None
     self._records: list[dict[str, Any]] = []  # object stores: the whole log, uploaded by sync
     self._staging = None
     self._store_failed = False  # a sync gave up: close() then uploads nothing more
     if enabled:
-      storage.retrying(f"creating {self.workdir}",
+      store.retrying(f"creating {self.workdir}",
                        lambda: self.workdir.mkdir(parents=True, exist_ok=True))
       if not self._local:
         self._staging = tempfile.TemporaryDirectory(prefix="cfl_jax_run_files_")
@@ -293,13 +293,13 @@ class RunFiles:
     self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
                                  filename_suffix=f".{os.getpid()}.{step}")
     path = self._path("metrics.jsonl")
-    records = storage.retrying(f"reading {path}",
+    records = store.retrying(f"reading {path}",
                                lambda: read_metrics(path) if path.exists() else None)
     if records is None:
       return []
     kept = [record for record in records if record["step"] <= step]
     if self._local:
-      storage.write_atomic(path, _jsonl(kept))
+      store.write_atomic(path, _jsonl(kept))
     else:
       self._records = list(kept)
     return kept
@@ -340,17 +340,17 @@ class RunFiles:
 
     Raises:
       StoreUnavailable: when the store stays unreachable past the retry budget (see
-        :func:`cfl_jax.storage.retrying`); the run must stop before its next checkpoint.
+        :func:`cfl_jax.store.retrying`); the run must stop before its next checkpoint.
     """
     if not self.enabled or self._local or self._events is None:
       return
     try:
-      storage.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
+      store.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
       self._events.flush()
       staged = epath.Path(self._events.logdir)
       for event_file in staged.iterdir():
-        storage.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
-    except storage.StoreUnavailable:
+        store.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
+    except store.StoreUnavailable:
       self._store_failed = True
       raise
 

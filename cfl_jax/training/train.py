@@ -37,7 +37,7 @@ import optax
 from cfl_jax import data as data_lib
 from cfl_jax import metrics as metrics_lib
 from cfl_jax import models
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.training import checkpointing
 from cfl_jax.training import compilation_cache
 from cfl_jax.training import config as config_lib
@@ -45,7 +45,7 @@ from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
-from cfl_jax.training import workdir_lock
+from cfl_jax.store import workdir_lock
 
 Batch = Mapping[str, jax.Array]
 
@@ -256,7 +256,7 @@ class Run:
       mesh = sharding.make_data_mesh()
       for key in ("batch_size", "eval_batch_size"):
         sharding.check_batch_size(key, config[key], mesh)
-      storage.retry_budget()  # a bad CFL_JAX_STORE_RETRY_SECONDS stops the run here
+      store.retry_budget()  # a bad CFL_JAX_STORE_RETRY_SECONDS stops the run here
       if config.mixup_alpha:  # mixup pairs the rows of a device: every view of its images
         mixup_lib.check_rows_per_shard(
             config.batch_size * dataset.aug_splits, mesh.shape[sharding.DATA_AXIS],
@@ -368,7 +368,7 @@ def _check_weights_file(model_config: ml_collections.ConfigDict) -> None:
   if name not in models.IMPORTABLE_MODELS:
     raise ValueError(f"model.init_from is set, but {name!r} has no weights naming; importable "
                      f"models: {', '.join(models.IMPORTABLE_MODELS)}.")
-  if not storage.as_path(path).is_file():
+  if not store.as_path(path).is_file():
     raise ValueError(f"model.init_from={path!r} is not a file; {name}'s ImageNet weights are "
                      f"{models.WEIGHTS_SOURCES[name]}.")
 
@@ -504,16 +504,16 @@ class _WallClock:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | dict,
-                       workdir: storage.PathLike) -> dict[str, Any]:
+                       workdir: store.PathLike) -> dict[str, Any]:
   """Trains and evaluates the model of ``config``, writing everything to ``workdir``.
 
   Args:
     config: a config over the schema of :func:`cfl_jax.training.config.default_config`.
-    workdir: a local directory or a bucket (``gs://...``; see :mod:`cfl_jax.storage`); gets
+    workdir: a local directory or a bucket (``gs://...``; see :mod:`cfl_jax.store`); gets
       ``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``summary.json``
       and, by default, ``compilation_cache/`` (see :mod:`cfl_jax.training.compilation_cache`);
       a workdir holding checkpoints of the same config is resumed. It is locked for the run
-      (:mod:`cfl_jax.training.workdir_lock`): a second run in the same workdir stops at once.
+      (:mod:`cfl_jax.store.workdir_lock`): a second run in the same workdir stops at once.
 
   Returns:
     The summary (also written to ``summary.json``, strict JSON): ``status`` (``'completed'``),
@@ -538,7 +538,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
       and the newest intact one is resumed).
     CheckpointSaveError: when a checkpoint cannot be written (the run stops at once).
     StoreUnavailable: when a bucket workdir stays unreachable past the retry budget
-      (:data:`cfl_jax.storage.RETRY_SECONDS`); running again resumes from the newest checkpoint.
+      (:data:`cfl_jax.store.RETRY_SECONDS`); running again resumes from the newest checkpoint.
     TrainingDiverged: when the loss, gradients or parameters stop being finite; ``summary.json``
       then records ``status='diverged'`` and the reason, and no non-finite checkpoint exists.
   """
@@ -550,11 +550,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started, lock)
 
 
-def _train_and_evaluate_locked(run: Run, workdir: storage.PathLike, is_writer: bool,
+def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: bool,
                                session_started: float,
                                lock: workdir_lock.WorkdirLock) -> dict[str, Any]:
   files = reporting.RunFiles(workdir, enabled=is_writer)
-  checkpointer = checkpointing.Checkpointer(storage.as_path(workdir) / "checkpoints",
+  checkpointer = checkpointing.Checkpointer(store.as_path(workdir) / "checkpoints",
                                             max_to_keep=run.config.max_to_keep)
   summary = {"name": run.config.name, "seed": run.config.seed,
              "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,

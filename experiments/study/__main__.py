@@ -27,7 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from cfl_jax import storage
+from cfl_jax import store
 from experiments.study import grid as grid_lib
 from experiments.study import provenance
 from experiments.study import report
@@ -136,10 +136,10 @@ def _verify(results, cells, count: int, root: str) -> list[dict]:
   return checks
 
 
-def _measure_spread(grid: grid_lib.Grid, out: storage.PathLike, root: str) -> None:
+def _measure_spread(grid: grid_lib.Grid, out: store.PathLike, root: str) -> None:
   """``--measure_spread``: the record (reruns into ``root``), then the report that quotes it."""
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
-  out = storage.as_path(out)
+  out = store.as_path(out)
   results = run.load_results(out / "results.json")
   entry = next((r for r in results["runs"] if r["run_id"] == _MEASURE_SPREAD.value), None)
   if entry is None:
@@ -159,7 +159,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   grid = load_grid(_STUDY.value)
   os.chdir(provenance.REPO)
-  out = storage.as_path(_OUT.value or f"experiments/results/{grid.name}")
+  out = store.as_path(_OUT.value or f"experiments/results/{grid.name}")
   if _REPORT_ONLY.value:
     print(report.write_report(grid, run.load_results(out / "results.json"), out))
     return

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from cfl_jax import storage
+from cfl_jax import store
 from experiments.study import stats
 from experiments.study.grid import Grid
 
@@ -20,12 +20,12 @@ _IMBALANCED_RATIO = 1.1
 _MIN_BIN_COUNT = 20
 
 
-def _save(fig, out: storage.PathLike, name: str) -> str:
+def _save(fig, out: store.PathLike, name: str) -> str:
   """Writes ``fig`` as the PNG file ``out/name`` (local or in a bucket); returns its path."""
-  path = storage.as_path(out) / name
+  path = store.as_path(out) / name
   data = io.BytesIO()
   fig.savefig(data, format="png", dpi=110)
-  storage.write_atomic(path, data.getvalue())
+  store.write_atomic(path, data.getvalue())
   return os.fspath(path)
 
 
@@ -160,7 +160,7 @@ def _reliability(grid: Grid, results, datasets: Sequence[str]):
   return fig
 
 
-def make_plots(grid: Grid, results, out: storage.PathLike) -> list[str]:
+def make_plots(grid: Grid, results, out: store.PathLike) -> list[str]:
   """Writes the figures of ``results`` to ``out``; returns their paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cfl_jax import storage
+from cfl_jax import store
 from experiments.study import plots
 from experiments.study import provenance
 from experiments.study import spread
@@ -492,13 +492,13 @@ def render(grid: Grid, results: Mapping[str, Any], plot_paths: Sequence[str],
   return "\n".join(lines)
 
 
-def write_report(grid: Grid, results: Mapping[str, Any], out: storage.PathLike) -> str:
+def write_report(grid: Grid, results: Mapping[str, Any], out: store.PathLike) -> str:
   """Writes REPORT.md and the plots to ``out`` (local or in a bucket), quoting ``out``'s
   spread.json if there is one; returns the report text."""
   results = reportable(results)
   paths = plots.make_plots(grid, results, out)
-  spread_path = storage.as_path(out) / spread.RECORD_FILE
+  spread_path = store.as_path(out) / spread.RECORD_FILE
   spread_record = json.loads(spread_path.read_text()) if spread_path.exists() else None
   text = render(grid, results, paths, spread_record)
-  storage.write_atomic(storage.as_path(out) / "REPORT.md", text)
+  store.write_atomic(store.as_path(out) / "REPORT.md", text)
   return text

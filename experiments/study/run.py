@@ -19,7 +19,7 @@ from typing import Any
 
 from etils import epath
 
-from cfl_jax import storage
+from cfl_jax import store
 from experiments.study import provenance
 from experiments.study.grid import Cell
 from experiments.study.grid import Grid
@@ -36,16 +36,16 @@ RUN_KEYS = ("run_id", "grid", "dataset", "loss", "loss_name", "hyper_parameters"
 _SUMMARY_KEYS = RUN_KEYS[RUN_KEYS.index("test_accuracy"):RUN_KEYS.index("wall_seconds")]
 
 
-def _eval_curve(workdir: storage.PathLike) -> list[dict[str, float]]:
+def _eval_curve(workdir: store.PathLike) -> list[dict[str, float]]:
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
   return [{"step": r["step"], "epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
            "few_shot_accuracy": r.get("few_shot_accuracy")}
-          for r in reporting.read_metrics(storage.as_path(workdir) / "metrics.jsonl")
+          for r in reporting.read_metrics(store.as_path(workdir) / "metrics.jsonl")
           if r.get("split") == "eval"]
 
 
 def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
-             workdir_root: storage.PathLike, reproduce_root: str,
+             workdir_root: store.PathLike, reproduce_root: str,
              num_train_steps: int | None = None) -> dict[str, Any]:
   """Trains one cell in this process and returns its results.json entry."""
   from cfl_jax.training import train_and_evaluate  # pylint: disable=g-import-not-at-top
@@ -58,7 +58,7 @@ def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
   if (provenance.resolved_dict(provenance.parse_runner_config(argv))
       != provenance.resolved_dict(config)):
     raise AssertionError(f"The printed command of {cell.run_id} would not build its config.")
-  workdir = storage.as_path(workdir_root) / cell.run_id
+  workdir = store.as_path(workdir_root) / cell.run_id
   workdir.rmtree(missing_ok=True)  # never resume a stale run
   started = time.perf_counter()
   summary = train_and_evaluate(config, os.fspath(workdir))
@@ -76,18 +76,18 @@ def run_cell(grid: Grid, cell: Cell, *, num_epochs: int, eval_every_epochs: int,
   return {key: values[key] for key in RUN_KEYS}
 
 
-def load_results(path: storage.PathLike) -> dict[str, Any]:
+def load_results(path: store.PathLike) -> dict[str, Any]:
   """The results.json at ``path``, or an empty one."""
-  path = storage.as_path(path)
+  path = store.as_path(path)
   return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
 
-def merge_shards(results: dict[str, Any], out: storage.PathLike) -> None:
+def merge_shards(results: dict[str, Any], out: store.PathLike) -> None:
   """Adds the runs of ``out/shards/*/results.json`` that ``results`` lacks (shards in name
   order) and lists the shards in ``results['shards']`` (name, command, runs, wall time)."""
   known = {r["run_id"] for r in results["runs"]}
   shards = []
-  for path in sorted(storage.as_path(out).glob("shards/*/results.json"), key=os.fspath):
+  for path in sorted(store.as_path(out).glob("shards/*/results.json"), key=os.fspath):
     shard = load_results(path)
     shards.append({"shard": path.parent.name,
                    "study_command": shard.get("study_command"), "runs": len(shard["runs"]),
@@ -100,8 +100,8 @@ def merge_shards(results: dict[str, Any], out: storage.PathLike) -> None:
     results["shards"] = shards
 
 
-def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_epochs: int,
-              eval_every_epochs: int, workdir_root: storage.PathLike, reproduce_root: str,
+def run_study(grid: Grid, cells: Sequence[Cell], *, out: store.PathLike, num_epochs: int,
+              eval_every_epochs: int, workdir_root: store.PathLike, reproduce_root: str,
               num_train_steps: int | None = None, rerun: bool = False,
               metadata: Mapping[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_e
   import jax  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from cfl_jax.training import reporting  # pylint: disable=g-import-not-at-top
-  path = storage.as_path(out) / "results.json"
+  path = store.as_path(out) / "results.json"
   results = load_results(path)
   merge_shards(results, out)
   old = results.get("source_fingerprint")
@@ -151,7 +151,7 @@ def run_study(grid: Grid, cells: Sequence[Cell], *, out: storage.PathLike, num_e
 def _absolute(path: str) -> str:
   """``path`` normalised, with a relative local path taken from the repository root (where
   the commands run)."""
-  if storage.is_local(path):
+  if store.is_local(path):
     return os.path.realpath(os.path.join(provenance.REPO, path))
   scheme, rest = path.split("://", 1)
   return f"{scheme}://{posixpath.normpath(rest)}"
@@ -171,7 +171,7 @@ def checked_command(entry: Mapping[str, Any],
   if not path.startswith(top.rstrip("/") + "/"):
     raise ValueError(f"Refusing to reproduce into --workdir={workdir}: it is not inside the "
                      f"reproduce root {root} ({top}), and reproducing empties the workdir first.")
-  return env, argv, storage.as_path(path)
+  return env, argv, store.as_path(path)
 
 
 def reproduce(entry: Mapping[str, Any], *, root: str, timeout: float = 600,

@@ -5,7 +5,7 @@ process dies, so the lock of a killed run is free at once; the file records who 
 
 GCS workdirs (``gs://``): ``workdir/.lock`` is an object naming its holder (a random token, host,
 process id, start time). The store decides every race: each write and delete is conditioned on
-the generation last read (:mod:`cfl_jax.training.lock_object`), so of two runs acting on the same
+the generation last read (:mod:`cfl_jax.store.lock_object`), so of two runs acting on the same
 lock exactly one proceeds, and a write whose answer was lost is recognised as this run's own by
 reading back its token.
 
@@ -45,9 +45,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from cfl_jax import storage
+from cfl_jax import store
 from cfl_jax.training import config as config_lib
-from cfl_jax.training import lock_object
+from cfl_jax.store import lock_object
 
 HEARTBEAT_SECONDS = 15.0
 STALE_SECONDS = 60.0
@@ -119,7 +119,7 @@ def _token(observation: lock_object.Observation | None) -> str | None:
     return None
 
 
-def check_store(workdir: storage.PathLike) -> None:
+def check_store(workdir: store.PathLike) -> None:
   """Raises a ConfigError unless ``workdir`` is local (or mounted) or a ``gs://`` URL.
 
   Other object stores (``s3://``, ...) are refused rather than run without a lock: the lock's
@@ -136,7 +136,7 @@ def check_store(workdir: storage.PathLike) -> None:
     cfl_jax.training.config.ConfigError: The workdir s3://bucket/run is on an object store ...
   """
   path = os.fspath(workdir)
-  if not storage.is_local(path) and not path.startswith("gs://"):
+  if not store.is_local(path) and not path.startswith("gs://"):
     raise config_lib.ConfigError(
         f"The workdir {path} is on an object store other than GCS: use a local (or mounted) "
         "directory or a gs:// bucket. Runs in other stores are refused rather than run without a "
@@ -174,10 +174,10 @@ class WorkdirLock:
     The workdir WORKDIR is in use by another run (pid ...); wait for it to finish, ...
   """
 
-  def __init__(self, workdir: storage.PathLike, *, enabled: bool = True,
+  def __init__(self, workdir: store.PathLike, *, enabled: bool = True,
                heartbeat_seconds: float | None = None, stale_seconds: float | None = None):
     check_store(workdir)
-    root = storage.as_path(workdir)
+    root = store.as_path(workdir)
     self.workdir = os.fspath(root)
     self.path = root / ".lock"
     self.enabled = enabled
@@ -204,7 +204,7 @@ class WorkdirLock:
     verdict, error = "", None
     if self.enabled:
       try:
-        if storage.is_local(self.path):
+        if store.is_local(self.path):
           self._lock_file()
         else:
           self._lock_object()

@@ -15,7 +15,7 @@ import datetime
 import email.utils
 import json
 
-from cfl_jax import storage
+from cfl_jax import store
 
 _READ_ATTEMPTS = 5
 
@@ -40,8 +40,8 @@ class GcsObject:
     ValueError: for a URL of another scheme.
   """
 
-  def __init__(self, url: storage.PathLike):
-    self._fs, key = storage.filesystem(url)
+  def __init__(self, url: store.PathLike):
+    self._fs, key = store.filesystem(url)
     if "gcs" not in self._fs.protocol:
       raise ValueError(f"{url} is not a gs:// URL; bucket workdirs are locked on GCS only.")
     self._bucket, self._name = key.split("/", 1)

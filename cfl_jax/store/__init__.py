@@ -1,0 +1,45 @@
+"""The store a run's workdir lives in: a local disk or an object store (``gs://``), behind one API.
+
+One job per module:
+
+* ``errors``: what a store error means (transient or an answer), :class:`StoreUnavailable`.
+* ``retry``: store calls run again through transient errors, within a retry budget.
+* ``paths``: epath paths, atomic writes, directory moves and listings on disks and buckets.
+* ``lock_object``: one GCS object written and deleted only at the generation it was read at.
+* ``workdir_lock``: one run per workdir (``flock`` locally, a lock object in a bucket).
+
+The names most callers need are re-exported here: ``from cfl_jax import store`` then
+``store.retrying(...)``, ``store.as_path(...)``.
+"""
+
+from cfl_jax.store.errors import StoreUnavailable
+from cfl_jax.store.errors import error_chain
+from cfl_jax.store.errors import is_transient
+from cfl_jax.store.paths import PathLike
+from cfl_jax.store.paths import as_path
+from cfl_jax.store.paths import filesystem
+from cfl_jax.store.paths import is_local
+from cfl_jax.store.paths import move_tree
+from cfl_jax.store.paths import relative_files
+from cfl_jax.store.paths import write_atomic
+from cfl_jax.store.retry import RETRY_SECONDS
+from cfl_jax.store.retry import RETRY_SECONDS_VARIABLE
+from cfl_jax.store.retry import retry_budget
+from cfl_jax.store.retry import retrying
+
+__all__ = [
+    "RETRY_SECONDS",
+    "RETRY_SECONDS_VARIABLE",
+    "PathLike",
+    "StoreUnavailable",
+    "as_path",
+    "error_chain",
+    "filesystem",
+    "is_local",
+    "is_transient",
+    "move_tree",
+    "relative_files",
+    "retry_budget",
+    "retrying",
+    "write_atomic",
+]
