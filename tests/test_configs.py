@@ -247,6 +247,29 @@ def test_imagenet_lt_reference_xi_is_the_long_tail_path():
                                       (120 / 29 - 1) / 3], atol=5e-5)
 
 
+@pytest.mark.parametrize("study, config_file_values", [
+    ("imagenet_lt", (2.0, 0.0, 4.0, 4.0)), ("places_lt", (2.0, 1.0, 4.0, 2.0))])
+def test_oltr_studies_offer_main_py_defaults(study, config_file_values):
+  """``config_file``: the released stage_1_cfl.py's gamma_hc, gamma_pos, gamma_neg, f;
+  ``as_run_without_flags``: OLTR main.py's command-line defaults (2, 0, 4, 2), which overwrite
+  them; everything else the same."""
+  def settings(arg):
+    loss = resolve_config(_get_config(study, arg)).loss
+    return loss.gamma_hc, loss.gamma_lc, loss.gamma_neg, loss.cyclical_factor
+
+  assert settings("cfl_reference") == settings("cfl_reference,config_file") == config_file_values
+  assert settings("cfl_reference,as_run_without_flags") == (2.0, 0.0, 4.0, 2.0)
+  assert settings("asl_focal,as_run_without_flags")[1:3] == (0.0, 4.0)
+  default = _get_config(study, "cfl_reference").to_dict()
+  as_run = _get_config(study, "cfl_reference,as_run_without_flags").to_dict()
+  assert as_run.pop("name") == f"{study}_as_run_without_flags_cfl_reference"
+  assert default.pop("name") == f"{study}_cfl_reference"
+  assert {key: value for key, value in as_run.items() if key != "loss"} == {
+      key: value for key, value in default.items() if key != "loss"}
+  assert (as_run["loss"]["xi_first_epoch"], as_run["loss"]["label_smoothing"]) == (1, 0.1)
+  assert _get_config(study, "as_run_without_flags,smoke").loss.cyclical_factor == 2.0
+
+
 def test_cifar_4k_subsets():
   names = {(dataset, subset): _get_config("cifar_4k", f"{dataset},{subset}").dataset.subset
            for dataset in ("c10", "c100") for subset in ("balanced", "sampler6_2", "sampler5_3")}
@@ -265,6 +288,8 @@ def test_cifar_4k_subsets():
     ("cifar_lt", "c10,rho=10", r"Unknown token 'rho=10'.*c10 \| c100, .*ratio=<float>"),
     ("cifar_4k", "sampler6_2,sampler5_3", "sets 'subset' twice"),
     ("imagenet_lt", "ce,focal", "sets 'loss' twice"),
+    ("places_lt", "config_file,as_run_without_flags", "sets 'loss_settings' twice"),
+    ("cifar10", "as_run_without_flags", "Unknown token 'as_run_without_flags'"),
     ("cifar_lt", "ratio=high", "Bad value in 'ratio=high'"),
     ("places_lt", "smoke=1", "Unknown token 'smoke=1'"),
 ])

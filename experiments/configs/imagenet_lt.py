@@ -4,7 +4,7 @@ r"""ImageNet-LT (OLTR benchmark, Liu et al. 2019): the paper's long-tailed Image
       --workdir=runs/imagenet_lt_cfl_reference
 
 Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` |
-``asl_focal``;
+``asl_focal``; the loss settings, ``config_file`` (default) | ``as_run_without_flags``;
 ``data_dir=PATH`` (TFDS data directory holding the prepared ``imagenet_lt``); ``smoke``.
 
 Targets the paper's ImageNet-LT table (overall, many-, medium- and few-shot top-1 of ResNet-10).
@@ -22,8 +22,17 @@ class) and the test list are evaluated; OLTR reports the test metrics of the epo
 validation top-1 (``test_accuracy_at_best_validation``, ``many_shot_accuracy_at_best_validation``,
 ... in ``summary.json``, beside the final model's and the best test top-1).
 
-Losses: the hyper-parameters of the authors' ``ImageNet_LT/stage_1_cfl.py``: gamma_hc=2,
-gamma_lc (gamma_pos)=0, f=4 (``common.PROTOCOLS['imagenet_lt']``; Places-LT's config differs).
+Losses: ``config_file`` takes the hyper-parameters of the authors' ``ImageNet_LT/stage_1_cfl.py``:
+gamma_hc=2, gamma_lc (gamma_pos)=0, f=4 (``common.PROTOCOLS['imagenet_lt']``; Places-LT's config
+differs). ``as_run_without_flags`` takes what the authors' OLTR ``main.py`` trained with when
+started without loss flags: it overwrites the config file's loss settings with its command-line
+defaults, gamma_hc=2, gamma_pos=0, gamma_neg=4, f=2 (``common.PROTOCOLS['oltr_main_defaults']``,
+the same for Places-LT; docs/studies.md says which one the published numbers most likely used):
+
+  python -m experiments.train \
+      --config=experiments/configs/imagenet_lt.py:cfl_reference,as_run_without_flags \
+      --workdir=runs/imagenet_lt_as_run_without_flags_cfl_reference
+
 ``cfl_reference`` reproduces their code exactly: gamma_neg=4, label smoothing 0.1 and the
 long-tail path's xi, counted from epoch 1 with E=30 (past 1 in the last epoch: the one schedule
 allowed past 1, because that code did it). ``cfl`` is
@@ -39,17 +48,28 @@ from experiments.configs import common
 
 # OLTR's training transform: ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0).
 OLTR_COLOR_JITTER = 0.4
+# The loss-settings tokens of both OLTR studies: the released config file's values (the protocol
+# named after the dataset) or OLTR main.py's command-line defaults, which overwrite them.
+LOSS_SETTINGS = ("config_file", "as_run_without_flags")
+
+
+def parse_arg(arg: str | None, **values) -> types.SimpleNamespace:
+  """``common.parse_arg`` with the loss-settings group (:data:`LOSS_SETTINGS`)."""
+  return common.parse_arg(arg, choices={"loss_settings": LOSS_SETTINGS}, values=values)
 
 
 def oltr_recipe(args: types.SimpleNamespace, *, name: str, dataset: str,
                 model: str) -> ml_collections.ConfigDict:
   """The OLTR recipe of the module docstring for ``dataset``, before smoke shrinking (places_lt
   adjusts it)."""
+  protocol = dataset
+  if args.loss_settings == "as_run_without_flags":
+    name, protocol = f"{name}_as_run_without_flags", "oltr_main_defaults"
   data = {"name": dataset, "image_size": 224, "eval_split": "test",
           "validation_split": "validation", "shuffle_buffer": 16_384,
           "color_jitter": OLTR_COLOR_JITTER}
   config = common.base_config(args, name=name, dataset=data, model=model, dtype="float32",
-                              protocol=dataset)
+                              protocol=protocol)
   config.update(num_epochs=30, batch_size=128, eval_batch_size=500)
   config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False,
                           weight_decay=5e-4, weight_decay_on="all", lr_schedule="step",
@@ -62,6 +82,6 @@ def oltr_recipe(args: types.SimpleNamespace, *, name: str, dataset: str,
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """ImageNet-LT with the loss named in ``arg`` (see the module docstring)."""
-  args = common.parse_arg(arg)
+  args = parse_arg(arg)
   return common.finish(oltr_recipe(args, name="imagenet_lt", dataset="imagenet_lt",
                                    model="resnet10"), args)

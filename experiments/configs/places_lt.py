@@ -5,7 +5,10 @@ r"""Places-LT (OLTR benchmark, Liu et al. 2019): the paper's long-tailed scene s
       --workdir=runs/places_lt_cfl_reference
 
 Argument (comma-separated): the loss, ``cfl`` (default) | ``ce`` | ``focal`` | ``cfl_reference`` |
-``asl_focal``;
+``asl_focal``; the loss settings, ``config_file`` (default: the authors'
+``Places_LT/stage_1_cfl.py``, gamma_hc=2, gamma_pos=1, gamma_neg=4, f=2) |
+``as_run_without_flags`` (OLTR ``main.py``'s command-line defaults, which overwrite the config
+file's: gamma_pos=0, the rest the same; see ``imagenet_lt.py``);
 ``init_from=PATH`` (required): torchvision's ResNet-152 ImageNet weights as safetensors, i.e.
 ``ResNet152_Weights.IMAGENET1K_V1`` (https://download.pytorch.org/models/resnet152-394f9c45.pth)
 converted with ``safetensors.torch.save_file(torch.load(PTH), PATH)``; ``data_dir=PATH`` (TFDS
@@ -45,7 +48,7 @@ PLACES_FEATURE_DIM = 512
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Places-LT with the loss and weights named in ``arg`` (see the module docstring)."""
-  args = common.parse_arg(arg, values={"init_from": (str, None)})
+  args = imagenet_lt.parse_arg(arg, init_from=(str, None))
   if args.init_from is None and not args.smoke:
     raise ValueError(
         "places_lt fine-tunes ImageNet weights: add init_from=PATH, torchvision's "
