@@ -1,7 +1,7 @@
 """Host input-pipeline throughput in images per second, with the pipelines the configs use.
 
 * ``cifar``: the 224-px CIFAR recipe (``cfl_jax.data.array_stream``): RandAugment m9 at 32 px,
-  random-resized crop to 224, flip, random erasing 0.6, standardisation, from uint8 arrays;
+  random-resized crop to 224, flip, standardisation, random erasing 0.6, from uint8 arrays;
   ``--aug_splits 3`` serves each image as the configs do, a clean view (crop and flip) and two
   augmented ones, and the rate counts images and rows (views) apart.
 * ``imagenet``: the ImageNet training transform (``cfl_jax.data.image_ops``): JPEG decode of the
@@ -25,7 +25,7 @@ import PIL.Image
 import tensorflow as tf
 
 from cfl_jax.data import image_ops
-from cfl_jax.data import keras_augment
+from cfl_jax.data import rand_augment
 from cfl_jax.data.array_stream import StreamedArrayDataset
 
 
@@ -53,12 +53,15 @@ def _jpegs(count: int) -> list[bytes]:
 
 
 def imagenet_batches(batch_size: int, augment: bool):
-  extra = keras_augment.train_augmentation(9 if augment else None, 0.4 if augment else 0.0)
+  randaug = rand_augment.RandAugment(magnitude=9) if augment else None
+  erase = image_ops.RandomErasing(0.4 if augment else 0.0)
 
   def preprocess(position, encoded):
     seed = tf.stack([tf.constant(0, tf.int64), position])
     image = image_ops.random_resized_crop_flip(encoded, seed, 224)
-    return image_ops.standardize(extra(image, tf.random.experimental.stateless_fold_in(seed, 1)))
+    if randaug is not None:
+      image = randaug(image, tf.random.experimental.stateless_fold_in(seed, 1))
+    return erase(image_ops.standardize(image), tf.random.experimental.stateless_fold_in(seed, 3))
 
   files = tf.data.Dataset.from_tensor_slices(_jpegs(64)).repeat()
   images = files.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

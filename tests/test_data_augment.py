@@ -1,6 +1,6 @@
-"""Tests of the Keras-based augmentation (cfl_jax.data.keras_augment), the streamed 224-px CIFAR
-pipeline (cfl_jax.data.array_stream), augmentation in the ImageNet stream, and the draws of two
-processes' shares in every kind of stream."""
+"""Tests of timm's RandAugment and random erasing (cfl_jax.data.rand_augment, image_ops), the
+streamed 224-px CIFAR pipeline (cfl_jax.data.array_stream), augmentation in the ImageNet stream,
+and the draws of two processes' shares in every kind of stream."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ from cfl_jax.data import get_dataset
 tf = pytest.importorskip("tensorflow")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cfl_jax.data.array_stream import StreamedArrayDataset
-from cfl_jax.data.keras_augment import RandAugment, RandomErasing
+from cfl_jax.data.image_ops import RandomErasing
+from cfl_jax.data.rand_augment import RandAugment
 import tfds_fakes
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -52,7 +53,9 @@ def test_random_erasing_probability_and_box():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: RandAugment(magnitude=11), r"magnitude must be in \[0, 10\]"),
-    (lambda: RandomErasing(probability=1.5), r"probability must be in \(0, 1\]"),
+    (lambda: RandomErasing(probability=1.5), r"probability must be in \[0, 1\]"),
+    (lambda: RandAugment(magnitude=9, ops=("Rotate", "Blur")),
+     r"Unknown RandAugment ops \['Blur'\]"),
 ])
 def test_bad_magnitudes(make, message):
   with pytest.raises(ValueError, match=message):

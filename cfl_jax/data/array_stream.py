@@ -4,7 +4,8 @@ CIFAR upsampled to 224 px (the paper's TResNet-M recipe) would take 50,000 x 224
 (30 GB) as an array, so :class:`StreamedArrayDataset` keeps the uint8 32-px arrays and makes each
 batch on the fly: RandAugment at the stored size (49 times fewer pixels than at 224; timm applies
 it after the resize), an Inception-style random-resized crop to ``image_size`` with a flip (timm's
-training transform), random erasing, then per-channel standardisation. Evaluation takes the
+training transform), per-channel standardisation, then random erasing of the standardised image
+(timm's order). Evaluation takes the
 central 87.5 % and resizes it (timm's "resize to size / 0.875, centre crop").
 
 Order and processes follow :mod:`cfl_jax.data.base` exactly as :class:`~cfl_jax.data.base.
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from cfl_jax.data import base
 from cfl_jax.data import image_ops
-from cfl_jax.data import keras_augment
+from cfl_jax.data import rand_augment as rand_augment_lib
 
 
 class StreamedArrayDataset(base.ImageClassificationData):
@@ -56,9 +57,9 @@ class StreamedArrayDataset(base.ImageClassificationData):
     self._train = (train_images, np.asarray(train_labels, np.int32))
     self._eval = (eval_images, np.asarray(eval_labels, np.int32))
     self._stats = (mean, std)
-    self._rand_augment = (keras_augment.RandAugment(magnitude=rand_augment)
+    self._rand_augment = (rand_augment_lib.RandAugment(magnitude=rand_augment)
                           if rand_augment is not None else None)
-    self._erase = keras_augment.train_augmentation(None, random_erasing)
+    self._erase = image_ops.RandomErasing(random_erasing)
     self._eval_transform = tf.function(self._eval_images)
 
   def _train_view(self, image, seed, view):
@@ -68,7 +69,8 @@ class StreamedArrayDataset(base.ImageClassificationData):
     crop_seed = split(seed, 3)[1]  # one crop and flip for every view of the image
 
     def crop(source):
-      return image_ops.random_resized_crop_flip(source, crop_seed, self.image_shape[0])
+      cropped = image_ops.random_resized_crop_flip(source, crop_seed, self.image_shape[0])
+      return image_ops.standardize(cropped, *self._stats)
 
     def augmented():
       # View 1 draws from the image's seed itself, as the single view of aug_splits = 1 does.
@@ -78,8 +80,8 @@ class StreamedArrayDataset(base.ImageClassificationData):
       return self._erase(crop(source), erase_seed)
 
     if self.aug_splits == 1:
-      return image_ops.standardize(augmented(), *self._stats)
-    return image_ops.standardize(tf.cond(view == 0, lambda: crop(image), augmented), *self._stats)
+      return augmented()
+    return tf.cond(view == 0, lambda: crop(image), augmented)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0, process_index=None,
                     process_count=None):

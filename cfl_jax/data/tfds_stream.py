@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from cfl_jax.data import base
 from cfl_jax.data import image_ops
-from cfl_jax.data import keras_augment
+from cfl_jax.data import rand_augment as rand_augment_lib
 
 
 def _keep_tensorflow_off_accelerators() -> None:
@@ -47,9 +47,9 @@ def _read(builder, split, **kwargs) -> tf.data.Dataset:
 class TfdsImageData(base.ImageClassificationData):
   """An :class:`~cfl_jax.data.base.ImageClassificationData` over a prepared TFDS builder.
 
-  Training: random-resized crop and flip, then optionally colour jitter (OLTR's), RandAugment and
-  random erasing (:mod:`keras_augment`, timm's order); evaluation: centre crop; see
-  :mod:`image_ops`.
+  Training: random-resized crop and flip, then optionally colour jitter (OLTR's) and RandAugment
+  (:mod:`~cfl_jax.data.rand_augment`), standardisation, then optionally random erasing (timm's
+  order); evaluation: centre crop; see :mod:`~cfl_jax.data.image_ops`.
 
   Args:
     builder: a prepared ``tfds.core.DatasetBuilder``.
@@ -91,7 +91,9 @@ class TfdsImageData(base.ImageClassificationData):
     self._eval_split = eval_split
     self._validation_split = validation_split
     self._shuffle_buffer = shuffle_buffer
-    self._augment = keras_augment.train_augmentation(rand_augment, random_erasing)
+    self._rand_augment = (rand_augment_lib.RandAugment(magnitude=rand_augment)
+                          if rand_augment is not None else None)
+    self._erase = image_ops.RandomErasing(random_erasing)
     if not 0 <= color_jitter < 1:
       raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}.")
     self._color_jitter = color_jitter
@@ -137,8 +139,10 @@ class TfdsImageData(base.ImageClassificationData):
       if self._color_jitter:
         jitter_seed = tf.random.experimental.stateless_fold_in(seed_pair, 2)
         image = image_ops.color_jitter(image, jitter_seed, self._color_jitter)
-      augment_seed = tf.random.experimental.stateless_fold_in(seed_pair, 1)
-      return {"image": image_ops.standardize(self._augment(image, augment_seed)),
+      if self._rand_augment is not None:
+        image = self._rand_augment(image, tf.random.experimental.stateless_fold_in(seed_pair, 1))
+      erase_seed = tf.random.experimental.stateless_fold_in(seed_pair, 3)
+      return {"image": self._erase(image_ops.standardize(image), erase_seed),
               "label": tf.cast(example["label"], tf.int32)}
 
     examples = records.enumerate(start=first_position).map(

@@ -34,10 +34,11 @@ Where the paper is silent or this port differs: the cosine's floor (1e-6, the de
 authors' train.py); the erasing fill (Gaussian noise, timm's ``mode='pixel'``); the learning rate
 moves every step (timm updates it per epoch) and the cosine starts after the warm-up (timm's runs
 through it); inputs are standardised with the CIFAR statistics (timm feeds TResNet [0, 1]
-images); RandAugment differs from timm's as ``cfl_jax.data.keras_augment`` states and runs before
-the resize; BatchNorm normalises over all 1,152 rows (the command's ``--split-bn`` most likely
-changed nothing: timm 0.5's TResNet normalises with InplaceABN, which timm's split-BN conversion
-does not touch; ``--dist-bn reduce`` does nothing on the paper's one GPU).
+images); RandAugment (``cfl_jax.data.rand_augment``) resamples bilinearly, does not round
+between ops and runs before the resize; BatchNorm normalises over all 1,152 rows (the command's
+``--split-bn`` most likely changed nothing: timm 0.5's TResNet normalises with InplaceABN, which
+timm's split-BN conversion does not touch; ``--dist-bn reduce`` does nothing on the paper's one
+GPU).
 """
 
 import types

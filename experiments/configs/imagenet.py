@@ -26,7 +26,7 @@ Where the paper is silent: the length (201 epochs, the authors' ImageNet command
 and 1 cool-down epoch); the EMA decay (0.9998, the ``--model-ema-decay`` default of their
 train.py); the cosine's floor (1e-6, that train.py's ``--min-lr`` default); the erasing fill
 (Gaussian noise, timm's ``mode='pixel'``). The port's other differences are ``cifar10.py``'s
-(per-step schedules, ImageNet-standardised inputs, ``cfl_jax.data.keras_augment``'s RandAugment)
+(per-step schedules, ImageNet-standardised inputs, ``cfl_jax.data.rand_augment``'s resampling)
 and docs/studies.md's list (BatchNorm over the global batch where the authors' 4 GPUs normalised
 384 images each, bilinear crops, erasing before mixup, bfloat16 where they ran fp16 AMP).
 Evaluated on the 50,000 validation images.
