@@ -18,12 +18,13 @@ Argument (comma-separated tokens, any order):
 
 The data must be the complete TFDS CIFAR (the subsets select by the ``id`` feature). Targets the
 paper's 4K tables (balanced and imbalanced 4,000-image CIFAR-10/100, TResNet-M rows). The training
-recipe is ``cifar10.py``'s (docs/method.md §5 gives none for the 4K study; the paper ran the same
-timm command on the subsets): TResNet-M at 224 px, three views of each image (one crop and flip;
-a clean view and two with RandAugment m9 and random erasing 0.6), batch 384 images (10 steps per
-epoch, 1,152 rows per step, the loss averaged over all), SGD Nesterov 0.15, 3 warm-up epochs
-from 0.01, cosine to 1e-6, 1 cool-down epoch, weight decay 5e-4, 201 epochs; CFL gamma_hc=3,
-gamma_lc=2, f=4, label smoothing 0.1. Evaluation is on the full balanced test set.
+recipe is ``cifar10.py``'s, unchanged: this port's assumption, since the 4K study's recipe was
+never published (not in the paper, not with the authors' code; docs/method.md §5 has none).
+TResNet-M at 224 px, three views of each image (one crop and flip; a clean view and two with
+RandAugment m9 and random erasing 0.6), batch 384 images (10 steps per epoch, 1,152 rows per
+step, the loss averaged over all), SGD Nesterov 0.15, 3 warm-up epochs from 0.01, cosine to
+1e-6, 1 cool-down epoch, weight decay 5e-4, 201 epochs; CFL gamma_hc=3, gamma_lc=2, f=4, label
+smoothing 0.1. Evaluation is on the full balanced test set.
 """
 
 import ml_collections
