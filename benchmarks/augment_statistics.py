@@ -29,8 +29,8 @@ from cfl_jax.data import image_ops
 from cfl_jax.data import rand_augment
 from cfl_jax.data.array_stream import StreamedArrayDataset
 
-MEAN = np.float32([0.4914, 0.4822, 0.4465])  # CIFAR-10's, as cfl_jax.data.cifar
-STD = np.float32([0.2470, 0.2435, 0.2616])
+MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)  # CIFAR-10's, as cfl_jax.data.cifar
+STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 
 def textured_images(count: int) -> np.ndarray:
