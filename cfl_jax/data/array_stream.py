@@ -5,8 +5,8 @@ CIFAR upsampled to 224 px (the paper's TResNet-M recipe) would take 50,000 x 224
 batch on the fly: RandAugment at the stored size (49 times fewer pixels than at 224; timm applies
 it after the resize), an Inception-style random-resized crop to ``image_size`` with a flip (timm's
 training transform), per-channel standardisation, then random erasing of the standardised image
-(timm's order). Evaluation takes the
-central 87.5 % and resizes it (timm's "resize to size / 0.875, centre crop").
+(timm's order). Evaluation takes the central 87.5 % and resizes it (timm's "resize to size /
+0.875, centre crop").
 
 Order and processes follow :mod:`cfl_jax.data.base` exactly as :class:`~cfl_jax.data.base.
 ArrayDataset` does: global batch ``k`` holds the examples of ``train_index_batches`` and row ``r``
