@@ -126,3 +126,37 @@ def test_ci_runs_the_readme_test_command():
   ci = (ROOT / ".ci" / "run").read_text()
   assert "grep -m1 '^python -m pytest' README.md" in ci
   assert 'eval "$test_command"' in ci
+
+
+# One timing per job, in the same words on every page that gives one (issue 33). The default job
+# was measured with `time python -m experiments.train --workdir=/tmp/x`: 48.5 s and 56.0 s wall
+# but 19.4 s and 22.0 s of CPU time (user + sys), on a shared 2-core machine at load average 13-16.
+# The wall time depends on the machine's load, the CPU time much less, so the pages give that.
+TIMED_PAGES = {
+    "the default job": (["README.md", "docs/installation.md", "docs/getting_started.md"],
+                        r"default"),
+    "the test suite": (["README.md", "docs/installation.md", "CONTRIBUTING.md"], r"2 cores"),
+}
+_TIMING = re.compile(r"about (\d+ (?:seconds|minutes?)(?: of CPU time)?|a minute)")
+
+
+def timings(text, subject):
+  """The "about N seconds" figures of the sentences of ``text`` that match ``subject``."""
+  text = re.sub(r"\s+", " ", re.sub(r"```.*?```", "", text, flags=re.S))
+  return [figure for sentence in re.split(r"(?<=\.)\s", text) if re.search(subject, sentence)
+          for figure in _TIMING.findall(sentence)]
+
+
+def test_timings_finds_the_figure_of_its_subject():
+  text = "The default job\ntakes about 20 seconds of CPU time. The suite takes about 3 minutes."
+  assert timings(text, "default") == ["20 seconds of CPU time"]
+  assert timings(text, "suite") == ["3 minutes"]
+
+
+@pytest.mark.parametrize("job", sorted(TIMED_PAGES))
+def test_each_job_has_one_timing_everywhere(job):
+  pages, subject = TIMED_PAGES[job]
+  found = {page: timings((ROOT / page).read_text(), subject) for page in pages}
+  assert all(found.values()), f"a page lost its timing of {job}: {found}"
+  assert len({figure for figures in found.values() for figure in figures}) == 1, (
+      f"{job} is timed differently across pages: {found}")
