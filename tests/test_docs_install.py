@@ -92,3 +92,21 @@ def test_the_patterns_catch_what_they_are_for():
   assert _RELEASE_INSTALL.search("pip install cfl-jax")
   assert not _RELEASE_INSTALL.search("pip install -e '.[train]'")
   assert _UNOWNED.search("url: https://github.com/cfl-jax/cfl-jax")
+
+
+def _bibtex(path: pathlib.Path) -> list[str]:
+  return re.findall(r"```(?:bibtex)?\n(@.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_citations_agree_with_citation_cff():
+  import yaml  # PyYAML comes with the train extra
+
+  cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+  readme, = _bibtex(ROOT / "README.md")
+  page, = _bibtex(ROOT / "docs" / "citation.md")
+  landing, = _bibtex(ROOT / "docs" / "index.md")
+  assert readme == page, "README.md and docs/citation.md cite differently"
+  assert page.startswith(landing), "the landing page's citation is not the paper's entry"
+  assert f"title   = {{{cff['title']}}}" in page and f"version = {{{cff['version']}}}" in page
+  paper = cff["preferred-citation"]
+  assert f"title   = {{{paper['title']}}}" in landing and str(paper["year"]) in landing
