@@ -16,8 +16,13 @@ GUIDES = [ROOT / "docs" / "installation.md", *sorted((ROOT / "docs" / "guides").
 PAGES = [ROOT / "README.md", *GUIDES]
 # Markdown files whose relative links are checked.
 LINKED = [*PAGES, ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md"]
+# The site's landing page: its example is a cell the docs build executes; here it also runs with
+# the core alone.
+LANDING = ROOT / "docs" / "index.md"
 EXAMPLES = [(page, code) for page in PAGES
-            for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+            for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)] + [
+                (LANDING, code) for code in re.findall(r"```\{code-cell\} ipython3\n(.*?)```",
+                                                       LANDING.read_text(), re.S)]
 EXAMPLE_IDS = [f"{page.relative_to(ROOT)}:{index}" for index, (page, _) in enumerate(EXAMPLES)]
 
 # An example that imports no Flax must run as after `pip install cfl-jax`, the core alone.
@@ -38,6 +43,8 @@ def _examples_of(name):
 
 
 def test_the_pages_keep_their_examples():
+  landing, = _examples_of("index.md")
+  assert "flax" not in landing and "cyclical_focal_loss" in landing
   readme = _examples_of("README.md")
   assert any("flax" not in code and "optax" in code for code in readme), (
       "README.md lost its optax-only example")
