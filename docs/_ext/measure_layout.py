@@ -51,24 +51,27 @@ def pages(site: pathlib.Path) -> list[pathlib.Path]:
                 and not p.relative_to(site).parts[0].startswith("_"))
 
 
-def measure(page: pathlib.Path, width: int, chromium: str) -> dict:
+def measure(page: pathlib.Path, width: int, chromium: str, tries: int = 3) -> dict:
   """{height, column, cut} of ``page`` in a window ``width`` px wide."""
   copy = page.with_name("_measure_" + page.name)
   copy.write_text(page.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"),
                   encoding="utf-8")
   try:
-    with tempfile.TemporaryDirectory() as profile:
-      dom = subprocess.run(
-          [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", f"--user-data-dir={profile}", f"--window-size={width},900",
-           "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
-          capture_output=True, text=True, timeout=120, check=True).stdout
+    for _ in range(tries):  # on a busy machine the page may not finish within the time budget
+      with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={profile}", f"--window-size={width},900",
+             "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+      found = re.search(r'<pre id="layout-measure">(.*?)</pre>', dom, re.S)
+      if found:
+        break
   finally:
     copy.unlink()
-  found = re.search(r'<pre id="layout-measure">(.*?)</pre>', dom, re.S)
   if not found:
-    raise RuntimeError(f"{page}: the measuring script did not run")
+    raise RuntimeError(f"{page}: the measuring script did not run in {tries} tries")
   return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<")
                     .replace("&gt;", ">").replace("&quot;", '"'))
 
