@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(_DOCS, "_ext"))
 
 import cfl_jax  # pylint: disable=wrong-import-position
 import cfl_docs  # pylint: disable=wrong-import-position
+import inventories  # pylint: disable=wrong-import-position
 
 project = "cfl-jax"
 author = "the cfl-jax authors"
@@ -32,6 +33,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # MathJax 3 served from _static: formulas render offline
     "sphinx.ext.viewcode",
+    "sphinx.ext.intersphinx",
     "sphinx_copybutton",
     "myst_nb",
     "cfl_docs",  # docs/_ext: config reference, module summaries, links to re-exported names
@@ -57,9 +59,14 @@ typehints_document_rtype = True
 typehints_use_signature = False
 always_use_bars_union = True
 
-# Nitpicky (-n) checks every reference. The inventories of other projects cannot be fetched
-# offline, so references into them are allowed here by project; references to cfl_jax never are.
-_EXTERNAL_PROJECTS = ("jax", "jaxlib", "numpy", "optax", "flax", "ml_collections", "etils", "orbax",
+# Names of jax, optax and flax link to those projects' docs through inventories kept in the
+# repository (the build is offline): docs/_ext/inventories.py lists the names we cite.
+intersphinx_mapping = {project: (url, str(inventories.path(project)))
+                       for project, (url, _) in inventories.INVENTORIES.items()}
+# Nitpicky (-n) checks every reference, also those into jax, optax and flax (a name missing from
+# the inventories fails the build). Other projects' inventories are not kept, so references into
+# them are allowed here by project; references to cfl_jax never are.
+_EXTERNAL_PROJECTS = ("jaxlib", "numpy", "ml_collections", "etils", "orbax",
                       "chex", "tensorflow", "tensorflow_datasets", "tensorboardX", "safetensors",
                       "absl", "tqdm", "gcsfs", "fsspec", "keras", "scipy", "sklearn", "mnist1d")
 _PYTHON_STDLIB = ("collections", "os", "typing", "types", "pathlib", "dataclasses", "contextlib",

@@ -102,6 +102,6 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch):
   digits._split.cache_clear()
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were absent
   with pytest.raises(ModuleNotFoundError, match=r"'digits' dataset needs the package "
-                     r"'sklearn.datasets'.*pip install 'cfl-jax\[experiments\]'"):
+                     r"'sklearn.datasets'.*pip install -e '\.\[experiments\]'"):
     get_dataset({"name": "digits"})
   digits._split.cache_clear()

@@ -51,7 +51,7 @@ def test_the_core_computes_the_loss_and_names_the_train_extra():
   lines = result.stdout.splitlines()
   assert lines[0].startswith("loss ") and float(lines[0].split()[1]) > 0
   for name, line in zip(("training", "models"), lines[1:3]):
-    assert line.startswith(f"cfl_jax.{name} needs flax") and "pip install 'cfl-jax[train]'" in line
+    assert line.startswith(f"cfl_jax.{name} needs flax") and "pip install -e '.[train]'" in line
   assert lines[3] == "loaded []"
 
 
@@ -82,17 +82,10 @@ def test_code_cites_the_method_page_in_the_repository():
   assert os.path.isfile(os.path.join(REPO, "docs", "method.md"))
 
 
-def test_the_project_urls():
+def test_the_project_urls_are_addresses_the_project_owns():
+  # No repository URL until the repository is public (issue 33): the paper is the only address.
   urls = _project()["urls"]
-  assert {"Homepage", "Repository", "Documentation", "Changelog", "Paper"} <= set(urls)
-  assert urls["Homepage"] == urls["Repository"] == "https://github.com/cfl-jax/cfl-jax"
-  assert urls["Changelog"] == urls["Repository"] + "/blob/main/CHANGELOG.md"
-  for url in urls.values():
-    assert url.startswith("https://"), url
-    if url.startswith(urls["Repository"] + "/"):  # a file or folder of this repository
-      path = url.removeprefix(urls["Repository"] + "/").split("/", 2)[2]
-      assert os.path.exists(os.path.join(REPO, path)), url
-  assert urls["Paper"] == "https://arxiv.org/abs/2202.08978"
+  assert urls == {"Paper": "https://arxiv.org/abs/2202.08978"}, urls
 
 
 def test_citation_cff_cites_this_version_and_the_paper():
@@ -102,7 +95,8 @@ def test_citation_cff_cites_this_version_and_the_paper():
   assert cff["message"] and cff["title"] and cff["authors"]
   assert cff["version"] == cfl_jax.__version__, "a release bumps CITATION.cff's version too"
   assert cff["license"] == _project()["license"]
-  assert cff["repository-code"] == _project()["urls"]["Repository"]
+  assert cff.get("repository-code") == _project()["urls"].get("Repository")
+  assert cff.get("url") == _project()["urls"].get("Homepage")
   paper = cff["preferred-citation"]
   assert paper["title"] == "Cyclical Focal Loss" and paper["year"] == 2022
   assert paper["authors"] == [{"family-names": "Smith", "given-names": "Leslie N."}]

@@ -11,6 +11,7 @@ import importlib
 import inspect
 from typing import Any
 
+from cfl_jax import _extras
 from cfl_jax.data.base import ImageClassificationData
 from cfl_jax.data.cifar_subsets import SUBSET_NAMES
 from cfl_jax.data.cifar_subsets import subset_ids
@@ -46,7 +47,7 @@ def _needs_extra(name: str, error: ModuleNotFoundError) -> ModuleNotFoundError:
   """``error`` restated with the install command that brings the missing package."""
   return ModuleNotFoundError(
       f"The {name!r} dataset needs the package {error.name!r}, which the experiments extra "
-      "installs: pip install 'cfl-jax[experiments]'.", name=error.name)
+      f"installs: {_extras.install_command('experiments')}.", name=error.name)
 
 
 def dataset_arguments(name: str) -> tuple[str, ...]:

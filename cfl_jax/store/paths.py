@@ -14,13 +14,14 @@ disk in three ways that matter here, and the helpers below hide them:
 
 Object stores also fail for a while, as networks and busy buckets do: a 429 or 5xx answer, a
 time-out, a reset connection, an expired token. :func:`retrying` runs a store call again through
-such transient errors, with back-off, for up to :data:`RETRY_SECONDS` (environment variable
-:data:`RETRY_SECONDS_VARIABLE`), then raises :class:`StoreUnavailable`; every other error (404,
-412, 403, a malformed object) passes through at once. The helpers below retry their store calls
-this way; so do the run files and the checkpoint reader.
+such transient errors, with back-off, for up to :data:`~cfl_jax.store.retry.RETRY_SECONDS`
+(environment variable :data:`~cfl_jax.store.retry.RETRY_SECONDS_VARIABLE`), then raises
+:class:`~cfl_jax.store.errors.StoreUnavailable`; every other error (404, 412, 403, a malformed
+object) passes through at once. The helpers below retry their store calls this way; so do the run
+files and the checkpoint reader.
 
-``gs://`` needs ``gcsfs`` (``pip install 'cfl-jax[experiments]'``); set ``EPATH_USE_TF=false``
-to make epath use it instead of TensorFlow's GCS client (which ignores storage emulators).
+``gs://`` needs ``gcsfs`` (the ``experiments`` extra); set ``EPATH_USE_TF=false`` to make epath
+use it instead of TensorFlow's GCS client (which ignores storage emulators).
 """
 
 import os

@@ -9,9 +9,16 @@
 * A reference to one of our objects under another of its names (``recipe.build_optimizer`` inside
   ``cfl_jax.training.train``, ``cfl_jax.losses.softmax.focal_loss`` for ``cfl_jax.focal_loss``)
   resolves to where the object is documented. Names that do not import stay unresolved.
+* A reference to a private path of jax, optax or flax (``optax._src.base.GradientTransformation``,
+  ``jax.jaxlib._jax.Array``: what type hints name) goes to the public name of the same object,
+  which the inventories of docs/_ext/inventories.py link to those projects' docs.
 * "docs/method.md §N" in a docstring becomes a link to that section of the method page.
 * Members that a third-party base or decorator adds to our classes (``TrainState.replace`` from
   ``flax.struct``) are left out.
+* Signatures show what a caller writes: a Flax module without the ``parent`` and ``name`` fields
+  that Flax adds, ``jax.numpy.float32`` rather than ``<class 'jax.numpy.float32'>``, and a constant
+  without its value when that prints longer than :data:`LONG_VALUE` characters (its doc comment
+  says what it holds).
 """
 
 import importlib
@@ -23,6 +30,7 @@ import typing
 from typing import Any
 
 from docutils import nodes
+from sphinx import addnodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
@@ -73,6 +81,56 @@ def _skip_foreign_members(app, what, name, obj, skip, options) -> bool | None:
     if module and not module.startswith("cfl_jax") and not name.startswith("__"):
       return True
   return None
+
+
+# Signatures.
+
+LONG_VALUE = 200  # characters: a longer value is a dump (a dict of sources), not a signature
+
+_FLAX_FIELDS = re.compile(r",\s*parent=<[^>]*>|,\s*name=None(?=\)?$)")
+_CLASS_REPR = re.compile(r"<class '([\w.]+)'>")
+
+
+def _is_linen_module(obj: Any) -> bool:
+  linen = sys.modules.get("flax.linen")
+  return linen is not None and inspect.isclass(obj) and issubclass(obj, linen.Module)
+
+
+def clean_signature(signature: str, linen_module: bool = False) -> str:
+  """``signature`` without Flax's ``parent``/``name`` fields (if ``linen_module``) or class reprs.
+
+  >>> clean_signature("(n, dtype=<class 'jax.numpy.float32'>, parent=<flax...>, name=None)", True)
+  '(n, dtype=jax.numpy.float32)'
+  """
+  if linen_module:
+    signature = _FLAX_FIELDS.sub("", signature.removesuffix(")")) + ")"
+  return _CLASS_REPR.sub(r"\1", signature)
+
+
+def _process_signature(app, what, name, obj, options, signature, return_annotation):
+  """sphinx-autodoc-typehints' signature (the first answer wins, so it runs here), cleaned."""
+  import sphinx_autodoc_typehints
+
+  typed = sphinx_autodoc_typehints.process_signature(app, what, name, obj, options, signature,
+                                                     return_annotation)
+  if typed is not None:
+    signature, return_annotation = typed
+  if signature is None:
+    return None
+  return clean_signature(signature, what == "class" and _is_linen_module(obj)), return_annotation
+
+
+def _hide_long_values(app: Sphinx, doctree: nodes.document) -> None:
+  """Drops the `` = value`` of module data and attributes whose value prints too long."""
+  del app
+  for desc in doctree.findall(addnodes.desc):
+    if desc.get("domain") != "py" or desc.get("objtype") not in ("data", "attribute"):
+      continue
+    for signature in desc.findall(addnodes.desc_signature):
+      for annotation in list(signature.findall(addnodes.desc_annotation)):
+        text = annotation.astext().strip()
+        if text.startswith("=") and len(text) > LONG_VALUE:
+          annotation.parent.remove(annotation)
 
 
 # The configuration reference.
@@ -208,10 +266,47 @@ def _documented_objects(env) -> dict[tuple[int, str], tuple[str, Any]]:
   return found
 
 
+# Where jax, optax and flax document their public names, most specific first.
+_PUBLIC_MODULES = ("jax.sharding", "jax.typing", "jax", "optax", "flax.linen",
+                   "flax.training.train_state")
+
+
+def public_name(name: str) -> str | None:
+  """The public name of the jax/optax/flax object at the private path ``name``, if it has one.
+
+  >>> public_name("optax._src.base.GradientTransformation")
+  'optax.GradientTransformation'
+  """
+  value, last = _import(name), name.rsplit(".", 1)[-1]
+  if value is _MISSING and name.startswith("jax.jaxlib."):  # jax.Array: qualname jaxlib._jax.Array
+    value = _import(name.removeprefix("jax."))
+  if value is _MISSING:
+    return None
+  for module in _PUBLIC_MODULES:
+    if module.split(".")[0] == name.split(".")[0] and name != f"{module}.{last}":
+      if getattr(_import(module), last, _MISSING) is value:
+        return f"{module}.{last}"
+  return None
+
+
+def _resolve_public(app: Sphinx, env, node, contnode):
+  """Resolves a private jax/optax/flax path through the inventories, by its public name."""
+  from sphinx.ext import intersphinx
+
+  public = public_name(node["reftarget"].lstrip(".~"))
+  if public is None:
+    return None
+  public_node = node.deepcopy()
+  public_node["reftarget"] = public
+  return intersphinx.missing_reference(app, env, public_node, contnode)
+
+
 def _resolve_alias(app: Sphinx, env, node, contnode):
   if node.get("refdomain") != "py":
     return None
   target = node["reftarget"].lstrip(".~")
+  if target.split(".")[0] in ("jax", "optax", "flax"):
+    return _resolve_public(app, env, node, contnode)
   module, cls = node.get("py:module"), node.get("py:class")
   candidates = [target]
   if module:
@@ -301,5 +396,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
   app.add_directive("module-summary", ModuleSummary)
   app.connect("autodoc-process-docstring", _process_docstring)
   app.connect("autodoc-skip-member", _skip_foreign_members)
+  app.connect("autodoc-process-signature", _process_signature, priority=400)  # before typehints'
+  app.connect("doctree-read", _hide_long_values)
   app.connect("missing-reference", _resolve_alias)
   return {"parallel_read_safe": True, "parallel_write_safe": True}
