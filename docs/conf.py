@@ -68,7 +68,7 @@ intersphinx_mapping = {project: (url, str(inventories.path(project)))
 # them are allowed here by project; references to cfl_jax never are.
 _EXTERNAL_PROJECTS = ("jaxlib", "numpy", "ml_collections", "etils", "orbax",
                       "chex", "tensorflow", "tensorflow_datasets", "tensorboardX", "safetensors",
-                      "absl", "tqdm", "gcsfs", "fsspec", "keras", "scipy", "sklearn", "mnist1d")
+                      "absl", "tqdm", "gcsfs", "fsspec", "scipy", "sklearn", "mnist1d")
 _PYTHON_STDLIB = ("collections", "os", "typing", "types", "pathlib", "dataclasses", "contextlib",
                   "enum", "abc", "concurrent", "threading", "io", "datetime", "numbers", "logging",
                   "functools", "itertools", "subprocess", "json", "random", "re", "tempfile")
