@@ -571,7 +571,7 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
              "device_kind": jax.devices()[0].device_kind}
   # SIGTERM from here on (compilation included) stops the run after its next step, saved.
   with (checkpointing.PreemptionWatcher() as watcher, contextlib.closing(checkpointer),
-        contextlib.closing(files)):
+        _closed_together(files, workdir)):
     state, progress = run.initial_state(checkpointer)
     start_step = int(state.step)
     clock = _WallClock(progress.get("wall_seconds", 0.0), session_started)
@@ -592,9 +592,10 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
       files.abandon()  # the workdir is another run's now
       raise
     except TrainingDiverged as error:
-      files.write_summary({**summary, **best.summary(), "status": "diverged",
-                           "error": str(error), "wall_seconds": clock.total(),
-                           "session_wall_seconds": time.time() - session_started})
+      with agreement.together(f"writing the summary in {workdir}"):
+        files.write_summary({**summary, **best.summary(), "status": "diverged",
+                             "error": str(error), "wall_seconds": clock.total(),
+                             "session_wall_seconds": time.time() - session_started})
       raise
   summary.update(train_steps=step, loss=last_train["loss"] if last_train else None,
                  skipped_updates=(last_train or {}).get("skipped_updates"),
@@ -605,5 +606,17 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
     return {**summary, **best.summary(), "status": "preempted", "preempted": True}
   summary.update(last_eval, **best.summary(), status="completed", preempted=False,
                  train_class_counts=run.dataset.train_class_counts.tolist())
-  files.write_summary(summary)
+  with agreement.together(f"writing the summary in {workdir}"):
+    files.write_summary(summary)
   return summary
+
+
+@contextlib.contextmanager
+def _closed_together(files: reporting.RunFiles, workdir: store.PathLike):
+  """Closes ``files`` on leaving (process 0 uploads them a last time), as a phase every process
+  ends alike."""
+  try:
+    yield files
+  finally:
+    with agreement.together(f"uploading the run files to {workdir}"):
+      files.close()

@@ -161,7 +161,8 @@ def _absolute(path: str) -> str:
 def checked_command(entry: Mapping[str, Any],
                     root: str) -> tuple[dict[str, str], list[str], epath.Path]:
   """(environment, ``experiments.train`` arguments, workdir) of ``entry['command']``, after
-  checking that it has the shape the study writes and that its workdir lies inside ``root``.
+  checking that it has the shape the study writes and that its workdir, and every other path or
+  URL it names, lies inside ``root`` (no XLA flag names a path).
 
   Raises:
     ValueError: naming the part of the command that is refused.
@@ -229,8 +230,9 @@ def reproduce(entry: Mapping[str, Any], *, root: str, timeout: float = 600,
     root: the study's reproduce root (relative paths are relative to the repository root).
 
   Raises:
-    ValueError: for a command of another shape, or a workdir outside ``root``; nothing is run
-      or deleted then.
+    ValueError: for a command of another shape, a workdir outside ``root``, or any other path or
+      URL outside it in the command or its environment (see :func:`checked_command`); nothing
+      is run or deleted then.
   """
   env, argv, workdir = checked_command(entry, root)
   workdir.rmtree(missing_ok=True)
