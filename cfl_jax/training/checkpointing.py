@@ -107,17 +107,19 @@ class Checkpointer:
   Every process must call :meth:`save` and :meth:`restore` (orbax coordinates multi-host writes).
 
   Args:
-    directory: where the step directories go (created by the first save).
+    directory: where the step directories go (created if missing).
     max_to_keep: most recent checkpoints kept on disk.
   """
 
   def __init__(self, directory: store.PathLike, *, max_to_keep: int):
     self.directory = store.as_path(directory)
     # Every process reaches the store before orbax lists the steps: orbax's listing ends in a
-    # broadcast from process 0 (and create=True in a barrier), which a process whose store failed
-    # first would never reach. Each save creates its step directory with its parents.
+    # broadcast from process 0 (and its create=True in a barrier), which a process whose store
+    # failed first would never reach. Process 0 creates the directory, the others look at it.
+    probe = ((lambda: self.directory.mkdir(parents=True, exist_ok=True))
+             if jax.process_index() == 0 else self.directory.exists)
     with agreement.together(f"listing the checkpoints in {self.directory}"):
-      store.retrying(f"listing the checkpoints in {self.directory}", self.directory.exists)
+      store.retrying(f"listing the checkpoints in {self.directory}", probe)
     self._manager = store.retrying(
         f"listing the checkpoints in {self.directory}", lambda: ocp.CheckpointManager(
             self.directory,
