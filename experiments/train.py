@@ -29,6 +29,7 @@ import jax
 from ml_collections import config_flags
 
 from cfl_jax import training
+from cfl_jax.store import agreement
 from cfl_jax.training import sharding
 from experiments import config_files
 
@@ -147,7 +148,7 @@ _CONFIG = _define_config_flag()
 # Failures a user can act on: one message, no traceback, exit status 1.
 _RUN_ERRORS = (training.ConfigError, training.CheckpointError, training.CheckpointSaveError,
                training.StoreUnavailable, training.WorkdirLocked, training.WorkdirLockLost,
-               training.TrainingDiverged,
+               training.TrainingDiverged, agreement.HostFailed,
                FileNotFoundError, ModuleNotFoundError)
 
 

@@ -99,3 +99,43 @@ def test_a_bucket_root_takes_only_workdirs_inside_it():
   escaped = _command("gs://bucket/reproduce", workdir="gs://bucket/reproduce/../runs/x")
   with pytest.raises(ValueError, match="not inside the reproduce root"):
     run.checked_command({"command": escaped}, "gs://bucket/reproduce")
+
+
+@pytest.mark.parametrize("change, refused", [
+    (lambda c, r: c.replace("--cpu_devices=1", "--config.compilation_cache=gs://other/cache"),
+     "--config.compilation_cache=gs://other/cache"),
+    (lambda c, r: c.replace("--cpu_devices=1", "--config.compilation_cache=shared_cache"),
+     "--config.compilation_cache=shared_cache"),
+    (lambda c, r: c.replace("--cpu_devices=1", f"--config.compilation_cache={r}/../cache"),
+     "--config.compilation_cache="),
+    (lambda c, r: c.replace("JAX_PLATFORMS=cpu", "XLA_FLAGS=--xla_dump_to=.."),
+     "XLA_FLAGS --xla_dump_to=.."),
+    (lambda c, r: c.replace(
+        "JAX_PLATFORMS=cpu",
+        "XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_dump_to=dump'"),
+     "XLA_FLAGS --xla_dump_to=dump"),
+    (lambda c, r: c.replace("--cpu_devices=1", "--config.dataset.data_dir=/data/someone"),
+     "--config.dataset.data_dir=/data/someone"),
+    (lambda c, r: c.replace("--cpu_devices=1", "--config.model.init_from=gs://b/weights.st"),
+     "--config.model.init_from=gs://b/weights.st"),
+    (lambda c, r: c.replace("--cpu_devices=1", "--config.name=gs://b/x"), "--config.name=gs://"),
+])
+def test_a_path_outside_the_reproduce_root_is_refused_and_named(root, change, refused):
+  command = change(_command(root), root)
+  with pytest.raises(ValueError, match="Refusing to reproduce with") as error:
+    run.reproduce({"command": command, "run_id": "x"}, root=root)
+  assert refused in str(error.value)
+  assert os.path.exists(os.path.join(root, "long_tail_10", "focal", "1", "kept.txt"))
+
+
+@pytest.mark.parametrize("flag", ["--config.compilation_cache=off",
+                                  "--config.compilation_cache=auto",
+                                  "--config.compilation_cache={root}/cache",
+                                  "--config.model.init_from=",
+                                  "--config.dataset.data_dir={root}/tfds"])
+def test_the_studys_own_paths_pass(root, flag):
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  command = _command(root, env=env, flags=("--cpu_devices=1", flag.format(root=root)))
+  _, argv, _ = run.checked_command({"command": command}, root)
+  assert flag.format(root=root) in argv
+

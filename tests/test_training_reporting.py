@@ -83,17 +83,25 @@ def test_tensorboard_scalars_next_to_the_jsonl_records(tmp_path):
   assert "eval/few_shot_accuracy" not in scalars and "eval/per_class_accuracy" not in scalars
 
 
-def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("resumed_from", [0, 10])
+def test_a_restarted_run_holds_each_tensorboard_step_once(tmp_path, resumed_from):
   first = reporting.RunFiles(str(tmp_path), enabled=True)
   first.keep_metrics_until(0)
   for step in (5, 10, 15):
     first.append_metrics({"step": step, "split": "train", "loss": 1.0})
   first.close()
+  # Restarted in the same second by the same process: the file names alone cannot order them.
   resumed = reporting.RunFiles(str(tmp_path), enabled=True)
-  resumed.keep_metrics_until(10)
-  resumed.append_metrics({"step": 15, "split": "train", "loss": 2.0})
+  resumed.keep_metrics_until(resumed_from)
+  for step in (5, 10, 15):
+    if step > resumed_from:
+      resumed.append_metrics({"step": step, "split": "train", "loss": 2.0})
   resumed.close()
-  assert _scalars(tmp_path / "tensorboard")["train/loss"] == [(5, 1.0), (10, 1.0), (15, 2.0)]
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2  # both sessions' files are there
+  expected = [(step, 1.0 if step <= resumed_from else 2.0) for step in (5, 10, 15)]
+  assert _scalars(tmp_path / "tensorboard")["train/loss"] == expected
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [(r["step"], r["loss"]) for r in map(json.loads, f)] == expected
 
 
 def test_json_files_are_strict_json(tmp_path):

@@ -41,20 +41,16 @@ from typing import IO
 import uuid
 
 from absl import logging
-import jax
-from jax.experimental import multihost_utils
-import numpy as np
 
 from cfl_jax import store
 from cfl_jax.training import config as config_lib
+from cfl_jax.store import agreement
 from cfl_jax.store import lock_object
 
 HEARTBEAT_SECONDS = 15.0
 STALE_SECONDS = 60.0
 HEARTBEAT_VARIABLE = "CFL_JAX_LOCK_HEARTBEAT_SECONDS"
 STALE_VARIABLE = "CFL_JAX_LOCK_STALE_SECONDS"
-# Longest verdict broadcast from process 0 (bytes of UTF-8).
-_MESSAGE_BYTES = 2048
 # Process 0's word while it watches a lock: the others wait for the next one (in short collectives,
 # which time out on some backends when one process arrives much later than another).
 _UNDECIDED = "\x01"
@@ -89,17 +85,6 @@ def _seconds(value: float | None, variable: str, default: float) -> float:
     return float(text)
   except ValueError:
     raise config_lib.ConfigError(f"{variable}={text!r} is not a number of seconds.") from None
-
-
-def _agree(message: str) -> str:
-  """Process 0's ``message`` on every process (all processes must call it)."""
-  if jax.process_count() == 1:
-    return message
-  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
-  encoded = message.encode()[:_MESSAGE_BYTES]
-  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
-  agreed = np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8)
-  return agreed.tobytes().rstrip(b"\0").decode(errors="replace")
 
 
 def _holder(observation: lock_object.Observation | None) -> str:
@@ -213,11 +198,11 @@ class WorkdirLock:
       except Exception as caught:  # pylint: disable=broad-except (the store's and auth's errors vary)
         verdict, error = (f"Could not lock the workdir {self.workdir}: "
                           f"{type(caught).__name__}: {caught}"), caught
-      _agree(verdict)
+      agreement.broadcast(verdict)
     else:
-      verdict = _agree("")
+      verdict = agreement.broadcast("")
       while verdict == _UNDECIDED:
-        verdict = _agree("")
+        verdict = agreement.broadcast("")
     if verdict:
       raise WorkdirLocked(verdict) from error
     return self
@@ -242,7 +227,7 @@ class WorkdirLock:
     the store for ``stale_seconds - heartbeat_seconds`` (a rival may take it over from then on).
     """
     lost = self._lost_reason() if self.enabled and self._object is not None else ""
-    lost = _agree(lost)
+    lost = agreement.broadcast(lost)
     if lost:
       raise WorkdirLockLost(lost)
 
@@ -305,7 +290,7 @@ class WorkdirLock:
           break
         raise _refusal(self.workdir, _holder(self._object.read()))
       time.sleep(self.heartbeat_seconds / 3)
-      _agree(_UNDECIDED)
+      agreement.broadcast(_UNDECIDED)
     self._stop.clear()
     self._heartbeat = threading.Thread(target=self._beat, name="workdir-lock-heartbeat",
                                        daemon=True)

@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cfl_jax import store
+from cfl_jax.store import agreement
 
 #: Config keys that do not change the training trajectory. They may differ on resume (the new
 #: values apply from there on, and the differences are logged); every other key must match.
@@ -69,6 +70,8 @@ class _DamagedCheckpoint(CheckpointError):
   skips it."""
 
 
+# How often the processes of a run compare their saves while waiting for them to finish.
+_SAVE_POLL_SECONDS = 0.1
 # A process's verdict on a checkpoint, in increasing severity: the worst one is applied by all.
 _INTACT, _DAMAGED, _UNAVAILABLE = 0, 1, 2
 
@@ -110,10 +113,17 @@ class Checkpointer:
 
   def __init__(self, directory: store.PathLike, *, max_to_keep: int):
     self.directory = store.as_path(directory)
+    # Every process reaches the store before orbax lists the steps: orbax's listing ends in a
+    # broadcast from process 0 (and its create=True in a barrier), which a process whose store
+    # failed first would never reach. Process 0 creates the directory, the others look at it.
+    probe = ((lambda: self.directory.mkdir(parents=True, exist_ok=True))
+             if jax.process_index() == 0 else self.directory.exists)
+    with agreement.together(f"listing the checkpoints in {self.directory}"):
+      store.retrying(f"listing the checkpoints in {self.directory}", probe)
     self._manager = store.retrying(
         f"listing the checkpoints in {self.directory}", lambda: ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
             item_names=("state", "progress")))
     self._saving_step: int | None = None
     self._failed = False
@@ -140,11 +150,7 @@ class Checkpointer:
     Raises:
       CheckpointSaveError: if this save, or the previous one still being written, failed.
     """
-    if self._saving_step is not None:  # the previous save must have succeeded
-      try:
-        self._manager.wait_until_finished()
-      except Exception as error:  # orbax raises many types; all mean the same here
-        raise self._save_error(error) from error
+    self._finish_saving()  # the previous save must have succeeded, on every process
     self._saving_step = step
     try:
       self._manager.save(step, args=ocp.args.Composite(
@@ -152,16 +158,55 @@ class Checkpointer:
     except Exception as error:  # orbax raises many types; all mean the same here
       raise self._save_error(error) from error
 
-  def check_for_errors(self) -> None:
+  def check_for_errors(self, *, all_processes: bool = False) -> bool:
     """Raises CheckpointSaveError as soon as a background save has failed (cheap while a save
-    is still being written; call it every step)."""
-    if self._saving_step is None or self._manager.is_saving_in_progress():
-      return
+    is still being written; call it every step).
+
+    With several processes a failure must stop all of them together, so it is only looked for
+    where all processes call this at the same point with ``all_processes=True`` (a collective):
+    a failure on any one raises the same error on every process.
+
+    Returns:
+      True when no save is in flight any more (on any process, when ``all_processes``).
+    """
+    if jax.process_count() > 1 and not all_processes:
+      return False
+    try:
+      with agreement.together(f"saving checkpoint {self.directory / str(self._saving_step)}",
+                              errors=(CheckpointSaveError,)):
+        finished = self._save_finished()
+    except CheckpointSaveError:
+      self._failed = True  # this process's own save may still be waiting for the failed one's
+      raise
+    return all(agreement.gather("1" if finished else ""))
+
+  def _save_finished(self) -> bool:
+    """True when this process has no save in flight; raises CheckpointSaveError if its last save
+    failed. Never waits."""
+    if self._saving_step is None:
+      return True
+    if self._manager.is_saving_in_progress():
+      return False
     try:
       self._manager.wait_until_finished()  # returns at once; raises what the save raised
     except Exception as error:  # orbax raises many types; all mean the same here
       raise self._save_error(error) from error
     self._saving_step = None
+    return True
+
+  def _finish_saving(self) -> None:
+    """Waits until no save is in flight on any process; raises CheckpointSaveError on every
+    process as soon as one process's save has failed (a process whose save waits for the failed
+    one's would otherwise wait for orbax's time-out)."""
+    if jax.process_count() == 1:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as error:  # orbax raises many types; all mean the same here
+        raise self._save_error(error) from error
+      self._saving_step = None
+      return
+    while not self.check_for_errors(all_processes=True):
+      time.sleep(_SAVE_POLL_SECONDS)
 
   def _save_error(self, error: BaseException) -> CheckpointSaveError:
     self._failed = True
@@ -274,12 +319,13 @@ class Checkpointer:
     # Every process must agree on the name: process 0's clock decides.
     stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
     target = self.directory.parent / "damaged_checkpoints" / f"{step}-{stamp}"
-    if jax.process_index() == 0:
-      store.move_tree(damaged, target)
-    multihost_utils.sync_global_devices(f"cfl_jax moved aside checkpoint {step}")
+    with agreement.together(f"moving the damaged checkpoint {damaged} aside"):
+      if jax.process_index() == 0:
+        store.move_tree(damaged, target)
     logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
                     "the next older one, if any.", damaged, reason, target)
-    store.retrying(f"listing the checkpoints in {self.directory}", self._manager.reload)
+    with agreement.together(f"listing the checkpoints in {self.directory}"):
+      store.retrying(f"listing the checkpoints in {self.directory}", self._manager.reload)
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager.
@@ -289,10 +335,7 @@ class Checkpointer:
     """
     if self._failed:
       return
-    try:
-      self._manager.wait_until_finished()
-    except Exception as error:  # orbax raises many types; all mean the same here
-      raise self._save_error(error) from error
+    self._finish_saving()
     self._manager.close()
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 
 from absl import logging
@@ -289,9 +290,11 @@ class RunFiles:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
               else self._path("tensorboard"))
-    # A file of its own per (process, start step): event file names only carry the second.
-    self._events = SummaryWriter(os.fspath(events), purge_step=step + 1 if step else None,
-                                 filename_suffix=f".{os.getpid()}.{step}")
+    # A file of its own per session, in the order of the sessions (event file names carry only
+    # the second, and TensorBoard reads the files in name order). Its purge step hides every
+    # earlier session's events after `step`, also on a restart from step 0.
+    self._events = SummaryWriter(os.fspath(events), purge_step=step + 1,
+                                 filename_suffix=f".{time.time_ns()}.{os.getpid()}")
     path = self._path("metrics.jsonl")
     records = store.retrying(f"reading {path}",
                                lambda: read_metrics(path) if path.exists() else None)

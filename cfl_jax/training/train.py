@@ -45,6 +45,7 @@ from cfl_jax.training import mixup as mixup_lib
 from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
+from cfl_jax.store import agreement
 from cfl_jax.store import workdir_lock
 
 Batch = Mapping[str, jax.Array]
@@ -341,9 +342,12 @@ class Run:
     init, rng = self._init
     if not self.config.model.init_from:
       return init(rng)
-    variables = models.import_weights(self.config.model.name, self.config.model.init_from,
-                                      num_classes=self.dataset.num_classes, seed=self.config.seed,
-                                      feature_dim=self.config.model.feature_dim)
+    with agreement.together(f"reading {self.config.model.init_from}",
+                            errors=(store.StoreUnavailable, FileNotFoundError)):
+      variables = models.import_weights(
+          self.config.model.name, self.config.model.init_from,
+          num_classes=self.dataset.num_classes, seed=self.config.seed,
+          feature_dim=self.config.model.feature_dim)
     logging.info("Initialised %s from %s.", self.config.model.name, self.config.model.init_from)
     return init(rng, variables=variables)
 
@@ -457,8 +461,9 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
         in_flight.popleft().block_until_ready()
     display.advance()
     epoch = step / plan.steps_per_epoch
-    checkpointer.check_for_errors()
-    if step % config.log_every_steps == 0 or step == plan.total_steps:
+    logged = step % config.log_every_steps == 0 or step == plan.total_steps
+    checkpointer.check_for_errors(all_processes=logged)  # with several, where all meet
+    if logged:
       means = window.flush()
       last_train = {"step": step, "epoch": epoch, "split": "train", **means}
       files.append_metrics(last_train)
@@ -482,7 +487,8 @@ def _train(run: Run, state, progress: dict[str, Any], files: reporting.RunFiles,
         raise TrainingDiverged(f"Training diverged by step {step}: the parameters or optimizer "
                                f"state are not finite. {checkpointer.describe_latest()}")
       lock.check()
-      files.sync()  # the records up to `step` are in the workdir before its checkpoint exists
+      with agreement.together(f"uploading the run files of step {step}"):
+        files.sync()  # the records up to `step` are in the workdir before its checkpoint exists
       checkpointer.save(step, state, {"config": run.config_json,
                                       "train_window": window.snapshot(),
                                       "last_train": last_train,
@@ -553,7 +559,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
 def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: bool,
                                session_started: float,
                                lock: workdir_lock.WorkdirLock) -> dict[str, Any]:
-  files = reporting.RunFiles(workdir, enabled=is_writer)
+  # Each phase in which one process may fail alone ends on every process alike (see
+  # cfl_jax.store.agreement): none is left waiting for the others in a collective.
+  with agreement.together(f"creating the workdir {workdir}"):
+    files = reporting.RunFiles(workdir, enabled=is_writer)
   checkpointer = checkpointing.Checkpointer(store.as_path(workdir) / "checkpoints",
                                             max_to_keep=run.config.max_to_keep)
   summary = {"name": run.config.name, "seed": run.config.seed,
@@ -562,13 +571,14 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
              "device_kind": jax.devices()[0].device_kind}
   # SIGTERM from here on (compilation included) stops the run after its next step, saved.
   with (checkpointing.PreemptionWatcher() as watcher, contextlib.closing(checkpointer),
-        contextlib.closing(files)):
+        _closed_together(files, workdir)):
     state, progress = run.initial_state(checkpointer)
     start_step = int(state.step)
     clock = _WallClock(progress.get("wall_seconds", 0.0), session_started)
     summary["resumed_from_step"] = start_step or None
-    files.write_config(run.config_json)
-    kept_records = files.keep_metrics_until(start_step)
+    with agreement.together(f"writing the run files in {workdir}"):
+      files.write_config(run.config_json)
+      kept_records = files.keep_metrics_until(start_step)
     # A checkpoint written before the best metrics were kept in it: rebuilt from the records.
     best = (reporting.BestMetrics(progress["best"]) if "best" in progress
             else reporting.BestMetrics.from_records(kept_records))
@@ -582,9 +592,10 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
       files.abandon()  # the workdir is another run's now
       raise
     except TrainingDiverged as error:
-      files.write_summary({**summary, **best.summary(), "status": "diverged",
-                           "error": str(error), "wall_seconds": clock.total(),
-                           "session_wall_seconds": time.time() - session_started})
+      with agreement.together(f"writing the summary in {workdir}"):
+        files.write_summary({**summary, **best.summary(), "status": "diverged",
+                             "error": str(error), "wall_seconds": clock.total(),
+                             "session_wall_seconds": time.time() - session_started})
       raise
   summary.update(train_steps=step, loss=last_train["loss"] if last_train else None,
                  skipped_updates=(last_train or {}).get("skipped_updates"),
@@ -595,5 +606,17 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
     return {**summary, **best.summary(), "status": "preempted", "preempted": True}
   summary.update(last_eval, **best.summary(), status="completed", preempted=False,
                  train_class_counts=run.dataset.train_class_counts.tolist())
-  files.write_summary(summary)
+  with agreement.together(f"writing the summary in {workdir}"):
+    files.write_summary(summary)
   return summary
+
+
+@contextlib.contextmanager
+def _closed_together(files: reporting.RunFiles, workdir: store.PathLike):
+  """Closes ``files`` on leaving (process 0 uploads them a last time), as a phase every process
+  ends alike."""
+  try:
+    yield files
+  finally:
+    with agreement.together(f"uploading the run files to {workdir}"):
+      files.close()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import json
 import os
 import posixpath
+import re
 import subprocess
 import sys
 import time
@@ -160,7 +161,8 @@ def _absolute(path: str) -> str:
 def checked_command(entry: Mapping[str, Any],
                     root: str) -> tuple[dict[str, str], list[str], epath.Path]:
   """(environment, ``experiments.train`` arguments, workdir) of ``entry['command']``, after
-  checking that it has the shape the study writes and that its workdir lies inside ``root``.
+  checking that it has the shape the study writes and that its workdir, and every other path or
+  URL it names, lies inside ``root`` (no XLA flag names a path).
 
   Raises:
     ValueError: naming the part of the command that is refused.
@@ -168,10 +170,49 @@ def checked_command(entry: Mapping[str, Any],
   env, argv = provenance.split_command(entry["command"])
   workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
   path, top = _absolute(workdir), _absolute(root)
-  if not path.startswith(top.rstrip("/") + "/"):
+  if not _inside(path, top):
     raise ValueError(f"Refusing to reproduce into --workdir={workdir}: it is not inside the "
                      f"reproduce root {root} ({top}), and reproducing empties the workdir first.")
+  _check_paths(env, argv, root)
   return env, argv, store.as_path(path)
+
+
+def _inside(path: str, top: str) -> bool:
+  """True when the absolute ``path`` lies strictly inside the absolute ``top``."""
+  return path.startswith(top.rstrip("/") + "/")
+
+
+# Config keys whose values name files or directories (besides any value that is a URL).
+_PATH_KEY = re.compile(r"(.*\.)?(compilation_cache|init_from|\w+_(dir|path|file|root))")
+# What a path key may say without naming a place: unset, or the workdir's own cache (auto).
+_NOT_A_PLACE = frozenset({"", "auto", "off"})
+# The values an XLA flag of a reproduce command may have: numbers and booleans, never a place.
+_XLA_VALUE = re.compile(r"-?\d+(\.\d+)?|true|false")
+
+
+def _check_paths(env: Mapping[str, str], argv: Sequence[str], root: str) -> None:
+  """Raises ValueError naming the first part of a command that points outside ``root``.
+
+  A reproduced run reads and writes only inside its reproduce root (the study's commands name no
+  other place): a compilation cache elsewhere could hand it executables another program wrote, an
+  XLA dump directory writes anywhere, and other data or weights are not the study's. Refused: an
+  XLA flag whose value is not a number or boolean (``--xla_dump_to=...``), and a config override
+  of a path key (``compilation_cache``, ``model.init_from``, ``*_dir``, ...) or of any key with a
+  URL, unless its value is ``auto``, ``off``, empty, or inside ``root``.
+  """
+  for flag in env.get("XLA_FLAGS", "").split():
+    if not _XLA_VALUE.fullmatch(flag.split("=", 1)[1]):
+      raise ValueError(f"Refusing to reproduce with XLA_FLAGS {flag}: a reproduced run takes "
+                       "only numbers and booleans from XLA flags, never a path.")
+  top = _absolute(root)
+  for word in argv:
+    if not word.startswith("--config."):
+      continue
+    key, value = word.removeprefix("--config.").split("=", 1)
+    if ((_PATH_KEY.fullmatch(key) or "://" in value) and value not in _NOT_A_PLACE
+        and not _inside(_absolute(value), top)):
+      raise ValueError(f"Refusing to reproduce with {word}: {value} is outside the reproduce "
+                       f"root {root}.")
 
 
 def reproduce(entry: Mapping[str, Any], *, root: str, timeout: float = 600,
@@ -189,8 +230,9 @@ def reproduce(entry: Mapping[str, Any], *, root: str, timeout: float = 600,
     root: the study's reproduce root (relative paths are relative to the repository root).
 
   Raises:
-    ValueError: for a command of another shape, or a workdir outside ``root``; nothing is run
-      or deleted then.
+    ValueError: for a command of another shape, a workdir outside ``root``, or any other path or
+      URL outside it in the command or its environment (see :func:`checked_command`); nothing
+      is run or deleted then.
   """
   env, argv, workdir = checked_command(entry, root)
   workdir.rmtree(missing_ok=True)

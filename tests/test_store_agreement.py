@@ -1,0 +1,51 @@
+"""``cfl_jax.store.agreement.together`` in two real ``jax.distributed`` processes on the CPU: a
+failure on either one is raised on both, as itself when the phase passes its type on, else as
+``HostFailed`` naming the process that failed."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from training_helpers import REPO, free_port
+
+# Each process runs three phases; in each, the process given fails with the error given.
+_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                               process_id=int(sys.argv[2]), initialization_timeout=60)
+    from cfl_jax import store
+    from cfl_jax.store import agreement
+
+    for process, error in ((0, store.StoreUnavailable("The store kept failing (0).")),
+                           (1, store.StoreUnavailable("The store kept failing (1).")),
+                           (1, PermissionError("denied"))):
+      try:
+        with agreement.together("writing the run files"):
+          if jax.process_index() == process:
+            raise error
+      except Exception as raised:  # pylint: disable=broad-except
+        print(f"{type(raised).__name__}: {raised}", flush=True)
+""")
+
+
+def test_a_failure_on_either_process_is_raised_on_both():
+  address = f"127.0.0.1:{free_port()}"
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  processes = [subprocess.Popen([sys.executable, "-c", _SCRIPT, address, str(i)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+               for i in range(2)]
+  try:
+    outputs = [[line for line in process.communicate(timeout=120)[0].splitlines()
+                if not line.startswith("[Gloo]")] for process in processes]  # gloo's own notes
+  finally:
+    for process in processes:
+      process.kill()
+  assert [process.returncode for process in processes] == [0, 0]
+  expected = ["StoreUnavailable: The store kept failing (0).",
+              "StoreUnavailable: The store kept failing (1)."]
+  assert outputs[0] == expected + [
+      "HostFailed: Process 1 of this run failed while writing the run files (PermissionError: "
+      "denied); every process stopped."]
+  assert outputs[1] == expected + ["PermissionError: denied"]
