@@ -43,7 +43,6 @@ import uuid
 from absl import logging
 
 from cfl_jax import store
-from cfl_jax.training import config as config_lib
 from cfl_jax.store import agreement
 from cfl_jax.store import lock_object
 
@@ -54,6 +53,13 @@ STALE_VARIABLE = "CFL_JAX_LOCK_STALE_SECONDS"
 # Process 0's word while it watches a lock: the others wait for the next one (in short collectives,
 # which time out on some backends when one process arrives much later than another).
 _UNDECIDED = "\x01"
+
+
+def _config_error(message: str) -> Exception:
+  """A :class:`cfl_jax.training.ConfigError` (imported here: the training package imports this
+  module, so importing it at the top would be circular)."""
+  from cfl_jax.training import config  # pylint: disable=g-import-not-at-top
+  return config.ConfigError(message)
 
 
 class WorkdirLocked(RuntimeError):
@@ -84,7 +90,7 @@ def _seconds(value: float | None, variable: str, default: float) -> float:
   try:
     return float(text)
   except ValueError:
-    raise config_lib.ConfigError(f"{variable}={text!r} is not a number of seconds.") from None
+    raise _config_error(f"{variable}={text!r} is not a number of seconds.") from None
 
 
 def _holder(observation: lock_object.Observation | None) -> str:
@@ -122,7 +128,7 @@ def check_store(workdir: store.PathLike) -> None:
   """
   path = os.fspath(workdir)
   if not store.is_local(path) and not path.startswith("gs://"):
-    raise config_lib.ConfigError(
+    raise _config_error(
         f"The workdir {path} is on an object store other than GCS: use a local (or mounted) "
         "directory or a gs:// bucket. Runs in other stores are refused rather than run without a "
         "lock: the workdir lock's conditional writes are implemented for GCS only, and orbax "
@@ -169,7 +175,7 @@ class WorkdirLock:
     self.heartbeat_seconds = _seconds(heartbeat_seconds, HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
     self.stale_seconds = _seconds(stale_seconds, STALE_VARIABLE, STALE_SECONDS)
     if not 0 < 2 * self.heartbeat_seconds <= self.stale_seconds:
-      raise config_lib.ConfigError(
+      raise _config_error(
           f"The workdir lock needs 0 < 2 * heartbeat ({self.heartbeat_seconds} s) <= stale "
           f"({self.stale_seconds} s); see {HEARTBEAT_VARIABLE} and {STALE_VARIABLE}.")
     self._file: IO[str] | None = None
