@@ -169,3 +169,26 @@ def gcs_faults(gcs_bucket):
     yield faults
   finally:
     faults.clear()
+
+
+# Fixtures of the tests that train (a compilation cache shared with their runs or subprocesses)
+# or talk to the GCS emulator.
+_SLOW_FIXTURES = {"gcs_bucket", "compilation_cache", "module_compilation_cache"}
+
+
+def pytest_configure(config):
+  """``--dist loadfile`` hands whole files to the workers in collection order (below), not
+  xdist's default order by number of tests, which starts the files of few but slow tests last."""
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is installed
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """The files with tests that train or use the emulator run first, each file's tests in order.
+
+  Test time: these files take minutes each (training runs, subprocesses, real-time waits) where
+  most take seconds; started last, one of them would keep one worker busy while the other idles.
+  """
+  slow = {item.path for item in items
+          if _SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))}
+  items.sort(key=lambda item: item.path not in slow)  # stable: files stay whole and in order
