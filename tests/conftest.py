@@ -55,9 +55,9 @@ def compilation_cache(tmp_path):
 def session_compilation_cache(tmp_path_factory):
   """One persistent compilation cache for every in-process run of this test process (each xdist
   worker has its own, so no entry is read while another process writes it). Test speed: the
-  tiny runs of many modules compile identical initialisation, train and eval programs, and
-  compilation dominates a few-step run on the CPU (a second tiny digits run in one process takes
-  1.8 s of CPU with the cache, 11.6 s without). A test that needs an empty cache takes
+  tiny runs of many modules compile identical initialisation, train and eval programs (JAX
+  traces each run's functions anew, and only this cache spares their compilation), and
+  compilation dominates a few-step run on the CPU. A test that needs an empty cache takes
   ``compilation_cache``; runner subprocesses use the runner's own unless a test passes this on."""
   with _persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")) as environment:
     yield environment
