@@ -51,18 +51,27 @@ def compilation_cache(tmp_path):
     yield environment
 
 
-@pytest.fixture(scope="module")
-def module_compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for all of a module's in-process runs: runs over the same
-  number of classes compile identical initialisation and eval programs (and identical train steps
-  for the same recipe and loss), and compilation dominates a few-step run on the CPU."""
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for every in-process run of this test process (each xdist
+  worker has its own, so no entry is read while another process writes it). Test speed: the
+  tiny runs of many modules compile identical initialisation, train and eval programs (JAX
+  traces each run's functions anew, and only this cache spares their compilation), and
+  compilation dominates a few-step run on the CPU. A test that needs an empty cache takes
+  ``compilation_cache``; runner subprocesses use the runner's own unless a test passes this on."""
   with _persistent_compilation_cache(tmp_path_factory.mktemp("jax_cache")) as environment:
     yield environment
 
 
+@pytest.fixture(scope="module")
+def module_compilation_cache(session_compilation_cache):
+  """The settings of the session's cache, as environment variables for subprocesses."""
+  return session_compilation_cache
+
+
 @pytest.fixture
 def runner_subprocesses_share_the_module_cache(module_compilation_cache, monkeypatch):
-  """Runner subprocesses load the programs the module compiled (test time: a cached executable
+  """Runner subprocesses load the programs this process compiled (test time: a cached executable
   is the same program, so no result depends on it). Their runs' own ``compilation_cache`` then
   stays unused: JAX is configured with a cache already."""
   for key, value in module_compilation_cache.items():
@@ -160,3 +169,26 @@ def gcs_faults(gcs_bucket):
     yield faults
   finally:
     faults.clear()
+
+
+# Fixtures of the tests that train (a compilation cache shared with their runs or subprocesses)
+# or talk to the GCS emulator.
+_SLOW_FIXTURES = {"gcs_bucket", "compilation_cache", "module_compilation_cache"}
+
+
+def pytest_configure(config):
+  """``--dist loadfile`` hands whole files to the workers in collection order (below), not
+  xdist's default order by number of tests, which starts the files of few but slow tests last."""
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is installed
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """The files with tests that train or use the emulator run first, each file's tests in order.
+
+  Test time: these files take minutes each (training runs, subprocesses, real-time waits) where
+  most take seconds; started last, one of them would keep one worker busy while the other idles.
+  """
+  slow = {item.path for item in items
+          if _SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))}
+  items.sort(key=lambda item: item.path not in slow)  # stable: files stay whole and in order

@@ -38,13 +38,13 @@ def _checkpoint_steps(workdir):
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
+@pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")  # the reference's programs
 def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
   # The runner's default workdir, ./runs/<config.name>, under the working directory.
   workdir = str(tmp_path / "runs" / "tiny")
-  cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}  # 2nd process: no compile
 
   # SIGTERM (preemption notice): a checkpoint where it stopped, mid-run, and exit status 0.
-  process = start_trainer(None, _CONFIG, _DIGITS, env=cache, cwd=str(tmp_path))
+  process = start_trainer(None, _CONFIG, _DIGITS, cwd=str(tmp_path))
   wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")), process)
   process.send_signal(signal.SIGTERM)
   returncode, output = finish(process)
@@ -54,7 +54,7 @@ def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, 
   assert read_metrics(workdir)[-1]["step"] <= stopped < 150
 
   # The same command resumes; SIGKILL it (no chance to save) after its next checkpoint.
-  process = start_trainer(None, _CONFIG, _DIGITS, env=cache, cwd=str(tmp_path))
+  process = start_trainer(None, _CONFIG, _DIGITS, cwd=str(tmp_path))
   wait_for(lambda: _checkpoint_steps(workdir)[-1] > stopped, process)
   process.kill()
   process.wait()
