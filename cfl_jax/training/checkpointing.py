@@ -54,11 +54,11 @@ class CheckpointSaveError(RuntimeError):
 
 
 def _root_cause(error: BaseException) -> str:
-  """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
-  first line of its message."""
+  """The first line of the operating-system error behind ``error`` (orbax and TensorStore wrap
+  them), else of its message."""
   for cause in store.error_chain(error):
     if isinstance(cause, OSError):
-      return str(cause)
+      return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
   message = str(error).strip()
   tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
   if tensorstore:
