@@ -24,9 +24,10 @@ answers:
   dropped unanswered (the connection closes): the store is unreachable.
 * ``lose``: ``[{"match": regex, "count": n}]``: the next ``n`` requests matching ``regex`` take
   effect, then their connection closes without an answer (a lost answer).
-* ``stalls``: ``[start, seconds]`` windows in which every request is read and left unanswered
-  (the connection stays open) until its window ends; then its connection closes: a store that
-  accepts and never answers.
+* ``stalls``: ``[start, seconds]`` windows in which every request matching ``stall_match`` (all
+  by default) is read and left unanswered (the connection stays open) until its window ends;
+  then its connection closes, the request without effect: a store that accepts and never
+  answers.
 * ``delays``: ``[{"match": regex, "seconds": s}]``: requests matching ``regex`` are answered
   (and take effect) only ``s`` seconds after they arrive: a slow store.
 * ``black_holes``: ``[start, seconds]`` windows in which the server accepts no connection: new
@@ -162,8 +163,8 @@ class Faults:
 
   def set(self, plan: dict) -> None:
     self.plan = {"seed": 0, "rate": 0.0, "statuses": [503, 429], "after_effect": 0.5,
-                 "match": "", "outages": [], "lose": [], "stalls": [], "delays": [],
-                 "black_holes": [], **plan}
+                 "match": "", "outages": [], "lose": [], "stalls": [], "stall_match": "",
+                 "delays": [], "black_holes": [], **plan}
     self.random = random.Random(self.plan["seed"])
     self.since = time.monotonic()
     self.lose = [dict(rule) for rule in self.plan["lose"]]
@@ -193,7 +194,7 @@ class Faults:
       self.counts["dropped_in_outage"] += 1
       return "drop", 0
     stall = self._window_left("stalls")
-    if stall:
+    if stall and re.search(self.plan["stall_match"], description):
       self.counts["stalled"] += 1
       return "stall", stall
     for rule in self.plan["delays"]:

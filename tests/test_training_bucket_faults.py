@@ -170,7 +170,8 @@ def test_only_transient_store_errors_are_retried_and_only_within_the_budget(capl
     raise aiohttp.ServerDisconnectedError()
 
   with pytest.raises(StoreUnavailable, match=r"^The store kept failing while reading z for 0 s "
-                                             r"\(Server disconnected\)\. Nothing was lost"):
+                                             r"\(unavailable: Server disconnected\)\. Nothing "
+                                             "was lost"):
     store.retrying("reading z", unreachable, budget=0)
 
 
@@ -279,34 +280,69 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
 
-def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_dir, gcs_faults,
-                                                                       uninterrupted, tmp_path):
+# A relaunch's restore under two faults: the answers to the reads of the checkpoint's items (its
+# progress record, read by gcsfs, and its arrays) are lost (the connection closes), or the reads
+# of its array data (by TensorStore) stall unanswered. The lock, the run files and the checkpoint
+# listing still answer, so the outage is the restore's. The budget is scaled down to 4 s
+# (time-outs of 2 s, see cfl_jax.store.clients): the relaunch stops within budget + 30 s of the
+# first failed read, with one line, and moves nothing.
+_RESTORE_FAULTS = {
+    "lost answers": lambda name: {"lose": [{
+        "match": rf"^GET \S+ {name}/checkpoints/\d+/(progress|state)/", "count": 10**6}]},
+    # The array data files: TensorStore's alone (gcsfs reads the metadata beside them).
+    "stalled array reads": lambda name: {
+        "stalls": [[0, 120]], "stall_match": rf"^GET \S+ {name}/checkpoints/\d+/state/.*\bd/"},
+}
+
+
+@pytest.mark.parametrize("fault", list(_RESTORE_FAULTS))
+def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_aside(
+    bucket_dir, gcs_faults, uninterrupted, tmp_path, fault):
   first = _start(bucket_dir)
   wait_for(lambda: _committed(bucket_dir, 10), first, timeout=180)
   first.send_signal(signal.SIGTERM)
   code, output = finish(first)
   assert code == 0 and "Preempted after step" in output, output[-3000:]
   checkpoints = _steps(bucket_dir)
-  # From the relaunch's first read of a checkpoint's items (its progress record and arrays), for
-  # 45 s, every such read goes unanswered (the connection closes), as in an outage; the lock, the
-  # run files and the checkpoint listing still answer, so the outage is the restore's. The
-  # budget, 20 s, is shorter: the relaunch gives up (a read whose answer is lost takes gcsfs's
-  # own retries, so the stop comes some seconds after the budget).
-  gcs_faults.set(lose=[{"match": rf"^GET \S+ {bucket_dir.name}/checkpoints/\d+/(progress|state)/",
-                        "count": 10**6}])
-  relaunch = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: "20"})
-  wait_for(lambda: gcs_faults.counts()["answers_lost"] > 0, relaunch, timeout=120)
-  outage_ends = time.monotonic() + 45
+  gcs_faults.set(**_RESTORE_FAULTS[fault](bucket_dir.name))
+  budget = 4.0
+  relaunch = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
+  wait_for(lambda: gcs_faults.counts()["answers_lost"] + gcs_faults.counts()["stalled"] > 0,
+           relaunch, timeout=120)
+  first_failed_read = time.monotonic()
   code, output = finish(relaunch, timeout=120)
-  stopped_within_the_outage = time.monotonic() < outage_ends
-  print(f"outage during the restore: stopped {45 - outage_ends + time.monotonic():.0f} s into it,",
+  took = time.monotonic() - first_failed_read
+  print(f"{fault} during the restore: stopped {took:.0f} s after the first failed read,",
         gcs_faults.counts(), output.strip().splitlines()[-1])
-  time.sleep(max(0.0, outage_ends - time.monotonic()))
   gcs_faults.clear()
   line = _stopped_with_one_line(code, output)
-  assert stopped_within_the_outage
+  assert took < budget + 30
   assert f"The store kept failing while reading checkpoint {bucket_dir}/checkpoints/" in line, line
   assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+
+
+def test_a_store_stalling_during_a_save_stops_the_run_in_time(bucket_dir, gcs_faults,
+                                                              uninterrupted, tmp_path):
+  """From checkpoint 10 on, every request for a checkpoint object (orbax's directory work through
+  gcsfs, its arrays through TensorStore) is accepted and never answered: the next save fails
+  within the time-outs (2 s at a 4 s budget), and the run stops with one line, within
+  budget + 30 s; a relaunch after the stall ends on the local result."""
+  budget = 4.0
+  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
+  wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
+  gcs_faults.set(stalls=[[0, 120]], stall_match=rf" {bucket_dir.name}/checkpoints/")
+  wait_for(lambda: gcs_faults.counts()["stalled"] > 0, process, timeout=60)
+  stall_met = time.monotonic()
+  code, output = finish(process, timeout=120)
+  took = time.monotonic() - stall_met
+  print(f"stall during a save: stopped {took:.0f} s after the first stalled request,",
+        gcs_faults.counts(), output.strip().splitlines()[-1])
+  gcs_faults.clear()
+  line = _stopped_with_one_line(code, output)
+  assert took < budget + 30
+  assert "Could not save checkpoint" in line or "The store kept failing while" in line, line
+  assert not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
 

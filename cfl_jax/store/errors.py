@@ -172,7 +172,17 @@ def is_transient(error: BaseException) -> bool:
 
 
 def reason(error: BaseException) -> str:
-  """The first line of ``error``'s message, or its type's name."""
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+  """The first line of ``error``'s message (or its type's name), after its
+  :func:`failure_cause` unless the line names it.
+
+  Examples:
+    >>> reason(TimeoutError())
+    'timed out: TimeoutError'
+    >>> reason(FileNotFoundError('gs://bucket/run/metrics.jsonl'))
+    'gs://bucket/run/metrics.jsonl'
+  """
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  cause = failure_cause(error)
+  return line if cause is None or cause in line.lower() else f"{cause}: {line}"
 
 
