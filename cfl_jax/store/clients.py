@@ -96,14 +96,15 @@ def _use_gcsfs(stall: float) -> bool:
   from etils.epath import backend as epath_backend
   # pylint: enable=g-import-not-at-top
   timeout = aiohttp.ClientTimeout(total=None, sock_connect=stall, sock_read=stall)
-  settings = {"requests_timeout": timeout}
-  unchanged = (all(fsspec.get_filesystem_class(p) is cls for p in cls.protocol)
-               and fsspec.config.conf.get("gs") == settings)
-  if unchanged:
+  if all(fsspec.get_filesystem_class(protocol) is cls and
+         fsspec.config.conf.get(protocol, {}).get("requests_timeout") == timeout
+         for protocol in cls.protocol):
     return True
   for protocol in cls.protocol:
     fsspec.register_implementation(protocol, cls, clobber=True)
-    fsspec.config.conf[protocol] = settings  # fsspec passes these to every new instance
+    # fsspec passes these to every new instance (a user's other settings, credentials, stay).
+    fsspec.config.conf[protocol] = {**fsspec.config.conf.get(protocol, {}),
+                                    "requests_timeout": timeout}
   cls.clear_instance_cache()
   # epath keeps one instance per scheme: the next gs:// path gets one of the class above.
   type(epath_backend.fsspec_backend)._get_filesystem.cache_clear()  # pylint: disable=protected-access

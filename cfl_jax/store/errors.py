@@ -50,6 +50,7 @@ _TENSORFLOW_CAUSES = {"UnavailableError": UNAVAILABLE, "DeadlineExceededError": 
 _HTTP_CODE_IN_MESSAGE = re.compile(r"http_response_code='(\d{3})'")
 _STATUS_IN_MESSAGE = re.compile(r"\b(" + "|".join(_STATUS_CAUSES) + r")\b")
 _CURL_TIMEOUT = re.compile(r"curl_code='28'")
+_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec(\[\d+\])?='[^']*'\]")
 
 
 class StoreUnavailable(RuntimeError):
@@ -173,7 +174,7 @@ def is_transient(error: BaseException) -> bool:
 
 def reason(error: BaseException) -> str:
   """The first line of ``error``'s message (or its type's name), after its
-  :func:`failure_cause` unless the line names it.
+  :func:`failure_cause` unless the line names it, without TensorStore's ``[tensorstore_spec=...]``.
 
   Examples:
     >>> reason(TimeoutError())
@@ -182,6 +183,7 @@ def reason(error: BaseException) -> str:
     'gs://bucket/run/metrics.jsonl'
   """
   line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  line = _TENSORSTORE_SPEC.sub("", line)  # TensorStore's specs of what it read: kilobytes
   cause = failure_cause(error)
   return line if cause is None or cause in line.lower() else f"{cause}: {line}"
 
