@@ -169,7 +169,7 @@ def test_a_store_that_stops_answering_fails_a_call_within_the_time_outs(gcs_buck
     assert clients.use_runner_clients(budget=2.0) == 2.0
     gcs_faults.set(**{fault: [[0, window]]})
     started = time.monotonic()
-    with pytest.raises(store.StoreUnavailable, match=r"while reading .* for 0 s \(\w*Timeout"):
+    with pytest.raises(store.StoreUnavailable, match=r"while reading .* for 0 s \(timed out: "):
       store.retrying(f"reading {path}", path.read_text, budget=0)
     took = time.monotonic() - started
   finally:
@@ -177,5 +177,6 @@ def test_a_store_that_stops_answering_fails_a_call_within_the_time_outs(gcs_buck
     if fault == "black_holes":  # its window must end before the control path answers again
       time.sleep(max(0.0, started + window - time.monotonic()))
   print(f"{fault}: StoreUnavailable after {took:.1f} s")
-  # 3 * 2 s + 1 s + 2 s, and up to 1 s of jitter a retry: 9 .. 11 s (measured: 9.6 s, 10.5 s).
+  # 3 * 2 s + 1 s + 2 s, and up to 1 s of jitter a retry: 9 .. 11 s (measured over two runs of
+  # both faults: 9.6 s to 11.0 s).
   assert 3 * 2.0 < took < 30
