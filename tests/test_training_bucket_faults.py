@@ -266,14 +266,17 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
   gcs_faults.set(outages=[[0, 30]])
   started = time.monotonic()
   code, output = finish(process, timeout=300)
-  print(f"outage in mid-training: exit {code} after {time.monotonic() - started:.0f} s,",
-        gcs_faults.counts(), output.strip().splitlines()[-1])
+  took = time.monotonic() - started
+  print(f"outage in mid-training: exit {code} after {took:.0f} s,", gcs_faults.counts(),
+        output.strip().splitlines()[-1])
   assert gcs_faults.counts()["dropped_in_outage"] > 0
   if code == 0:  # rode it out
     _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
     return
   line = _stopped_with_one_line(code, output)
   assert "The store kept failing while" in line or "Could not save checkpoint" in line, line
+  assert took < 10 + 30  # the stall bound: the budget + 30 s
+  time.sleep(max(0.0, started + 30 - time.monotonic()))  # the outage ends, then we look
   print("checkpoint directories:", _steps(bucket_dir), "newest committed:",
         _newest_committed(bucket_dir))
   assert not (bucket_dir / "damaged_checkpoints").exists()
