@@ -157,17 +157,25 @@ def test_a_checkpoint_refused_to_the_run_stops_it_and_stays(gcs_bucket, gcs_faul
 
 # Time-outs: a store that stops answering fails a call within a bound.
 
-@pytest.mark.parametrize("fault", ["stalls", "black_holes"])
+_WINDOW = 20.0  # seconds of each fault below
+_UNANSWERED = {
+    "stalls": lambda name: {"stalls": [[0, _WINDOW]]},
+    "delays": lambda name: {"delays": [{"match": f" {name}/", "seconds": _WINDOW}]},
+    "black_holes": lambda name: {"black_holes": [[0, _WINDOW]]},
+}
+
+
+@pytest.mark.parametrize("fault", list(_UNANSWERED))
 def test_a_store_that_stops_answering_fails_a_call_within_the_time_outs(gcs_bucket, gcs_faults,
                                                                         fault):
-  """A read of a store that accepts and never answers, or accepts no connection: gcsfs makes 3
-  attempts that time out after 2 s (the time-outs of a 2 s budget), 1 s and 2 s apart."""
+  """A read of a store that accepts and never answers, answers too late, or accepts no
+  connection: gcsfs makes 3 attempts that time out after 2 s (the time-outs of a 2 s budget),
+  1 s and 2 s apart."""
   path = epath.Path(f"{gcs_bucket}/{uuid.uuid4().hex[:8]}/note.txt")
   path.write_text("note")
-  window = 20.0
   try:
     assert clients.use_runner_clients(budget=2.0) == 2.0
-    gcs_faults.set(**{fault: [[0, window]]})
+    gcs_faults.set(**_UNANSWERED[fault](path.parent.name))
     started = time.monotonic()
     with pytest.raises(store.StoreUnavailable, match=r"while reading .* for 0 s \(timed out: "):
       store.retrying(f"reading {path}", path.read_text, budget=0)
@@ -175,8 +183,8 @@ def test_a_store_that_stops_answering_fails_a_call_within_the_time_outs(gcs_buck
   finally:
     clients.use_runner_clients()  # the session's default time-outs again
     if fault == "black_holes":  # its window must end before the control path answers again
-      time.sleep(max(0.0, started + window - time.monotonic()))
+      time.sleep(max(0.0, started + _WINDOW - time.monotonic()))
   print(f"{fault}: StoreUnavailable after {took:.1f} s")
   # 3 * 2 s + 1 s + 2 s, and up to 1 s of jitter a retry: 9 .. 11 s (measured over two runs of
-  # both faults: 9.6 s to 11.0 s).
+  # stalls and black holes, one of delays: 9.5 s to 11.0 s).
   assert 3 * 2.0 < took < 30
