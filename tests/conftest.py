@@ -12,9 +12,6 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# etils.epath picks its gs:// client once per process, at its first path of any kind: gcsfs, which
-# honours the emulator of the gcs_bucket fixture, rather than TensorFlow's GCS client.
-os.environ["EPATH_USE_TF"] = "false"
 
 
 @contextlib.contextmanager
@@ -84,9 +81,10 @@ def gcs_bucket(tmp_path_factory):
   started by ``tests/gcs_emulator.py`` with the download headers and upload preconditions of real
   GCS that it lacks).
 
-  The environment points every client at it, for this process and its subprocesses: tensorstore
-  (orbax's arrays), gcsfs (``etils.epath``, with ``EPATH_USE_TF=false`` set above, and the
-  workdir lock) and google-cloud-storage. No credentials are needed.
+  The environment holds what a user of an emulator sets, and nothing else: its address for
+  gcsfs and google-cloud-storage (``STORAGE_EMULATOR_HOST``) and for TensorStore
+  (``TENSORSTORE_GCS_HTTP_URL``), and a test token. This process then uses the runner's own
+  clients (:func:`cfl_jax.store.use_runner_clients`), as its runner subprocesses do.
   """
   # pylint: disable=g-import-not-at-top
   import importlib.util
@@ -107,9 +105,7 @@ def gcs_bucket(tmp_path_factory):
                             stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
   environment = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
-                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-                 "GOOGLE_CLOUD_PROJECT": "cfl-jax-test"}
+                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "GOOGLE_CLOUD_PROJECT": "cfl-jax-test"}
   saved = {key: os.environ.get(key) for key in environment}
   os.environ.update(environment)
   try:
@@ -120,6 +116,8 @@ def gcs_bucket(tmp_path_factory):
       if server.poll() is not None or time.time() > deadline:
         pytest.fail(f"the GCS emulator did not start (exit {server.poll()})")
       time.sleep(0.05)
+    from cfl_jax import store  # pylint: disable=g-import-not-at-top (after XLA_FLAGS)
+    store.use_runner_clients()
     yield f"gs://{bucket}"
   finally:
     server.terminate()

@@ -24,6 +24,18 @@ answers:
   dropped unanswered (the connection closes): the store is unreachable.
 * ``lose``: ``[{"match": regex, "count": n}]``: the next ``n`` requests matching ``regex`` take
   effect, then their connection closes without an answer (a lost answer).
+* ``stalls``: ``[start, seconds]`` windows in which every request matching ``stall_match`` (all
+  by default) is read and left unanswered (the connection stays open) until its window ends;
+  then its connection closes, the request without effect: a store that accepts and never
+  answers.
+* ``delays``: ``[{"match": regex, "seconds": s}]``: requests matching ``regex`` are answered
+  (and take effect) only ``s`` seconds after they arrive: a slow store.
+* ``black_holes``: ``[start, seconds]`` windows in which the server accepts no connection: new
+  ones wait in the kernel's queue and, once it is full, are not even connected (a host whose
+  packets are dropped). The control path is unreachable in such a window too.
+
+Requests are served concurrently, one thread each (a stalled or delayed request holds no other
+up); their effects on the stored objects happen one at a time.
 
 A request is matched (``re.search``) against ``"METHOD PATH OBJECT"``: its method, its URL path
 (decoded) and the object it names (from the path, the ``name`` query or a multipart upload's
@@ -33,11 +45,13 @@ Usage: ``python tests/gcs_emulator.py PORT BUCKET`` (in memory, on 127.0.0.1, un
 """
 
 from http import HTTPStatus
+from http import server as http_server
 import io
 import json
 import random
 import re
 import sys
+import threading
 import time
 from urllib.parse import parse_qs
 from urllib.parse import unquote
@@ -149,20 +163,44 @@ class Faults:
 
   def set(self, plan: dict) -> None:
     self.plan = {"seed": 0, "rate": 0.0, "statuses": [503, 429], "after_effect": 0.5,
-                 "match": "", "outages": [], "lose": [], **plan}
+                 "match": "", "outages": [], "lose": [], "stalls": [], "stall_match": "",
+                 "delays": [], "black_holes": [], **plan}
     self.random = random.Random(self.plan["seed"])
     self.since = time.monotonic()
     self.lose = [dict(rule) for rule in self.plan["lose"]]
     self.counts = {"requests": 0, "refused": 0, "failed_after_effect": 0, "dropped_in_outage": 0,
-                   "answers_lost": 0}
+                   "answers_lost": 0, "stalled": 0, "delayed": 0, "held_in_black_hole": 0}
 
-  def decide(self, description: str) -> tuple[str, int]:
-    """``(action, status)``: action is 'pass', 'refuse', 'fail_after', 'drop' or 'lose'."""
-    self.counts["requests"] += 1
+  def _window_left(self, windows: str) -> float:
+    """Seconds left of the ``windows`` (a plan key) window in force now; 0 when none is."""
     elapsed = time.monotonic() - self.since
-    if any(start <= elapsed < start + seconds for start, seconds in self.plan["outages"]):
+    return max([start + seconds - elapsed for start, seconds in self.plan[windows]
+                if start <= elapsed < start + seconds], default=0.0)
+
+  def black_hole_left(self) -> float:
+    """Seconds the server accepts no connection from now (counted once per held connection)."""
+    left = self._window_left("black_holes")
+    if left:
+      self.counts["held_in_black_hole"] += 1
+    return left
+
+  def decide(self, description: str) -> tuple[str, float]:
+    """``(action, value)``: action is 'pass', 'refuse' or 'fail_after' (value: the status),
+    'drop', 'lose', 'stall' (value: seconds until the connection closes) or 'delay' (value:
+    seconds before the request is served)."""
+    self.counts["requests"] += 1
+    if any(start <= time.monotonic() - self.since < start + seconds
+           for start, seconds in self.plan["outages"]):
       self.counts["dropped_in_outage"] += 1
       return "drop", 0
+    stall = self._window_left("stalls")
+    if stall and re.search(self.plan["stall_match"], description):
+      self.counts["stalled"] += 1
+      return "stall", stall
+    for rule in self.plan["delays"]:
+      if re.search(rule["match"], description):
+        self.counts["delayed"] += 1
+        return "delay", rule["seconds"]
     for rule in self.lose:
       if rule["count"] > 0 and re.search(rule["match"], description):
         rule["count"] -= 1
@@ -209,36 +247,64 @@ def _answer(handler, status: int, payload: dict) -> None:
   handler.close_connection = True
 
 
-def _with_faults(original, faults: Faults):
-  """``RequestHandler.do_<METHOD>`` with the fault plan and its control path in front."""
+def _with_faults(original, faults: Faults, storage_lock: threading.Lock):
+  """``RequestHandler.do_<METHOD>`` with the fault plan and its control path in front; the
+  emulator's own handling (its storage is not thread-safe) under ``storage_lock``."""
+  def serve(handler):
+    with storage_lock:
+      original(handler)
+
   def handle(handler):
     method = handler.command
     body = _read_body(handler)
     if urlparse(handler.path).path == CONTROL_PATH:
-      if method == "PUT":
-        faults.set(json.loads(body or b"{}"))
-      elif method == "DELETE":
-        faults.set({})
-      _answer(handler, 200, {"plan": faults.plan, "counts": faults.counts})
+      with storage_lock:
+        if method == "PUT":
+          faults.set(json.loads(body or b"{}"))
+        elif method == "DELETE":
+          faults.set({})
+        _answer(handler, 200, {"plan": faults.plan, "counts": faults.counts})
       return
-    action, status = faults.decide(_description(method, handler.path, body))
+    with storage_lock:
+      action, status = faults.decide(_description(method, handler.path, body))
+    if action == "stall":
+      time.sleep(status)
+      handler.close_connection = True
+      return
+    if action == "delay":
+      time.sleep(status)
+      serve(handler)
+      return
     if action == "drop":
       handler.close_connection = True
       return
     if action == "refuse":
-      _answer(handler, status, {"error": {"code": status, "message": "injected fault"}})
+      _answer(handler, int(status), {"error": {"code": status, "message": "injected fault"}})
       return
     if action in ("fail_after", "lose"):
       real_answer, handler.wfile = handler.wfile, io.BytesIO()
-      original(handler)  # takes effect; its answer goes nowhere
+      serve(handler)  # takes effect; its answer goes nowhere
       handler.wfile = real_answer
       if action == "lose":
         handler.close_connection = True
       else:
-        _answer(handler, status, {"error": {"code": status, "message": "injected fault"}})
+        _answer(handler, int(status), {"error": {"code": status, "message": "injected fault"}})
       return
-    original(handler)
+    serve(handler)
   return handle
+
+
+def _threaded_server_with_black_holes(faults: Faults):
+  """An HTTP server class serving each connection in its own thread, and accepting none while
+  a black hole of ``faults`` is in force."""
+  class Server(http_server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def get_request(self):
+      time.sleep(faults.black_hole_left())  # the pending connection waits in the kernel
+      return super().get_request()
+
+  return Server
 
 
 def main(port: int, bucket: str) -> None:
@@ -249,11 +315,13 @@ def main(port: int, bucket: str) -> None:
   # Also reached from insert (POST), which passes the parts of resumable uploads on to it.
   objects.upload_partial = _upload_partial_of_completed_sessions(objects.upload_partial)
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
-  faults = Faults()
+  faults, storage_lock = Faults(), threading.Lock()
   for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
     name = f"do_{method}"
     setattr(server.RequestHandler, name, _with_faults(getattr(server.RequestHandler, name),
-                                                      faults))
+                                                      faults, storage_lock))
+  # The emulator's API thread builds its server from http.server's HTTPServer (in this process).
+  server.server.HTTPServer = _threaded_server_with_black_holes(faults)
   server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
 
 

@@ -4,6 +4,8 @@ of a minute, uploads that fail past the retry budget, and checkpoints that are t
 Everything talks to the fault-injecting GCS emulator of the ``gcs_faults`` fixture; the runs are
 ``python -m experiments.train`` subprocesses, compared with an uninterrupted run on the local
 disk: the same summary, every metrics record exactly once, every TensorBoard scalar once a step.
+The subprocesses get a user's environment (only the emulator's variables for the store): they
+run on the storage clients the runner chooses itself.
 """
 
 import json
@@ -26,7 +28,8 @@ from cfl_jax.training import ConfigError, StoreUnavailable, reporting, train_and
 from cfl_jax.store import workdir_lock
 from cfl_jax.training.train import Run
 from cfl_jax.training.checkpointing import Checkpointer
-from training_helpers import comparable, finish, start_trainer, tiny_config, wait_for
+from training_helpers import comparable, finish, start_trainer, tiny_config, user_environment
+from training_helpers import wait_for
 
 # 15 steps an epoch: checkpoints every 10 steps, records every 5, evaluations at 30 and 60.
 _STEPS = 60
@@ -48,6 +51,12 @@ def uninterrupted(tmp_path_factory):
   """The local run every bucket run must end on: ``(workdir, summary)``."""
   workdir = str(tmp_path_factory.mktemp("local"))
   return workdir, train_and_evaluate(_CONFIG, workdir)
+
+
+def _start(workdir, env: dict[str, str] | None = None):
+  """The runner on ``_CONFIG`` in ``workdir``, in a user's environment updated with ``env``."""
+  return start_trainer(os.fspath(workdir), _CONFIG, env=user_environment(**(env or {})),
+                       inherit_environment=False)
 
 
 def _faults_on(prefix: str) -> str:
@@ -114,7 +123,7 @@ def _stopped_with_one_line(code: int, output: str) -> str:
 def _relaunch_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) -> None:
   """A relaunch resumes from the newest committed checkpoint and ends on the local result."""
   newest = _newest_committed(workdir)
-  code, output = finish(start_trainer(os.fspath(workdir), _CONFIG), timeout=180)
+  code, output = finish(_start(workdir), timeout=180)
   assert code == 0, output[-3000:]
   assert _read_json(workdir / "summary.json")["resumed_from_step"] == newest
   _assert_ends_as_the_local_run(workdir, uninterrupted, tmp_path)
@@ -161,7 +170,8 @@ def test_only_transient_store_errors_are_retried_and_only_within_the_budget(capl
     raise aiohttp.ServerDisconnectedError()
 
   with pytest.raises(StoreUnavailable, match=r"^The store kept failing while reading z for 0 s "
-                                             r"\(Server disconnected\)\. Nothing was lost"):
+                                             r"\(unavailable: Server disconnected\)\. Nothing "
+                                             "was lost"):
     store.retrying("reading z", unreachable, budget=0)
 
 
@@ -178,7 +188,7 @@ def test_a_run_under_store_faults_ends_as_the_uninterrupted_local_run(bucket_dir
                                                                      uninterrupted, tmp_path):
   gcs_faults.set(seed=0, rate=0.03, statuses=[503, 429], after_effect=0.5,
                  match=_faults_on(bucket_dir.name))
-  code, output = finish(start_trainer(os.fspath(bucket_dir), _CONFIG), timeout=240)
+  code, output = finish(_start(bucket_dir), timeout=240)
   counts = gcs_faults.counts()
   print("faults injected:", counts)
   assert code == 0, output[-3000:]
@@ -198,7 +208,7 @@ def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
   workdir, resumed_from = os.fspath(bucket_dir), []
   for _ in range(2):
     previous = max(_committed_steps(bucket_dir), default=0)
-    process = start_trainer(workdir, _CONFIG, env=env)
+    process = _start(workdir, env)
     try:
       wait_for(lambda after=previous: max(_committed_steps(bucket_dir), default=0) > after,
                process, timeout=240)
@@ -207,7 +217,7 @@ def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
       process.wait()
     assert not (bucket_dir / "summary.json").exists()  # killed mid-run
     resumed_from.append(max(_committed_steps(bucket_dir)))
-  code, output = finish(start_trainer(workdir, _CONFIG, env=env), timeout=300)
+  code, output = finish(_start(workdir, env), timeout=300)
   counts = gcs_faults.counts()
   print("faults injected:", counts, "; killed after checkpoints", resumed_from)
   assert code == 0, output[-3000:]
@@ -251,55 +261,91 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
                                                                 uninterrupted, tmp_path):
   # The budget (10 s here, 180 s by default) and the outage (30 s) keep the test short; what
   # counts is that the outage outlasts the budget.
-  process = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                          env={store.RETRY_SECONDS_VARIABLE: "10"})
+  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: "10"})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
   gcs_faults.set(outages=[[0, 30]])
   started = time.monotonic()
   code, output = finish(process, timeout=300)
-  print(f"outage in mid-training: exit {code} after {time.monotonic() - started:.0f} s,",
-        gcs_faults.counts(), output.strip().splitlines()[-1])
+  took = time.monotonic() - started
+  print(f"outage in mid-training: exit {code} after {took:.0f} s,", gcs_faults.counts(),
+        output.strip().splitlines()[-1])
   assert gcs_faults.counts()["dropped_in_outage"] > 0
   if code == 0:  # rode it out
     _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
     return
   line = _stopped_with_one_line(code, output)
   assert "The store kept failing while" in line or "Could not save checkpoint" in line, line
+  assert took < 10 + 30  # the stall bound: the budget + 30 s
+  time.sleep(max(0.0, started + 30 - time.monotonic()))  # the outage ends, then we look
   print("checkpoint directories:", _steps(bucket_dir), "newest committed:",
         _newest_committed(bucket_dir))
   assert not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
 
-def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_dir, gcs_faults,
-                                                                       uninterrupted, tmp_path):
-  first = start_trainer(os.fspath(bucket_dir), _CONFIG)
+# A relaunch's restore under two faults: the answers to the reads of the checkpoint's items (its
+# progress record, read by gcsfs, and its arrays) are lost (the connection closes), or the reads
+# of its array data (by TensorStore) stall unanswered. The lock, the run files and the checkpoint
+# listing still answer, so the outage is the restore's. The budget is scaled down to 4 s
+# (time-outs of 2 s, see cfl_jax.store.clients): the relaunch stops within budget + 30 s of the
+# first failed read, with one line, and moves nothing.
+_RESTORE_FAULTS = {
+    "lost answers": lambda name: {"lose": [{
+        "match": rf"^GET \S+ {name}/checkpoints/\d+/(progress|state)/", "count": 10**6}]},
+    # The array data files: TensorStore's alone (gcsfs reads the metadata beside them).
+    "stalled array reads": lambda name: {
+        "stalls": [[0, 120]], "stall_match": rf"^GET \S+ {name}/checkpoints/\d+/state/.*\bd/"},
+}
+
+
+@pytest.mark.parametrize("fault", list(_RESTORE_FAULTS))
+def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_aside(
+    bucket_dir, gcs_faults, uninterrupted, tmp_path, fault):
+  first = _start(bucket_dir)
   wait_for(lambda: _committed(bucket_dir, 10), first, timeout=180)
   first.send_signal(signal.SIGTERM)
   code, output = finish(first)
   assert code == 0 and "Preempted after step" in output, output[-3000:]
   checkpoints = _steps(bucket_dir)
-  # From the relaunch's first read of a checkpoint's items (its progress record and arrays), for
-  # 45 s, every such read goes unanswered (the connection closes), as in an outage; the lock, the
-  # run files and the checkpoint listing still answer, so the outage is the restore's. The
-  # budget, 20 s, is shorter: the relaunch gives up (a read whose answer is lost takes gcsfs's
-  # own retries, so the stop comes some seconds after the budget).
-  gcs_faults.set(lose=[{"match": rf"^GET \S+ {bucket_dir.name}/checkpoints/\d+/(progress|state)/",
-                        "count": 10**6}])
-  relaunch = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                           env={store.RETRY_SECONDS_VARIABLE: "20"})
-  wait_for(lambda: gcs_faults.counts()["answers_lost"] > 0, relaunch, timeout=120)
-  outage_ends = time.monotonic() + 45
+  gcs_faults.set(**_RESTORE_FAULTS[fault](bucket_dir.name))
+  budget = 4.0
+  relaunch = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
+  wait_for(lambda: gcs_faults.counts()["answers_lost"] + gcs_faults.counts()["stalled"] > 0,
+           relaunch, timeout=120)
+  first_failed_read = time.monotonic()
   code, output = finish(relaunch, timeout=120)
-  stopped_within_the_outage = time.monotonic() < outage_ends
-  print(f"outage during the restore: stopped {45 - outage_ends + time.monotonic():.0f} s into it,",
+  took = time.monotonic() - first_failed_read
+  print(f"{fault} during the restore: stopped {took:.0f} s after the first failed read,",
         gcs_faults.counts(), output.strip().splitlines()[-1])
-  time.sleep(max(0.0, outage_ends - time.monotonic()))
   gcs_faults.clear()
   line = _stopped_with_one_line(code, output)
-  assert stopped_within_the_outage
+  assert took < budget + 30
   assert f"The store kept failing while reading checkpoint {bucket_dir}/checkpoints/" in line, line
   assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+
+
+def test_a_store_stalling_during_a_save_stops_the_run_in_time(bucket_dir, gcs_faults,
+                                                              uninterrupted, tmp_path):
+  """From checkpoint 10 on, every request for a checkpoint object (orbax's directory work through
+  gcsfs, its arrays through TensorStore) is accepted and never answered: the next save fails
+  within the time-outs (2 s at a 4 s budget), and the run stops with one line, within
+  budget + 30 s; a relaunch after the stall ends on the local result."""
+  budget = 4.0
+  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
+  wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
+  gcs_faults.set(stalls=[[0, 120]], stall_match=rf" {bucket_dir.name}/checkpoints/")
+  wait_for(lambda: gcs_faults.counts()["stalled"] > 0, process, timeout=60)
+  stall_met = time.monotonic()
+  code, output = finish(process, timeout=120)
+  took = time.monotonic() - stall_met
+  print(f"stall during a save: stopped {took:.0f} s after the first stalled request,",
+        gcs_faults.counts(), output.strip().splitlines()[-1])
+  gcs_faults.clear()
+  line = _stopped_with_one_line(code, output)
+  assert took < budget + 30
+  assert "Could not save checkpoint" in line or "The store kept failing while" in line, line
+  assert not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
 
 
@@ -307,8 +353,7 @@ def test_an_outage_during_a_relaunchs_restore_sets_no_checkpoint_aside(bucket_di
 
 def test_an_upload_failing_past_the_budget_stops_the_run_before_its_checkpoint(
     bucket_dir, gcs_faults, uninterrupted, tmp_path):
-  process = start_trainer(os.fspath(bucket_dir), _CONFIG,
-                          env={store.RETRY_SECONDS_VARIABLE: "1"})
+  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: "1"})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
   # From now on every upload of an event file fails. A sync uploads metrics.jsonl first: the one
   # that fails leaves the bucket with records beyond the newest checkpoint, as a VM lost between

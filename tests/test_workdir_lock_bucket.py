@@ -218,13 +218,14 @@ def test_the_heartbeat_outlives_store_errors_while_the_window_allows(bucket_dir,
     _wait_until(lambda: _lock_object(bucket_dir).read().generation != written, timeout=20)
     assert refused > 0
     _held_through(lock, 1)
-    # A failure that outlasts the window stops the run at its next check.
+    # A failure that outlasts the window stops the run at its next check, naming the last error
+    # (gcsfs gives up on a request within seconds: cfl_jax.store.clients).
     gcs_faults.set(rate=1.0, statuses=[503], after_effect=0.0, match=_lock_requests(bucket_dir))
     started = time.monotonic()
     with pytest.raises(WorkdirLockLost, match=(
         rf"This run lost the lock of the workdir {bucket_dir}: its heartbeat has not reached "
-        r"the store for \d+ s, so another run may take it over\. It stopped before its next "
-        "checkpoint")):
+        r"the store for \d+ s \(last error: HttpError: injected fault, 503\), so another run may "
+        r"take it over\. It stopped before its next checkpoint")):
       _held_through(lock, 15)
     assert time.monotonic() - started < 11
     gcs_faults.clear()

@@ -40,18 +40,36 @@ def _flags(config: Mapping, prefix: str = "--config.") -> list[str]:
 
 def start_trainer(workdir: str | None, config: Mapping, *extra_flags: str,
                   env: Mapping[str, str] | None = None, cwd: str = REPO,
-                  preexec_fn=None) -> subprocess.Popen:
+                  preexec_fn=None, inherit_environment: bool = True) -> subprocess.Popen:
   """``python -m experiments.train`` with ``config`` as flag overrides, stdout+stderr piped.
 
   ``extra_flags`` come first, so a ``--config=FILE`` among them precedes the overrides;
   ``preexec_fn`` runs in the child before the trainer starts (e.g. to set resource limits).
+  The child's environment is this process's updated with ``env``, or ``env`` alone (and
+  ``PYTHONPATH``) when not ``inherit_environment``.
   """
   command = [sys.executable, "-m", "experiments.train", *extra_flags, *_flags(config)]
   if workdir is not None:
     command.append(f"--workdir={workdir}")
-  environment = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+  environment = {**(os.environ if inherit_environment else {}), "PYTHONPATH": REPO,
+                 **(env or {})}
   return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+
+
+#: What a user of the GCS emulator sets (the runner chooses its storage clients itself).
+EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+                      "GOOGLE_AUTH_TOKEN_FOR_TESTING")
+
+
+def user_environment(**extra: str) -> dict[str, str]:
+  """This process's environment as a user's would be: ``PATH``, ``HOME``, the emulator's
+  variables (:data:`EMULATOR_VARIABLES`), and for test speed only the fake CPU devices and JAX
+  settings (the module's compilation cache); no storage client switch. Then ``extra``."""
+  kept = {key: value for key, value in os.environ.items()
+          if key in ("PATH", "HOME", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL") + EMULATOR_VARIABLES
+          or key.startswith("JAX_")}
+  return {**kept, "PYTHONPATH": REPO, **extra}
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:

@@ -2,7 +2,9 @@
 
 One job per module:
 
-* ``errors``: what a store error means (transient or an answer), :class:`StoreUnavailable`.
+* ``clients``: the storage clients a run uses (gcsfs, TensorStore) and their time-outs.
+* ``errors``: what a store error means (an outage, a failure that stops the run, or an answer),
+  :class:`StoreUnavailable`.
 * ``retry``: store calls run again through transient errors, within a retry budget.
 * ``paths``: epath paths, atomic writes, directory moves and listings on disks and buckets.
 * ``lock_object``: one GCS object written and deleted only at the generation it was read at.
@@ -13,8 +15,10 @@ The names most callers need are re-exported here: ``from cfl_jax import store`` 
 ``store.retrying(...)``, ``store.as_path(...)``.
 """
 
+from cfl_jax.store.clients import use_runner_clients
 from cfl_jax.store.errors import StoreUnavailable
 from cfl_jax.store.errors import error_chain
+from cfl_jax.store.errors import failure_cause
 from cfl_jax.store.errors import is_transient
 from cfl_jax.store.paths import PathLike
 from cfl_jax.store.paths import as_path
@@ -35,6 +39,7 @@ __all__ = [
     "StoreUnavailable",
     "as_path",
     "error_chain",
+    "failure_cause",
     "filesystem",
     "is_local",
     "is_transient",
@@ -42,5 +47,6 @@ __all__ = [
     "relative_files",
     "retry_budget",
     "retrying",
+    "use_runner_clients",
     "write_atomic",
 ]

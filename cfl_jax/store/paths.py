@@ -13,15 +13,18 @@ disk in three ways that matter here, and the helpers below hide them:
   :class:`cfl_jax.store.workdir_lock.WorkdirLock` take other routes there.
 
 Object stores also fail for a while, as networks and busy buckets do: a 429 or 5xx answer, a
-time-out, a reset connection, an expired token. :func:`retrying` runs a store call again through
-such transient errors, with back-off, for up to :data:`~cfl_jax.store.retry.RETRY_SECONDS`
-(environment variable :data:`~cfl_jax.store.retry.RETRY_SECONDS_VARIABLE`), then raises
+time-out, a stalled or reset connection, an expired token. :func:`~cfl_jax.store.retry.retrying`
+runs a store call again through such transient errors (:func:`cfl_jax.store.errors.is_transient`),
+with back-off, for up to :data:`~cfl_jax.store.retry.RETRY_SECONDS` (environment variable
+:data:`~cfl_jax.store.retry.RETRY_SECONDS_VARIABLE`), then raises
 :class:`~cfl_jax.store.errors.StoreUnavailable`; every other error (404, 412, 403, a malformed
 object) passes through at once. The helpers below retry their store calls this way; so do the run
 files and the checkpoint reader.
 
-``gs://`` needs ``gcsfs`` (the ``experiments`` extra); set ``EPATH_USE_TF=false`` to make epath
-use it instead of TensorFlow's GCS client (which ignores storage emulators).
+``gs://`` needs ``gcsfs`` (the ``experiments`` extra). Which client epath uses for it, and with
+which time-outs, is the run's choice, not the environment's:
+:func:`cfl_jax.store.clients.use_runner_clients` makes epath use gcsfs, never TensorFlow's GCS
+client, in every process that runs :func:`cfl_jax.training.train_and_evaluate`.
 """
 
 import os

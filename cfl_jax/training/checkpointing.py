@@ -10,8 +10,10 @@ the host-side state needed to make a resumed run end exactly like an uninterrupt
 partially averaged logging window).
 
 Reading a checkpoint retries transient store errors (:func:`cfl_jax.store.retrying`): a
-checkpoint is set aside as damaged only when it was read and does not decode, never because the
-store was unreachable, and all processes of a run agree on that verdict.
+checkpoint is set aside as damaged only when its bytes were read and do not decode or a part of
+it is missing, never because the store or the machine failed (unreachable, timed out,
+unauthorised, forbidden, out of memory: :func:`cfl_jax.store.failure_cause`), and all processes
+of a run agree on that verdict.
 
 Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
 a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
@@ -53,11 +55,11 @@ class CheckpointSaveError(RuntimeError):
 
 
 def _root_cause(error: BaseException) -> str:
-  """The operating-system error behind ``error`` (orbax and TensorStore wrap them), else the
-  first line of its message."""
+  """The first line of the operating-system error behind ``error`` (orbax and TensorStore wrap
+  them), else of its message."""
   for cause in store.error_chain(error):
     if isinstance(cause, OSError):
-      return str(cause)
+      return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
   message = str(error).strip()
   tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
   if tensorstore:
@@ -267,9 +269,11 @@ class Checkpointer:
     """``self._manager.restore(step, args=args)``, retried through transient store errors.
 
     Raises:
-      StoreUnavailable: when the store stays unreachable past the retry budget.
-      _DamagedCheckpoint: for any other error: the checkpoint was read, and it ``damage``
-        (a phrase such as "is unreadable").
+      StoreUnavailable: when the store stays unreachable past the retry budget, or the read
+        failed for a cause that is not the checkpoint's (:func:`cfl_jax.store.failure_cause`:
+        unauthorised, forbidden, out of memory, ...).
+      _DamagedCheckpoint: for any other error: the checkpoint's bytes were read and it
+        ``damage`` (a phrase such as "is unreadable"), or a part of it is missing.
     """
     where = self.directory / str(step)
     try:
@@ -277,7 +281,12 @@ class Checkpointer:
                               lambda: self._manager.restore(step, args=args))
     except store.StoreUnavailable:
       raise
-    except Exception as error:  # orbax raises many types; all non-transient ones mean damage
+    except Exception as error:  # orbax raises many types; classified by what they mean
+      cause = store.failure_cause(error)
+      if cause is not None:  # the store or the machine failed, not the checkpoint
+        raise store.StoreUnavailable(
+            f"Could not read checkpoint {where}: {cause} ({_root_cause(error)}). It is left "
+            "in place: run again once the cause is mended.") from error
       raise _DamagedCheckpoint(f"Checkpoint {where} {damage}: {_root_cause(error)}") from error
 
   def restore_latest(self, abstract_state: Any,
@@ -287,15 +296,18 @@ class Checkpointer:
     A checkpoint is damaged only when it was read and failed to decode or has missing or
     inconsistent parts (not a train state of this shape); then it is moved aside to
     ``damaged_checkpoints/`` beside the checkpoint directory, with a warning naming it and why,
-    and the next older one is tried. A store that stays unreachable past the retry budget moves
-    nothing: the run stops with StoreUnavailable, and a later run finds every checkpoint. With
+    and the next older one is tried. A store that stays unreachable past the retry budget, or a
+    read that fails for another cause than the checkpoint (unauthorised, forbidden, out of
+    memory: :func:`cfl_jax.store.failure_cause`), moves nothing: the run stops with
+    StoreUnavailable, and a later run finds every checkpoint. With
     several processes each one reads the checkpoint and the worst verdict of all (unavailable,
     then damaged) is applied by all; process 0 moves. A checkpoint written by a different config
     is not damaged: it stops the run (see :meth:`restore`).
 
     Raises:
       CheckpointError: if a checkpoint was written with different trajectory keys.
-      StoreUnavailable: if the store (for any process) stays unreachable past the retry budget.
+      StoreUnavailable: if the store (for any process) stays unreachable past the retry budget
+        or fails a read for a cause that is not the checkpoint's.
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
       restored, problem = None, None

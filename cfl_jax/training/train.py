@@ -550,6 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   """
   session_started = time.time()
   run = Run.create(config)
+  store.use_runner_clients()  # the tested gcsfs and TensorStore configuration, before any I/O
   is_writer = jax.process_index() == 0
   with (compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir),
         workdir_lock.WorkdirLock(workdir, enabled=is_writer) as lock):
