@@ -55,9 +55,10 @@ def check_xi(xi) -> None:
   """A concrete ``xi`` must be real numbers in [0, 1] (``ValueError`` naming xi otherwise).
 
   A traced xi (e.g. a schedule read inside ``jit``) is not checked: its values are unknown
-  until the program runs.
+  until the program runs; nor is an array spread over other hosts' devices.
   """
-  if isinstance(xi, jax.core.Tracer):
+  if isinstance(xi, jax.core.Tracer) or (isinstance(xi, jax.Array)
+                                         and not xi.is_fully_addressable):
     return
   hint = ("; xi is the third positional argument, where optax's losses take axis or alpha: "
           "pass it by keyword (xi=...)")
