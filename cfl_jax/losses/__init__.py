@@ -37,8 +37,10 @@ Input policy, the same for all three:
   not a number, or ``None`` raises ``ValueError`` (xi is the third positional
   argument, where optax's losses take ``axis`` or ``alpha``: pass it by
   keyword). A traced xi, e.g. ``cfl_jax.xi_schedule(...)(state.step)`` inside
-  ``jit``, is not checked, as its value is unknown when the loss is traced. A
-  Python 0 or 1 skips the unused term.
+  ``jit``, is not checked, as its value is unknown when the loss is traced (so
+  the deliberate overshoot of :func:`cfl_jax.reference_xi_schedule` past 1, with
+  ``first_epoch=1``, reaches the loss in a jitted step, as in the authors' code).
+  A Python 0 or 1 skips the unused term.
 * **Labels outside their range** give NaN in exactly the affected outputs, eagerly
   and under ``jit``, checked on the device (no host copy): integer class indices
   outside ``[0, C)`` (softmax and fused losses) and sigmoid targets outside
