@@ -127,6 +127,142 @@ def test_xi_broadcasts_to_the_batch_shape_in_every_family():
       loss(jnp.ones(2))
 
 
+def families(logits, labels):
+  """Each family's loss as a function of xi (and keywords), on the same [B, C] logits."""
+  return {
+      "integer": functools.partial(cfl_jax.cyclical_focal_loss_with_integer_labels, logits,
+                                   labels),
+      "probability": functools.partial(cfl_jax.cyclical_focal_loss, logits,
+                                       jax.nn.one_hot(labels, C)),
+      "sigmoid": functools.partial(cfl_jax.sigmoid_cyclical_focal_loss, logits,
+                                   jax.nn.one_hot(labels, C)),
+      "fused": functools.partial(cfl_jax.linear_cyclical_focal_loss_with_integer_labels, logits,
+                                 jnp.eye(C), labels),
+  }
+
+
+@pytest.mark.parametrize("xi", [-0.5, 2.0, -1, float("nan"), "0.5", None, True,
+                                np.array([0.2, 0.5, 1.5, 0.0, 1.0, 0.3])],
+                         ids=["negative", "above_one", "optax_axis", "nan", "string", "none",
+                              "bool", "array"])
+def test_concrete_xi_outside_the_unit_interval_or_not_a_number_is_refused(data, xi):
+  logits, labels, _, _ = data
+  for name, loss in families(logits, labels).items():
+    with pytest.raises(ValueError, match=r"^xi must be .*pass it by keyword"):
+      loss(xi)
+    if isinstance(xi, float) and np.isfinite(xi):
+      # Traced, xi is not checked (its value is unknown when the loss is traced): the loss
+      # computes with it, e.g. a negative loss for xi = 2 at confident examples.
+      assert np.isfinite(jax.jit(loss)(xi)).all(), name
+
+
+def test_xi_broadcasts_by_the_rules_of_where(data):
+  """Per-example xi with the logits' rank and a class axis of 1, as `where` takes it: [B, 1]
+  for [B, C] logits, [1, B] with axis=0."""
+  logits, labels, _, _ = data
+  xi = np.linspace(0.1, 0.9, B)
+  for name, loss in families(logits, labels).items():
+    expected = np.asarray(loss(xi))
+    np.testing.assert_array_equal(loss(xi[:, None]), expected, err_msg=name)
+    np.testing.assert_array_equal(loss(xi, where=where_of_shape((B, 1), None)),
+                                  loss(xi[:, None], where=where_of_shape((B,), None)))
+    with pytest.raises(ValueError, match="xi must be a scalar or have the batch shape"):
+      loss(np.full((B, C), 0.5))  # one xi per class is not one per example
+  transposed = cfl_jax.cyclical_focal_loss_with_integer_labels(logits.T, labels, xi[None], axis=0)
+  np.testing.assert_allclose(transposed, families(logits, labels)["integer"](xi), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# where: boolean as in optax; a class mask that hides the target
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_non_boolean_where_is_refused_as_in_optax(data, dtype):
+  logits, labels, probabilities, _ = data
+  weights = np.array([1.0, 0.5, 0.0, 1.0, 1.0, 0.0]).astype(dtype)  # lm1b-style weights
+  with pytest.raises(ValueError, match="where"):
+    optax.softmax_cross_entropy(logits, probabilities, where=jnp.asarray(weights))
+  for loss in families(logits, labels).values():
+    with pytest.raises(ValueError, match="where must be a boolean mask.*multiply the returned"):
+      loss(0.5, where=weights)
+    loss(0.5, where=weights.astype(bool))  # the same flags as booleans are fine
+
+
+def test_a_class_mask_hiding_the_target_masks_the_example(data):
+  """Loss 0 and gradient 0 for that example, as optax's probability form gives. optax's
+  integer form gives logsumexp over the kept classes minus z_t, -log of a ratio that is no
+  probability: it can exceed 1 (a negative loss) and leaves (1 - p_t)^gamma undefined, so it
+  is not followed (cfl_jax/losses/__init__.py, input policy)."""
+  logits, labels, _, _ = data
+  where = np.arange(C)[None] != labels[0]  # hides the first example's target
+  hidden = labels == labels[0]
+  one_hot = jax.nn.one_hot(labels, C)
+  for loss in (cfl_jax.cyclical_focal_loss_with_integer_labels(logits, labels, 0.4, where=where),
+               cfl_jax.cyclical_focal_loss(logits, one_hot, 0.4, where=where)):
+    np.testing.assert_array_equal(np.asarray(loss)[hidden], 0.0)
+    assert np.all(np.asarray(loss)[~hidden] > 0)
+  grad = jax.grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
+      z, labels, 0.4, where=where).sum())(logits)
+  np.testing.assert_array_equal(np.asarray(grad)[hidden], 0.0)
+  np.testing.assert_allclose(
+      cfl_jax.cyclical_focal_loss_with_integer_labels(
+          logits, labels, 0.0, gamma_lc=0.0, where=where),
+      optax.softmax_cross_entropy(logits, one_hot, where=where), rtol=1e-6, atol=1e-6)
+  confident = jnp.asarray(logits).at[0, labels[0]].set(20.0)
+  assert optax.softmax_cross_entropy_with_integer_labels(confident, labels, where=where)[0] < 0
+
+
+# --------------------------------------------------------------------------
+# Labels: integer one-hot labels are probabilities; one-hot labels are no indices
+# --------------------------------------------------------------------------
+
+
+def test_integer_one_hot_labels_are_probability_labels_as_in_optax(data):
+  logits, labels, _, _ = data
+  expected = cfl_jax.cyclical_focal_loss(logits, jax.nn.one_hot(labels, C), 0.4,
+                                         label_smoothing=0.1)
+  for dtype in (jnp.int32, jnp.int8, bool):
+    one_hot = jax.nn.one_hot(labels, C, dtype=dtype)
+    np.testing.assert_array_equal(
+        cfl_jax.cyclical_focal_loss(logits, one_hot, 0.4, label_smoothing=0.1), expected)
+  one_hot = jax.nn.one_hot(labels, C, dtype=jnp.int32)
+  np.testing.assert_allclose(cfl_jax.focal_loss(logits, one_hot, gamma=0.0),
+                             optax.softmax_cross_entropy(logits, one_hot), rtol=1e-6)
+
+
+def test_one_hot_labels_to_an_integer_form_name_one_hot(data):
+  logits, labels, _, _ = data
+  one_hot = jax.nn.one_hot(labels, C, dtype=jnp.int32)
+  for name in ("integer", "fused"):
+    loss = families(logits, one_hot)[name]
+    with pytest.raises(ValueError, match=r"look one-hot: pass class indices \(e.g. jnp.argmax"):
+      loss(0.5)
+
+
+# --------------------------------------------------------------------------
+# Per-example weights: multiply the returned losses
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["integer", "fused"])
+def test_per_example_weights_give_the_weighted_gradient(data, family):
+  """Integer weights [2, 0, 1, 3, 1, 0] times the returned losses: the gradient of the batch
+  with each example repeated that many times."""
+  logits, labels, _, _ = data
+  weights = np.array([2, 0, 1, 3, 1, 0])
+  repeated = np.repeat(np.arange(B), weights)
+
+  def total(z, rows, weights):
+    return jnp.sum(weights * families(z, labels[rows])[family](0.4, gamma_neg=2.0,
+                                                              label_smoothing=0.1))
+
+  grad = jax.grad(total)(logits, np.arange(B), weights)
+  repeated_grad = jax.grad(lambda z: total(z[repeated], repeated, 1.0))(logits)
+  np.testing.assert_allclose(grad, repeated_grad, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(grad)[weights == 0], 0.0)
+
+
 # --------------------------------------------------------------------------
 # Sigmoid alpha: optax's class-balance weight
 # --------------------------------------------------------------------------

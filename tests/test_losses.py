@@ -518,8 +518,12 @@ def test_bad_inputs(data):
     fn(logits, labels[:4], 0.5)
   with pytest.raises(ValueError, match="labels must be integer class indices"):
     fn(logits, labels.astype(np.float32), 0.5)
+  with pytest.raises(ValueError, match="look one-hot: pass class indices"):
+    fn(logits, np_one_hot(labels, 5).astype(np.int32), 0.5)
+  with pytest.raises(ValueError, match="look like class indices: use the `_with_integer_labels`"):
+    cfl_jax.cyclical_focal_loss(logits, labels, 0.5)
   with pytest.raises(ValueError, match="labels must be class probabilities"):
-    cfl_jax.cyclical_focal_loss(logits, np.zeros((6, 5), np.int32), 0.5)
+    cfl_jax.cyclical_focal_loss(logits, np.zeros((6, 5), np.complex64), 0.5)
   with pytest.raises(ValueError, match="labels shape"):
     cfl_jax.cyclical_focal_loss(logits, np.zeros((6, 4), np.float32), 0.5)
   with pytest.raises(ValueError, match="logits must be floating point"):

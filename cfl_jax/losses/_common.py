@@ -3,6 +3,7 @@ numerically safe pieces of the softmax and fused losses (docs/method.md §6)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NoReturn
 
@@ -50,6 +51,29 @@ def static_xi(xi):
   return xi if isinstance(xi, numbers.Real) and xi in (0, 1) else None
 
 
+def check_xi(xi) -> None:
+  """A concrete ``xi`` must be real numbers in [0, 1] (``ValueError`` naming xi otherwise).
+
+  A traced xi (e.g. a schedule read inside ``jit``) is not checked: its values are unknown
+  until the program runs; nor is an array spread over other hosts' devices.
+  """
+  if isinstance(xi, jax.core.Tracer) or (isinstance(xi, jax.Array)
+                                         and not xi.is_fully_addressable):
+    return
+  hint = ("; xi is the third positional argument, where optax's losses take axis or alpha: "
+          "pass it by keyword (xi=...)")
+  try:
+    values = np.asarray(xi)
+  except (TypeError, ValueError):
+    values = None
+  if values is None or not (jnp.issubdtype(values.dtype, jnp.integer)
+                            or jnp.issubdtype(values.dtype, jnp.floating)):
+    raise ValueError(f"xi must be a real number or array in [0, 1], got {xi!r}{hint}.")
+  if not np.all((values >= 0) & (values <= 1)):
+    shown = values if values.ndim == 0 else f"values in [{values.min():g}, {values.max():g}]"
+    raise ValueError(f"xi must be in [0, 1], got {shown}{hint}.")
+
+
 # ----------------------------------------------------------------------------
 # Arrays: dtypes, where, xi, labels
 # ----------------------------------------------------------------------------
@@ -85,7 +109,11 @@ def mask(where, shape: tuple[int, ...], axis: int = -1) -> jax.Array | None:
   """
   if where is None:
     return None
-  flags = jnp.asarray(where, bool)
+  flags = jnp.asarray(where)
+  if flags.dtype != bool:
+    raise ValueError(
+        f"where must be a boolean mask, got dtype {flags.dtype} (as in optax); to weight "
+        "examples, multiply the returned per-example losses by the weights.")
   if not shape:  # scalar logits (sigmoid losses)
     return flags if not flags.ndim else _mask_error(where, shape, axis)
   if flags.ndim == len(shape) - 1:
@@ -103,18 +131,42 @@ def _mask_error(where, shape, axis) -> NoReturn:
       f"{jnp.shape(where)}.")
 
 
-def batch_xi(xi, batch_shape: tuple[int, ...], dtype):
-  """xi as a static 0 or 1, a scalar array or a ``batch_shape`` array."""
+def batch_xi(xi, batch_shape: tuple[int, ...], dtype, axis: int = -1):
+  """xi checked (:func:`check_xi`), as a static 0 or 1, a scalar array or a ``batch_shape`` array.
+
+  xi broadcasts as ``where`` does (:func:`mask`): an array with the batch's rank broadcasts
+  to ``batch_shape``; one with the logits' rank (one axis more) has a class ``axis`` of 1
+  (e.g. ``[B, 1]`` for ``[B, C]`` logits), one xi per example.
+  """
+  check_xi(xi)
   if static_xi(xi) is not None:
     return xi
   xi = jnp.asarray(xi, dtype)
   if not xi.ndim:
     return xi
+  shape = xi.shape
+  if xi.ndim == len(batch_shape) + 1 and xi.shape[axis] == 1:
+    xi = jnp.squeeze(xi, axis)
   if not _broadcasts_to(xi.shape, batch_shape):
     raise ValueError(
         f"xi must be a scalar or have the batch shape {batch_shape} (or a shape that "
-        f"broadcasts to it), got shape {xi.shape}.")
+        f"broadcasts to it, or the logits' rank with a class axis of 1, as where), got shape "
+        f"{shape}.")
   return jnp.broadcast_to(xi, batch_shape)
+
+
+def check_index_shape(labels: jax.Array, batch_shape: tuple[int, ...], num_classes: int, *,
+                      expected: str, alternative: str = "") -> None:
+  """Integer labels must have the batch shape; the error names one-hot labels as the likely
+  cause when they have one axis more with ``num_classes`` entries per example."""
+  if labels.shape == tuple(batch_shape):
+    return
+  one_hot = (labels.ndim == len(batch_shape) + 1
+             and labels.size == math.prod(batch_shape) * num_classes)
+  hint = (f"; labels of the logits' shape look one-hot: pass class indices (e.g. "
+          f"jnp.argmax(labels, axis=-1)){alternative}" if one_hot else "")
+  raise ValueError(
+      f"labels shape {labels.shape} does not match {expected} ({batch_shape}){hint}.")
 
 
 def _broadcasts_to(shape, target) -> bool:

@@ -670,10 +670,8 @@ def linear_cyclical_focal_loss_with_integer_labels(
   batch_shape = embeddings.shape[:-1]
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}.")
-  if labels.shape != batch_shape:
-    raise ValueError(
-        f"labels shape {labels.shape} does not match the embeddings' batch shape "
-        f"{batch_shape}.")
+  _common.check_index_shape(labels, batch_shape, num_classes,
+                            expected="the embeddings' batch shape")
   bias = _common.class_vector("bias", bias, num_classes)
   if bias is not None:
     _common.check_float("bias", bias)

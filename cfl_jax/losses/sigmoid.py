@@ -277,8 +277,10 @@ def sigmoid_cyclical_focal_loss(
     labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``; a
       target outside [0, 1] gives NaN for its entry unless masked.
     xi: the mixing weight in [0, 1], a scalar or broadcastable to the batch
-      shape ``logits.shape[:-1]`` (one xi per example, shared by its labels);
-      may be traced (e.g. ``cfl_jax.xi_schedule(...)(state.step)`` in ``jit``).
+      shape ``logits.shape[:-1]``, or of the logits' rank with a last axis of 1
+      (one xi per example, shared by its labels); may be traced (e.g.
+      ``cfl_jax.xi_schedule(...)(state.step)`` in ``jit``), and is checked when
+      concrete.
     gamma_hc: high-confidence exponent :math:`\gamma_{hc} \ge 0`.
     gamma_lc: focal exponent :math:`\gamma_{lc} \ge 0` (of every label, or of
       the positives when ``gamma_neg`` is set).

@@ -98,22 +98,26 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
       raise ValueError(
           f"labels must be integer class indices, got dtype {labels.dtype}; use "
           "the variant without `_with_integer_labels` for probability labels.")
-    if labels.shape != batch_shape:
-      raise ValueError(
-          f"labels shape {labels.shape} does not match logits shape "
-          f"{logits.shape} without its class axis ({batch_shape}).")
+    _common.check_index_shape(
+        labels, batch_shape, num_classes,
+        expected=f"logits shape {logits.shape} without its class axis",
+        alternative=", or use the variant without `_with_integer_labels`")
   else:
-    if not jnp.issubdtype(labels.dtype, jnp.floating):
+    # Integer (one-hot) labels are probabilities too, as in optax.
+    if not any(jnp.issubdtype(labels.dtype, kind) for kind in (jnp.floating, jnp.integer, bool)):
       raise ValueError(
-          f"labels must be class probabilities (floating point), got dtype "
-          f"{labels.dtype}; use the `_with_integer_labels` variant for indices.")
-    labels = jnp.moveaxis(labels, axis, -1)
+          f"labels must be class probabilities, got dtype {labels.dtype}; use the "
+          "`_with_integer_labels` variant for indices.")
+    labels = jnp.moveaxis(labels, axis, -1) if labels.ndim == logits.ndim else labels
     if labels.shape != logits.shape:
+      indices = labels.shape == batch_shape and jnp.issubdtype(labels.dtype, jnp.integer)
       raise ValueError(
-          f"labels shape {labels.shape} does not match logits shape {logits.shape}.")
+          f"labels shape {labels.shape} does not match logits shape {logits.shape}"
+          + ("; integer labels of the batch shape look like class indices: use the "
+             "`_with_integer_labels` variant" if indices else "") + ".")
     labels = labels.astype(dtype)
 
-  xi = _common.batch_xi(xi, batch_shape, dtype)
+  xi = _common.batch_xi(xi, batch_shape, dtype, axis)
   class_weights = _common.class_vector("class_weights", class_weights, num_classes)
   if class_weights is not None:
     class_weights = class_weights.astype(dtype)
