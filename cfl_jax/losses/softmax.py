@@ -73,7 +73,7 @@ class _Inputs(NamedTuple):
 
 
 def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
-                  where) -> _Inputs:
+                  where, logit_soft_cap=None) -> _Inputs:
   """Checks shapes and dtypes and moves the class axis last."""
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
@@ -91,7 +91,7 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
     raise ValueError(f"logits need at least 2 classes on axis {axis}, got {num_classes}.")
   batch_shape = logits.shape[:-1]
   dtype = _common.compute_dtype(logits)
-  logits = logits.astype(dtype)
+  logits = _common.soft_cap(logits.astype(dtype), logit_soft_cap)
 
   if integer_labels:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -384,21 +384,36 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
 
 
 def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
-              gamma_neg, label_smoothing, class_weights, axis, where):
+              gamma_neg, label_smoothing, class_weights, axis, where, z_loss=0.0,
+              logit_soft_cap=None):
   gamma_hc = _common.exponent("gamma_hc", gamma_hc)
   gamma_lc = _common.exponent("gamma_lc", gamma_lc)
   gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
   label_smoothing = _common.fraction("label_smoothing", label_smoothing)
+  z_loss, logit_soft_cap = _common.logit_options(z_loss, logit_soft_cap)
   inputs = _canonicalize(logits, labels, xi, integer_labels=integer_labels,
-                         class_weights=class_weights, axis=axis, where=where)
+                         class_weights=class_weights, axis=axis, where=where,
+                         logit_soft_cap=logit_soft_cap)
   losses = functools.partial(_cyclical_losses, integer_labels=integer_labels,
                              gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                              label_smoothing=label_smoothing)
-  if not integer_labels:
-    return losses(inputs)
-  valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
-  loss = losses(inputs._replace(labels=jnp.where(valid, inputs.labels, 0)))
-  return _masked(_common.nan_unless(valid, loss), inputs.example_mask)
+  if integer_labels:
+    valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
+    loss = _common.nan_unless(valid, losses(inputs._replace(
+        labels=jnp.where(valid, inputs.labels, 0))))
+  else:
+    loss = losses(inputs)
+  if z_loss:
+    loss += z_loss * _log_normalizer(inputs)**2
+  return _masked(loss, inputs.example_mask)
+
+
+def _log_normalizer(inputs: _Inputs):
+  r""":math:`\operatorname{lse}(z)` per example over the kept classes (0 on masked examples)."""
+  logits = inputs.logits
+  if inputs.example_mask is not None:
+    logits = jnp.where(inputs.example_mask[..., None], logits, 0.0)
+  return jax.nn.logsumexp(logits, axis=-1, where=inputs.class_mask)
 
 
 def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
@@ -449,6 +464,8 @@ def cyclical_focal_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss between logits and integer class labels.
 
@@ -488,6 +505,10 @@ def cyclical_focal_loss_with_integer_labels(
       ``[1, num_classes]`` to leave classes out of the softmax, the logits'
       shape); an example masked entirely, or whose target class is masked,
       has loss 0 and gradient 0.
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -507,7 +528,7 @@ def cyclical_focal_loss_with_integer_labels(
   return _cyclical(logits, labels, xi, integer_labels=True, gamma_hc=gamma_hc,
                    gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                    label_smoothing=label_smoothing, class_weights=class_weights,
-                   axis=axis, where=where)
+                   axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def cyclical_focal_loss(
@@ -522,6 +543,8 @@ def cyclical_focal_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss between logits and class-probability labels.
 
@@ -558,6 +581,10 @@ def cyclical_focal_loss(
       ``[1, num_classes]`` to leave classes out of the softmax, the logits'
       shape); an example masked entirely, or whose target class is masked,
       has loss 0 and gradient 0.
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -576,7 +603,7 @@ def cyclical_focal_loss(
   return _cyclical(logits, labels, xi, integer_labels=False, gamma_hc=gamma_hc,
                    gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                    label_smoothing=label_smoothing, class_weights=class_weights,
-                   axis=axis, where=where)
+                   axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def focal_loss_with_integer_labels(
@@ -588,6 +615,8 @@ def focal_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t`.
 
@@ -605,6 +634,10 @@ def focal_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -622,7 +655,7 @@ def focal_loss_with_integer_labels(
   """
   return _component(logits, labels, 0, gamma, integer_labels=True,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def focal_loss(
@@ -634,6 +667,8 @@ def focal_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.
 
@@ -650,6 +685,10 @@ def focal_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -667,7 +706,7 @@ def focal_loss(
   """
   return _component(logits, labels, 0, gamma, integer_labels=False,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def high_confidence_loss_with_integer_labels(
@@ -679,6 +718,8 @@ def high_confidence_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t`.
 
@@ -697,6 +738,10 @@ def high_confidence_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -713,7 +758,7 @@ def high_confidence_loss_with_integer_labels(
   """
   return _component(logits, labels, 1, gamma, integer_labels=True,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def high_confidence_loss(
@@ -725,6 +770,8 @@ def high_confidence_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""High-confidence loss for probability labels, :math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.
 
@@ -742,6 +789,10 @@ def high_confidence_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -758,4 +809,4 @@ def high_confidence_loss(
   """
   return _component(logits, labels, 1, gamma, integer_labels=False,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
