@@ -12,32 +12,32 @@ target logit :math:`z_t` and, for the reference form with label smoothing,
 :math:`\sum_{j \ne t} e^{g (z_j - m)} z_j`. The forward pass keeps them as
 running sums, rescaling the exponential ones whenever the running maximum
 grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
-only. The backward pass (a ``jax.custom_vjp``) recomputes each chunk's logits,
-turns the sums' cotangents into the chunk's logit gradient and accumulates the
-gradients of the embeddings, the kernel, the bias and the class weights chunk by
-chunk. Memory beyond inputs and outputs is a few ``[N, chunk_size]`` arrays,
-whatever ``V``.
+only. The streamed sums are a ``jax.custom_jvp``: their JVP is the sum of each
+chunk's JVP, the chunk's logits recomputed (``jax.checkpoint``) at the final
+shift, held fixed. Reverse mode transposes that scan, accumulating the
+gradients of the embeddings, the kernel, the bias and the class weights chunk
+by chunk; since the rule is plain JAX that calls the sums again for its primal,
+forward mode, Hessians and Hessian-vector products are exact too. Memory
+beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
 
 The paper form with label smoothing weights every class by a function of
 :math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
 \log p_j`, which needs the final :math:`L = \operatorname{lse}(z)`: a second
-forward pass sums it over the non-target classes with :math:`L` held fixed,
-and also takes the sums' derivatives with respect to :math:`L` (a ``jax.jvp``),
-so the one backward pass adds :math:`L`'s gradient through the first pass's
-sums. :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's
-largest non-target one, :math:`a` (the others have :math:`p_j \le 1/2`), and
-comes from the log-sum-exp of the classes other than :math:`a` for :math:`a`.
+forward pass sums it over the non-target classes with :math:`L` an input (its
+gradient reaches the logits through the first pass's sums). :math:`\log(1 - p_j)`
+is ``log1p(-p_j)`` for every class but the row's largest non-target one, :math:`a`
+(the others have :math:`p_j \le 1/2`), and comes from the log-sum-exp of the
+classes other than :math:`a` for :math:`a`.
 
 Tensor-parallel output projections (the kernel's columns sharded over a mesh
 axis, ``vocab_axis``) run vocabulary-parallel in a ``jax.shard_map``: each
 device streams over its own columns for its own rows, and the per-row sums are
 combined across the axis with ``[N]`` collectives (the maximum shift, then the
 sums rescaled to it and added; :math:`a` and the second pass's sums likewise).
-The backward pass needs no collective of its own: each device recomputes its
-columns' part of the sums relative to the combined shift, to which the sums'
-cotangents apply as they are; the embeddings' gradient is summed over the
-vocabulary shards and the kernel's over the batch shards by the transposes of
-``jax.lax.pcast``.
+Derivatives need no collective of their own: each device differentiates its
+columns' part of the sums (the combination is plain JAX); the embeddings'
+gradient is summed over the vocabulary shards and the kernel's over the batch shards by the
+transposes of ``jax.lax.pcast``.
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
@@ -664,6 +664,10 @@ def linear_cyclical_focal_loss_with_integer_labels(
         f"kernel must have shape [D, V] with D = {embeddings.shape[-1]} (the embeddings' "
         f"last axis), got {kernel.shape}.")
   num_classes = kernel.shape[1]
+  if not isinstance(num_classes, int):
+    raise ValueError(
+        f"the fused loss streams over a static number of vocabulary chunks: V must be "
+        f"concrete, got the symbolic {num_classes} (export with a symbolic batch only).")
   if num_classes < 2:
     raise ValueError(f"kernel needs at least 2 classes (V >= 2), got V = {num_classes}.")
   batch_shape = embeddings.shape[:-1]

@@ -87,7 +87,7 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
   where = _common.mask(where, logits.shape, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   num_classes = logits.shape[-1]
-  if num_classes < 2:
+  if isinstance(num_classes, int) and num_classes < 2:  # not checked when symbolic (jax.export)
     raise ValueError(f"logits need at least 2 classes on axis {axis}, got {num_classes}.")
   batch_shape = logits.shape[:-1]
   dtype = _common.compute_dtype(logits)
