@@ -80,9 +80,9 @@ def test_second_order_matches_finite_differences(form):
   against a central difference of the gradient."""
   with jax.enable_x64(True):
     h, w, b, labels, c = inputs64()
-    f = total(functools.partial(fused, chunk_size=3), form, labels, c)
+    f = jax.jit(total(functools.partial(fused, chunk_size=3), form, labels, c))
     check_grads(f, (h, w, b), order=2, modes=("rev",))
-    grad = jax.grad(f, argnums=(0, 1, 2))
+    grad = jax.jit(jax.grad(f, argnums=(0, 1, 2)))
     v = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape, x.dtype), (h, w, b))
     hvp = jax.jvp(lambda *a: grad(*a), (h, w, b), v)[1]
     eps = 1e-5

@@ -127,7 +127,6 @@ class _Inputs(NamedTuple):
 class _Chunk(NamedTuple):
   """One chunk of the vocabulary (``c`` classes)."""
   logits: jax.Array         # [N, c]
-  kernel: jax.Array         # [D, c]
   start: jax.Array          # the first class index
   columns: jax.Array        # [c] class indices
   is_new: jax.Array         # [c]: not counted by an earlier chunk (the last may overlap),
@@ -250,7 +249,7 @@ def _chunk(inputs: _Inputs, index, plan: _Plan) -> _Chunk:
   is_new = columns >= index * plan.chunk_size
   if plan.vocab_axis is not None:
     is_new &= columns < plan.vocab_size - _offset(plan)
-  return _Chunk(logits=logits, kernel=kernel, start=start, columns=columns, is_new=is_new,
+  return _Chunk(logits=logits, start=start, columns=columns, is_new=is_new,
                 class_weights=None if inputs.class_weights is None
                 else columns_of(inputs.class_weights))
 

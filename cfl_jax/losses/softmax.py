@@ -634,10 +634,8 @@ def focal_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
-    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
-      (PaLM's z-loss; 1e-4 is usual), >= 0.
-    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
-      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -685,10 +683,8 @@ def focal_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
-    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
-      (PaLM's z-loss; 1e-4 is usual), >= 0.
-    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
-      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -738,10 +734,8 @@ def high_confidence_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
-    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
-      (PaLM's z-loss; 1e-4 is usual), >= 0.
-    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
-      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -789,10 +783,8 @@ def high_confidence_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
-    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
-      (PaLM's z-loss; 1e-4 is usual), >= 0.
-    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
-      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
