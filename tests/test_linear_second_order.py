@@ -33,13 +33,13 @@ FORMS = {
 }
 
 
-def inputs64(batch=3, dim=4, vocab=7):
+def inputs64(batch=3, dim=4, vocab=7, dtype=jnp.float64):
   keys = jax.random.split(jax.random.key(3), 5)
-  h = jax.random.normal(keys[0], (batch, dim), jnp.float64)
-  w = 2 * jax.random.normal(keys[1], (dim, vocab), jnp.float64)
-  b = jax.random.normal(keys[2], (vocab,), jnp.float64)
+  h = jax.random.normal(keys[0], (batch, dim), dtype)
+  w = 2 * jax.random.normal(keys[1], (dim, vocab), dtype)
+  b = jax.random.normal(keys[2], (vocab,), dtype)
   labels = jax.random.randint(keys[3], (batch,), 0, vocab)
-  c = jax.random.uniform(keys[4], (vocab,), jnp.float64, minval=0.5, maxval=2.0)
+  c = jax.random.uniform(keys[4], (vocab,), dtype, minval=0.5, maxval=2.0)
   return h, w, b, labels, c
 
 
@@ -128,10 +128,9 @@ def user_shard_map(loss, mesh, specs):
 def test_gradient_inside_a_data_parallel_shard_map(form):
   """Batch over 8 devices, kernel replicated: the caller's shard_map gives the dense values
   and gradients (float32 sums in another order: 1e-5)."""
-  h, w, b, labels, c = inputs64(batch=16, dim=8, vocab=10)
-  h, w = h.astype(jnp.float32), w.astype(jnp.float32)
+  h, w, b, labels, c = inputs64(batch=16, dim=8, vocab=10, dtype=jnp.float32)
   kw = dict(FORMS[form])
-  kw["class_weights"] = c.astype(jnp.float32) if kw.pop("class_weights", False) else None
+  kw["class_weights"] = c if kw.pop("class_weights", False) else None
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   specs = (P("data"), P(), P("data"))
   got = user_shard_map(lambda h, w, t: fused(h, w, t, 0.3, chunk_size=4, **kw), mesh,
@@ -145,8 +144,7 @@ def test_gradient_inside_a_data_parallel_shard_map(form):
 def test_vocab_axis_inside_the_callers_shard_map():
   """(data 2, model 4): the caller's shard_map hands each device 10 of the 40 columns; with
   ``vocab_axis='model'`` the loss combines the shards and the gradients equal the dense ones."""
-  h, w, b, labels, c = inputs64(batch=8, dim=8, vocab=40)
-  h, w = h.astype(jnp.float32), w.astype(jnp.float32)
+  h, w, b, labels, c = inputs64(batch=8, dim=8, vocab=40, dtype=jnp.float32)
   kw = dict(gamma_hc=3.0, gamma_lc=2.0, label_smoothing=0.1, logit_soft_cap=5.0)
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   got = user_shard_map(
@@ -211,7 +209,7 @@ def test_per_example_weights_give_the_weighted_gradient():
 ])
 @pytest.mark.parametrize("loss", ["dense", "fused"])
 def test_bad_z_loss_and_soft_cap_name_the_argument(loss, kwargs, message):
-  h, w, b, labels, c = inputs64()
+  h, w, b, labels, c = inputs64(dtype=jnp.float32)
   with pytest.raises(ValueError, match=message):
     if loss == "dense":
       dense(h @ w, labels, 0.3, **kwargs)
