@@ -1,9 +1,11 @@
 """The fused loss under every transformation: second order, forward mode, shard_map, z-loss.
 
 Oracles: the dense loss on ``h @ w + b`` (float64), finite differences (``check_grads``) and,
-for z-loss and soft-capping, plain ``jnp`` formulas written here. Tolerance 1e-6 (float64): the
-fused and dense Hessians measured here agree to about 5e-15; ``check_grads`` compares float64
-finite differences at its default tolerances.
+for z-loss and soft-capping, plain ``jnp`` formulas written here. Tolerance 1e-6 (float64), far
+above the measured spread: over the five forms below the fused Hessians (forward-over-reverse and
+reverse-over-reverse) differ from the dense ones by at most 1.4e-14 (max |H| 2.1 to 5.0), and the
+Hessian-vector products from central differences (step 1e-5) by at most 1.1e-9; ``check_grads``
+compares float64 finite differences at its default tolerances.
 """
 
 import functools
