@@ -38,6 +38,7 @@ MIB = 2**20
 PAPER = {"gamma_hc": 3.0, "gamma_lc": 2.0}
 PAPER_SMOOTHED = {**PAPER, "label_smoothing": 0.1}
 REFERENCE = {"gamma_hc": 3.0, "gamma_lc": 2.0, "gamma_neg": 2.0, "label_smoothing": 0.1}
+LM = {**PAPER, "z_loss": 1e-4, "logit_soft_cap": 30.0}  # PaLM's z-loss, Gemma 2's cap
 
 
 def candidates(chunk_size, vocab_axis=None):
@@ -59,10 +60,12 @@ def candidates(chunk_size, vocab_axis=None):
       "cfl paper (dense, h @ w)": dense(**PAPER),
       "cfl paper eps 0.1 (dense, h @ w)": dense(**PAPER_SMOOTHED),
       "cfl reference (dense, h @ w)": dense(**REFERENCE),
+      "cfl paper z-loss cap (dense, h @ w)": dense(**LM),
       "cross_entropy (fused, gamma 0)": fused(gamma_hc=0.0, gamma_lc=0.0),
       "cfl paper (fused)": fused(**PAPER),
       "cfl paper eps 0.1 (fused)": fused(**PAPER_SMOOTHED),
       "cfl reference (fused)": fused(**REFERENCE),
+      "cfl paper z-loss cap (fused)": fused(**LM),
   }
 
 

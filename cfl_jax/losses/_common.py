@@ -259,3 +259,20 @@ def at_target(values, target):
 def is_small_integer(gamma: float) -> bool:
   return gamma == int(gamma) and gamma <= 8
 
+
+
+def logit_options(z_loss, logit_soft_cap) -> tuple[float, float | None]:
+  """``(z_loss, logit_soft_cap)`` checked: a weight >= 0 and ``None`` or a cap > 0."""
+  z_loss = static_number("z_loss", z_loss)
+  if z_loss < 0:
+    raise ValueError(f"z_loss must be >= 0, got {z_loss}.")
+  if logit_soft_cap is not None:
+    logit_soft_cap = static_number("logit_soft_cap", logit_soft_cap)
+    if logit_soft_cap <= 0:
+      raise ValueError(f"logit_soft_cap must be > 0 or None, got {logit_soft_cap}.")
+  return z_loss, logit_soft_cap
+
+
+def soft_cap(logits: jax.Array, cap: float | None) -> jax.Array:
+  r""":math:`c \tanh(z / c)`, elementwise (``cap`` None: ``logits`` unchanged)."""
+  return logits if cap is None else cap * jnp.tanh(logits / cap)

@@ -12,32 +12,32 @@ target logit :math:`z_t` and, for the reference form with label smoothing,
 :math:`\sum_{j \ne t} e^{g (z_j - m)} z_j`. The forward pass keeps them as
 running sums, rescaling the exponential ones whenever the running maximum
 grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
-only. The backward pass (a ``jax.custom_vjp``) recomputes each chunk's logits,
-turns the sums' cotangents into the chunk's logit gradient and accumulates the
-gradients of the embeddings, the kernel, the bias and the class weights chunk by
-chunk. Memory beyond inputs and outputs is a few ``[N, chunk_size]`` arrays,
-whatever ``V``.
+only. The streamed sums are a ``jax.custom_jvp``: their JVP is the sum of each
+chunk's JVP, the chunk's logits recomputed (``jax.checkpoint``) at the final
+shift, held fixed. Reverse mode transposes that scan, accumulating the
+gradients of the embeddings, the kernel, the bias and the class weights chunk
+by chunk; since the rule is plain JAX that calls the sums again for its primal,
+forward mode, Hessians and Hessian-vector products are exact too. Memory
+beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
 
 The paper form with label smoothing weights every class by a function of
 :math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
 \log p_j`, which needs the final :math:`L = \operatorname{lse}(z)`: a second
-forward pass sums it over the non-target classes with :math:`L` held fixed,
-and also takes the sums' derivatives with respect to :math:`L` (a ``jax.jvp``),
-so the one backward pass adds :math:`L`'s gradient through the first pass's
-sums. :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's
-largest non-target one, :math:`a` (the others have :math:`p_j \le 1/2`), and
-comes from the log-sum-exp of the classes other than :math:`a` for :math:`a`.
+forward pass sums it over the non-target classes with :math:`L` an input (its
+gradient reaches the logits through the first pass's sums). :math:`\log(1 - p_j)`
+is ``log1p(-p_j)`` for every class but the row's largest non-target one, :math:`a`
+(the others have :math:`p_j \le 1/2`), and comes from the log-sum-exp of the
+classes other than :math:`a` for :math:`a`.
 
 Tensor-parallel output projections (the kernel's columns sharded over a mesh
 axis, ``vocab_axis``) run vocabulary-parallel in a ``jax.shard_map``: each
 device streams over its own columns for its own rows, and the per-row sums are
 combined across the axis with ``[N]`` collectives (the maximum shift, then the
 sums rescaled to it and added; :math:`a` and the second pass's sums likewise).
-The backward pass needs no collective of its own: each device recomputes its
-columns' part of the sums relative to the combined shift, to which the sums'
-cotangents apply as they are; the embeddings' gradient is summed over the
-vocabulary shards and the kernel's over the batch shards by the transposes of
-``jax.lax.pcast``.
+Derivatives need no collective of their own: each device differentiates its
+columns' part of the sums (the combination is plain JAX); the embeddings'
+gradient is summed over the vocabulary shards and the kernel's over the batch shards by the
+transposes of ``jax.lax.pcast``.
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
@@ -102,6 +102,7 @@ class _Plan(NamedTuple):
   smoothed_gamma_hc: float | None = None
   smoothed_gamma_lc: float | None = None
   vocab_axis: str | None = None  # the mesh axis of the vocabulary shards (inside jax.shard_map)
+  logit_soft_cap: float | None = None
 
   @property
   def smoothed(self) -> bool:
@@ -126,7 +127,6 @@ class _Inputs(NamedTuple):
 class _Chunk(NamedTuple):
   """One chunk of the vocabulary (``c`` classes)."""
   logits: jax.Array         # [N, c]
-  kernel: jax.Array         # [D, c]
   start: jax.Array          # the first class index
   columns: jax.Array        # [c] class indices
   is_new: jax.Array         # [c]: not counted by an earlier chunk (the last may overlap),
@@ -212,15 +212,17 @@ def _across_shards(sums: _Sums, plan: _Plan) -> _Sums:
   """The shards' sums as one: the largest shift, the exponential sums rescaled to it, added."""
   if plan.vocab_axis is None:
     return sums
-  shift = jax.lax.pmax(sums.shift, plan.vocab_axis)
+  shift = jax.lax.pmax(jax.lax.stop_gradient(sums.shift), plan.vocab_axis)
   return _psum(_rescaled(sums, shift, plan)._replace(shift=None), plan)._replace(shift=shift)
 
 
 def _top_across_shards(top_logit, top, plan: _Plan):
   """The largest non-target class of all shards (the lowest among ties), as a local index."""
+  top = top.astype(jnp.int32)
   if plan.vocab_axis is None:
     return top
   offset = _offset(plan)
+  top_logit = jax.lax.stop_gradient(top_logit)
   is_top = top_logit == jax.lax.pmax(top_logit, plan.vocab_axis)
   return jax.lax.pmin(jnp.where(is_top, top + offset, plan.vocab_size), plan.vocab_axis) - offset
 
@@ -243,10 +245,11 @@ def _chunk(inputs: _Inputs, index, plan: _Plan) -> _Chunk:
   logits = jnp.dot(inputs.embeddings, kernel, preferred_element_type=plan.dtype)
   if inputs.bias is not None:
     logits += columns_of(inputs.bias).astype(plan.dtype)
+  logits = _common.soft_cap(logits, plan.logit_soft_cap)
   is_new = columns >= index * plan.chunk_size
   if plan.vocab_axis is not None:
     is_new &= columns < plan.vocab_size - _offset(plan)
-  return _Chunk(logits=logits, kernel=kernel, start=start, columns=columns, is_new=is_new,
+  return _Chunk(logits=logits, start=start, columns=columns, is_new=is_new,
                 class_weights=None if inputs.class_weights is None
                 else columns_of(inputs.class_weights))
 
@@ -266,12 +269,6 @@ def _log_normalizer(sums: _Sums):
 
 def _lse(sums: _Sums):
   return jax.lax.stop_gradient(sums.shift) + _log_normalizer(sums)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _streamed_sums(inputs: _Inputs, labels, plan: _Plan):
-  """``(_Sums, _SmoothedSums or None)`` of the logits ``embeddings @ kernel + bias``."""
-  return _streamed_sums_fwd(inputs, labels, plan)[0]
 
 
 def _first_pass(inputs: _Inputs, labels, plan: _Plan):
@@ -303,17 +300,16 @@ def _first_pass(inputs: _Inputs, labels, plan: _Plan):
   # A label outside [0, V) leaves every class a candidate; one inside leaves V - 1 >= 1.
   (sums, top_logit, top), _ = jax.lax.scan(
       step, (initial, lowest, jnp.zeros_like(zeros, jnp.int32)), jnp.arange(_num_chunks(plan)))
-  return sums, (top_logit, top)
+  # The class index as a float (exact below 2^24 classes): a float output's zero tangent has
+  # the type of its primal, also inside jax.shard_map, where float0 tangents carry no vma.
+  return sums, (top_logit, top.astype(plan.dtype))
 
 
 def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
-  """The second-pass sums and their derivatives with respect to the lse (both ``_SmoothedSums``)."""
+  """The second-pass sums, with ``rows`` (shift, top class and lse) held fixed."""
   def step(carry, index):
     chunk = _chunk(inputs, index, plan)
-    chunk_sums = jax.jvp(
-        lambda lse: _chunk_smoothed_sums(chunk.logits, chunk, labels,
-                                         rows._replace(lse=lse), plan),
-        (rows.lse,), (jnp.ones_like(rows.lse),))
+    chunk_sums = _chunk_smoothed_sums(chunk.logits, chunk, labels, rows, plan)
     return jax.tree.map(jnp.add, carry, chunk_sums), None
 
   zeros = _row_zeros(inputs, plan.dtype)
@@ -322,88 +318,72 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
       focal=None if plan.smoothed_gamma_lc is None else zeros,
       top_logit=zeros, top_rest=zeros,
       top_weight=None if inputs.class_weights is None else zeros)
-  (sums, d_lse), _ = jax.lax.scan(step, (initial, initial), jnp.arange(_num_chunks(plan)))
-  return sums, d_lse
+  return jax.lax.scan(step, initial, jnp.arange(_num_chunks(plan)))[0]
 
 
-def _streamed_sums_fwd(inputs: _Inputs, labels, plan: _Plan):
-  # Vocabulary shards: the sums of all shards, relative to the largest shift. The backward
-  # pass recomputes each shard's part relative to that shift, so the sums' cotangents apply
-  # to every shard as they are.
-  sums, top = _first_pass(inputs, labels, plan)
-  sums = _across_shards(sums, plan)
-  smoothed = d_smoothed_d_lse = None
-  rows = _RowConstants(shift=sums.shift, top=None, lse=None)
-  if plan.smoothed:
-    rows = rows._replace(top=_top_across_shards(*top, plan), lse=_lse(sums))
-    smoothed, d_smoothed_d_lse = _psum(_second_pass(inputs, labels, rows, plan), plan)
-  return (sums, smoothed), (inputs, labels, rows, sums, d_smoothed_d_lse)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _streamed(plan: _Plan, inputs: _Inputs, labels, rows: _RowConstants | None):
+  """The per-row sums of the logits ``embeddings @ kernel + bias``, streamed over chunks.
 
-
-def _streamed_sums_bwd(plan: _Plan, residuals, cotangents):
-  inputs, labels, rows, sums, d_smoothed_d_lse = residuals
-  embeddings, kernel, bias, class_weights = inputs
-  sums_cotangent, smoothed_cotangent = cotangents
-  if plan.smoothed:
-    # The second pass held the lse fixed: its gradient reaches the logits through the first
-    # pass's sums, the lse being a function of them.
-    lse_cotangent = sum(jax.tree.leaves(jax.tree.map(
-        jnp.multiply, smoothed_cotangent, d_smoothed_d_lse)))
-    _, lse_vjp = jax.vjp(_lse, sums)
-    sums_cotangent = jax.tree.map(jnp.add, sums_cotangent, lse_vjp(lse_cotangent)[0])
-  # The shift is held fixed. The other sums add up the shards' parts: their cotangents apply
-  # to this shard's part as they are.
-  cotangents = jax.lax.pcast((sums_cotangent._replace(shift=None), smoothed_cotangent),
-                             plan.vocab_axis or (), to="varying")
-  replicated = jax.typeof(embeddings).sharding.update(spec=P())
-
-  def chunk_sums(logits, chunk):
-    first = _chunk_sums(logits, chunk, labels, rows.shift, plan)._replace(shift=None)
-    if not plan.smoothed:
-      return first, None
-    return first, _chunk_smoothed_sums(logits, chunk, labels, rows, plan)
-
-  def step(carry, index):
-    d_embeddings, d_kernel, d_bias, d_class_weights = carry
-    chunk = _chunk(inputs, index, plan)
-    _, vjp = jax.vjp(lambda z, c: chunk_sums(z, chunk._replace(class_weights=c)),
-                     chunk.logits, chunk.class_weights)
-    d_logits, d_chunk_weights = vjp(cotangents)
-    d_low = d_logits.astype(kernel.dtype)
-    d_embeddings += jnp.dot(d_low, chunk.kernel.T, preferred_element_type=plan.dtype)
-    # A sum over the (possibly sharded) rows; the kernel's gradient is replicated.
-    d_chunk = jnp.dot(embeddings.T, d_low, preferred_element_type=plan.dtype,
-                      out_sharding=replicated)
-    add = functools.partial(_add_to_columns, start=chunk.start)
-    return (d_embeddings, add(d_kernel, d_chunk), add(d_bias, jnp.sum(d_logits, axis=0)),
-            add(d_class_weights, d_chunk_weights)), None
-
-  initial = (jnp.zeros_like(embeddings, plan.dtype),
-             *jax.tree.map(jnp.zeros_like, (kernel, bias, class_weights)))
-  (d_embeddings, d_kernel, d_bias, d_class_weights), _ = jax.lax.scan(
-      step, initial, jnp.arange(_num_chunks(plan)))
-  return _Inputs(d_embeddings.astype(embeddings.dtype), d_kernel, d_bias, d_class_weights), None
-
-
-def _add_to_columns(total, values, *, start):
-  """``total`` (``[V]`` or ``[D, V]``) plus ``values`` on the chunk's columns from ``start``.
-
-  Overlapping columns of the last chunk get a zero gradient: adding is exact.
+  ``rows is None``: the first pass, ``(_Sums, (z_a, a))``; else the second pass's
+  ``_SmoothedSums`` at the given shift, top class and lse.
   """
-  if total is None:
-    return None
-  axis = total.ndim - 1
-  size = values.shape[axis]
-  return jax.lax.dynamic_update_slice_in_dim(
-      total, jax.lax.dynamic_slice_in_dim(total, start, size, axis) + values.astype(total.dtype),
-      start, axis)
+  if rows is None:
+    return _first_pass(inputs, labels, plan)
+  return _second_pass(inputs, labels, rows, plan)
 
 
-_streamed_sums.defvjp(_streamed_sums_fwd, _streamed_sums_bwd)
+def _streamed_jvp(plan: _Plan, primals, tangents):
+  r"""Sums of the chunks' JVPs, each chunk's logits recomputed (``jax.checkpoint``).
+
+  The shift is held fixed (its tangent is zero): every quantity the loss forms from the
+  sums is invariant to it, so derivatives of any order taken at a fixed shift are exact.
+  The rule is plain JAX and calls :func:`_streamed` for its primal, so reverse mode (the
+  transposed scan), forward mode and their compositions (Hessians) all hold to any order,
+  and the transposed scan keeps no ``[N, V]`` array.
+  """
+  inputs, labels, rows = primals
+  d_inputs, _, d_rows = tangents
+  out = _streamed(plan, inputs, labels, rows)
+  first = rows is None
+  fixed = _RowConstants(shift=out[0].shift, top=None, lse=None) if first else rows
+  # Only the differentiated inputs are traced through the chunks' JVPs.
+  leaves, treedef = jax.tree.flatten((inputs, rows))
+  d_leaves = jax.tree.leaves((d_inputs, d_rows))
+  live = [i for i, d in enumerate(d_leaves)
+          if jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+          and not isinstance(d, jax.custom_derivatives.SymbolicZero)]
+
+  def chunk_sums(live_leaves, index):
+    values = list(leaves)
+    for i, value in zip(live, live_leaves):
+      values[i] = value
+    chunk_inputs, chunk_rows = jax.tree.unflatten(treedef, values)
+    chunk = _chunk(chunk_inputs, index, plan)
+    if first:
+      return _chunk_sums(chunk.logits, chunk, labels, fixed.shift, plan)._replace(shift=None)
+    return _chunk_smoothed_sums(chunk.logits, chunk, labels, chunk_rows, plan)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def step(total, index):
+    _, d_sums = jax.jvp(lambda *v: chunk_sums(v, index), [leaves[i] for i in live],
+                        [d_leaves[i] for i in live])
+    return jax.tree.map(jnp.add, total, d_sums), None
+
+  initial = jax.tree.map(jnp.zeros_like, out[0]._replace(shift=None) if first else out)
+  d_sums, _ = jax.lax.scan(step, initial, jnp.arange(_num_chunks(plan)))
+  if not first:
+    return out, d_sums
+  sums, top = out
+  zeros = jnp.zeros_like(sums.shift)
+  return out, (d_sums._replace(shift=zeros), jax.tree.map(jnp.zeros_like, top))
+
+
+_streamed.defjvp(_streamed_jvp, symbolic_zeros=True)
 
 
 def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
-                    gamma_hc, gamma_lc, gamma_neg, label_smoothing, target_weight,
+                    gamma_hc, gamma_lc, gamma_neg, label_smoothing, z_loss, target_weight,
                     non_target_weight):
   r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses.softmax`).
 
@@ -419,6 +399,8 @@ def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes,
   target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
   loss = -target_mass * target_weight * weight * log_p_target
   lse = shift + log_normalizer
+  if z_loss:
+    loss += z_loss * lse**2
   if smoothed is not None:
     log_p_top = smoothed.top_logit - lse
     log_1m_p_top = _common.log_scaled_sum(smoothed.top_rest) + shift - lse
@@ -462,7 +444,13 @@ def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, p
   labels_in_rows = labels.reshape(rows).astype(jnp.int32)
   shard_labels = labels_in_rows - _offset(plan)  # outside [0, num_classes): another shard's
   inputs = _Inputs(embeddings.reshape(rows, -1), kernel, bias, class_weights)
-  sums, smoothed_sums = _streamed_sums(inputs, shard_labels, plan)
+  sums, top = _streamed(plan, inputs, shard_labels, None)
+  # Vocabulary shards: the sums of all shards, relative to the largest shift.
+  sums = _across_shards(sums, plan)
+  smoothed_sums = None
+  if plan.smoothed:
+    fixed = _RowConstants(shift=sums.shift, top=_top_across_shards(*top, plan), lse=_lse(sums))
+    smoothed_sums = _psum(_streamed(plan, inputs, shard_labels, fixed), plan)
   if static_xi is None:
     static_xi = xi.reshape(rows) if xi.ndim else xi
   target_weight, non_target_weight = 1.0, plan.vocab_size - 1
@@ -570,6 +558,8 @@ def linear_cyclical_focal_loss_with_integer_labels(
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
     vocab_axis: str | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss of ``embeddings @ kernel + bias``, without the ``[N, V]`` logits.
 
@@ -627,7 +617,14 @@ def linear_cyclical_focal_loss_with_integer_labels(
       Under Explicit axes ``None`` reads the axis from the kernel's sharding. A
       ``V`` the axis does not divide (the kernel is then replicated) is padded.
       Temporaries per device: a few ``[N / batch shards, chunk_size]`` arrays
-      and, with the batch sharded, the kernel shard's partial gradient.
+      and, with the batch sharded, the kernel shard's partial gradient. Inside
+      the caller's own ``jax.shard_map`` over ``vocab_axis``, ``kernel`` (and
+      ``bias``, ``class_weights``) are this device's ``V / shards`` columns, the
+      labels global class indices.
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's
+      loss (PaLM's z-loss), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     The loss of each example, ``[batch...]``, float32 (float64 for float64 inputs).
@@ -655,6 +652,7 @@ def linear_cyclical_focal_loss_with_integer_labels(
   gamma_lc = _common.exponent("gamma_lc", gamma_lc)
   gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
   label_smoothing = _common.fraction("label_smoothing", label_smoothing)
+  z_loss, logit_soft_cap = _common.logit_options(z_loss, logit_soft_cap)
   embeddings, kernel, labels = map(jnp.asarray, (embeddings, kernel, labels))
   _common.check_float("embeddings", embeddings)
   _common.check_float("kernel", kernel)
@@ -665,6 +663,10 @@ def linear_cyclical_focal_loss_with_integer_labels(
         f"kernel must have shape [D, V] with D = {embeddings.shape[-1]} (the embeddings' "
         f"last axis), got {kernel.shape}.")
   num_classes = kernel.shape[1]
+  if not isinstance(num_classes, int):
+    raise ValueError(
+        f"the fused loss streams over a static number of vocabulary chunks: V must be "
+        f"concrete, got the symbolic {num_classes} (export with a symbolic batch only).")
   if num_classes < 2:
     raise ValueError(f"kernel needs at least 2 classes (V >= 2), got V = {num_classes}.")
   batch_shape = embeddings.shape[:-1]
@@ -690,17 +692,24 @@ def linear_cyclical_focal_loss_with_integer_labels(
     where = jnp.broadcast_to(where[..., 0], batch_shape)
   vocab_axis, mesh = _vocab_sharding(vocab_axis, kernel)
   shards = 1 if vocab_axis is None else mesh.shape[vocab_axis]
-  shard_classes = -(-num_classes // shards)
+  # Inside the caller's jax.shard_map over vocab_axis, the kernel is this device's shard.
+  local = vocab_axis is not None and vocab_axis in mesh.manual_axes
+  shard_classes = num_classes if local else -(-num_classes // shards)
   smoothed = gamma_neg is None and label_smoothing > 0
-  plan = _Plan(num_classes=shard_classes, vocab_size=num_classes,
+  plan = _Plan(num_classes=shard_classes, vocab_size=num_classes * shards if local else num_classes,
                chunk_size=_chunk_size(chunk_size, shard_classes, kernel.dtype),
                sum_logits=gamma_neg is not None and label_smoothing > 0,
                gamma_neg=gamma_neg if gamma_neg is not None and label_smoothing > 0 else 0.0,
                dtype=dtype,
                smoothed_gamma_hc=gamma_hc if smoothed and static != 0 else None,
                smoothed_gamma_lc=gamma_lc if smoothed and static != 1 else None,
-               vocab_axis=vocab_axis)
+               vocab_axis=vocab_axis, logit_soft_cap=logit_soft_cap)
   loss = functools.partial(_fused_loss, static_xi=static, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
-                           gamma_neg=gamma_neg, label_smoothing=label_smoothing)
+                           gamma_neg=gamma_neg, label_smoothing=label_smoothing, z_loss=z_loss)
+  if local and vocab_axis not in jax.typeof(embeddings).manual_axis_type.varying:
+    # Each shard's rows meet its columns: the cast's transpose sums their gradient over shards.
+    embeddings = jax.lax.pcast(embeddings, vocab_axis, to="varying")
   args = (embeddings, kernel, labels, xi, bias, class_weights, where)
-  return loss(*args, plan=plan) if vocab_axis is None else _vocab_parallel(loss, args, plan, mesh)
+  if vocab_axis is None or local:
+    return loss(*args, plan=plan)
+  return _vocab_parallel(loss, args, plan, mesh)

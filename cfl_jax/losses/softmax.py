@@ -73,7 +73,7 @@ class _Inputs(NamedTuple):
 
 
 def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
-                  where) -> _Inputs:
+                  where, logit_soft_cap=None) -> _Inputs:
   """Checks shapes and dtypes and moves the class axis last."""
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
@@ -87,11 +87,11 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
   where = _common.mask(where, logits.shape, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   num_classes = logits.shape[-1]
-  if num_classes < 2:
+  if isinstance(num_classes, int) and num_classes < 2:  # not checked when symbolic (jax.export)
     raise ValueError(f"logits need at least 2 classes on axis {axis}, got {num_classes}.")
   batch_shape = logits.shape[:-1]
   dtype = _common.compute_dtype(logits)
-  logits = logits.astype(dtype)
+  logits = _common.soft_cap(logits.astype(dtype), logit_soft_cap)
 
   if integer_labels:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -388,21 +388,36 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
 
 
 def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
-              gamma_neg, label_smoothing, class_weights, axis, where):
+              gamma_neg, label_smoothing, class_weights, axis, where, z_loss=0.0,
+              logit_soft_cap=None):
   gamma_hc = _common.exponent("gamma_hc", gamma_hc)
   gamma_lc = _common.exponent("gamma_lc", gamma_lc)
   gamma_neg = None if gamma_neg is None else _common.exponent("gamma_neg", gamma_neg)
   label_smoothing = _common.fraction("label_smoothing", label_smoothing)
+  z_loss, logit_soft_cap = _common.logit_options(z_loss, logit_soft_cap)
   inputs = _canonicalize(logits, labels, xi, integer_labels=integer_labels,
-                         class_weights=class_weights, axis=axis, where=where)
+                         class_weights=class_weights, axis=axis, where=where,
+                         logit_soft_cap=logit_soft_cap)
   losses = functools.partial(_cyclical_losses, integer_labels=integer_labels,
                              gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                              label_smoothing=label_smoothing)
-  if not integer_labels:
-    return losses(inputs)
-  valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
-  loss = losses(inputs._replace(labels=jnp.where(valid, inputs.labels, 0)))
-  return _masked(_common.nan_unless(valid, loss), inputs.example_mask)
+  if integer_labels:
+    valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
+    loss = _common.nan_unless(valid, losses(inputs._replace(
+        labels=jnp.where(valid, inputs.labels, 0))))
+  else:
+    loss = losses(inputs)
+  if z_loss:
+    loss += z_loss * _log_normalizer(inputs)**2
+  return _masked(loss, inputs.example_mask)
+
+
+def _log_normalizer(inputs: _Inputs):
+  r""":math:`\operatorname{lse}(z)` per example over the kept classes (0 on masked examples)."""
+  logits = inputs.logits
+  if inputs.example_mask is not None:
+    logits = jnp.where(inputs.example_mask[..., None], logits, 0.0)
+  return jax.nn.logsumexp(logits, axis=-1, where=inputs.class_mask)
 
 
 def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
@@ -453,6 +468,8 @@ def cyclical_focal_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss between logits and integer class labels.
 
@@ -492,6 +509,10 @@ def cyclical_focal_loss_with_integer_labels(
       ``[1, num_classes]`` to leave classes out of the softmax, the logits'
       shape); an example masked entirely, or whose target class is masked,
       has loss 0 and gradient 0.
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -511,7 +532,7 @@ def cyclical_focal_loss_with_integer_labels(
   return _cyclical(logits, labels, xi, integer_labels=True, gamma_hc=gamma_hc,
                    gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                    label_smoothing=label_smoothing, class_weights=class_weights,
-                   axis=axis, where=where)
+                   axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def cyclical_focal_loss(
@@ -526,6 +547,8 @@ def cyclical_focal_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Cyclical focal loss between logits and class-probability labels.
 
@@ -562,6 +585,10 @@ def cyclical_focal_loss(
       ``[1, num_classes]`` to leave classes out of the softmax, the logits'
       shape); an example masked entirely, or whose target class is masked,
       has loss 0 and gradient 0.
+    z_loss: weight of :math:`\operatorname{lse}(z)^2` added to each example's loss
+      (PaLM's z-loss; 1e-4 is usual), >= 0.
+    logit_soft_cap: ``None`` or a cap :math:`c > 0`: the logits become
+      :math:`c \tanh(z / c)` before everything else (Gemma 2's soft-capping).
 
   Returns:
     The loss of each example, ``[batch...]``, float32.
@@ -580,7 +607,7 @@ def cyclical_focal_loss(
   return _cyclical(logits, labels, xi, integer_labels=False, gamma_hc=gamma_hc,
                    gamma_lc=gamma_lc, gamma_neg=gamma_neg,
                    label_smoothing=label_smoothing, class_weights=class_weights,
-                   axis=axis, where=where)
+                   axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def focal_loss_with_integer_labels(
@@ -592,6 +619,8 @@ def focal_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Softmax focal loss, :math:`-(1 - p_t)^{\gamma} \log p_t`.
 
@@ -609,6 +638,8 @@ def focal_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -626,7 +657,7 @@ def focal_loss_with_integer_labels(
   """
   return _component(logits, labels, 0, gamma, integer_labels=True,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def focal_loss(
@@ -638,6 +669,8 @@ def focal_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""Softmax focal loss for probability labels, :math:`-\sum_j q_j (1 - p_j)^{\gamma} \log p_j`.
 
@@ -654,6 +687,8 @@ def focal_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -671,7 +706,7 @@ def focal_loss(
   """
   return _component(logits, labels, 0, gamma, integer_labels=False,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def high_confidence_loss_with_integer_labels(
@@ -683,6 +718,8 @@ def high_confidence_loss_with_integer_labels(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""High-confidence loss, :math:`-(1 + p_t)^{\gamma} \log p_t`.
 
@@ -701,6 +738,8 @@ def high_confidence_loss_with_integer_labels(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss_with_integer_labels`).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -717,7 +756,7 @@ def high_confidence_loss_with_integer_labels(
   """
   return _component(logits, labels, 1, gamma, integer_labels=True,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
 
 
 def high_confidence_loss(
@@ -729,6 +768,8 @@ def high_confidence_loss(
     class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
 ) -> jax.Array:
   r"""High-confidence loss for probability labels, :math:`-\sum_j q_j (1 + p_j)^{\gamma} \log p_j`.
 
@@ -746,6 +787,8 @@ def high_confidence_loss(
     axis: the class axis of ``logits``.
     where: optional mask, ``[batch...]`` or broadcastable to the logits (as in
       :func:`cyclical_focal_loss`).
+    z_loss: weight :math:`\ge 0` of :math:`\operatorname{lse}(z)^2` added per example.
+    logit_soft_cap: ``None`` or :math:`c > 0`: the logits become :math:`c \tanh(z / c)` first.
 
   Returns:
     ``[batch...]`` float32 losses.
@@ -762,4 +805,4 @@ def high_confidence_loss(
   """
   return _component(logits, labels, 1, gamma, integer_labels=False,
                     label_smoothing=label_smoothing, class_weights=class_weights,
-                    axis=axis, where=where)
+                    axis=axis, where=where, z_loss=z_loss, logit_soft_cap=logit_soft_cap)
