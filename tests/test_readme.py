@@ -55,6 +55,7 @@ def test_the_pages_keep_their_examples():
   large = _examples_of("large_vocabularies.md")
   assert any("where=padding" in code for code in large)
   assert any('vocab_axis="model"' in code for code in large)
+  assert any("z_loss=" in code and "logit_soft_cap=" in code for code in large)
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=EXAMPLE_IDS)
