@@ -1,0 +1,143 @@
+"""Fencing: once a run's lease on its workdir has run out, it writes nothing more there.
+
+Against the GCS emulator at scaled lock timings (heartbeat 1 s, stale after 4 s: a lease of
+``4 - 1 - 0.04 = 2.96`` s after the last acknowledged heartbeat was sent). A lease is lost by
+failing the lock's own requests (503s on ``.lock``) while every other request goes through, so
+the store would accept the writes the fence must refuse. The last test cuts one run off the
+store (a stalled proxy between it and the emulator) while a second run takes the workdir over,
+and checks, from what the proxy forwarded, that the first wrote nothing after the takeover.
+"""
+
+import contextlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import pytest
+
+# cfl_jax.training first: cfl_jax.store.workdir_lock imports its config module.
+from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
+from cfl_jax.store import fenced, lock_object, workdir_lock  # pylint: disable=g-bad-import-order
+from training_helpers import finish, start_trainer, tiny_config, wait_for
+
+_TIMINGS = {"heartbeat_seconds": 1.0, "stale_seconds": 4.0}
+_LEASE = workdir_lock.lease_seconds(**_TIMINGS)
+
+
+@pytest.fixture
+def bucket_dir(gcs_bucket):
+  """A fresh ``gs://`` prefix for one test."""
+  return epath.Path(f"{gcs_bucket}/{uuid.uuid4().hex[:8]}")
+
+
+def _lock_requests(workdir) -> str:
+  """The fault-plan pattern of every request on ``workdir``'s lock object."""
+  return rf"^\S+ \S+ {epath.Path(workdir).name}/\.lock$"
+
+
+@contextlib.contextmanager
+def _losing_lease(workdir, gcs_faults):
+  """A lock on ``workdir`` whose heartbeats all fail once :func:`cut` is called; yields
+  ``(lock, cut)``, ``cut()`` returning the monotonic time the failures began."""
+  with workdir_lock.WorkdirLock(workdir, **_TIMINGS) as lock:
+    def cut() -> float:
+      gcs_faults.set(rate=1.0, statuses=[503], after_effect=0.0, match=_lock_requests(workdir))
+      return time.monotonic()
+    yield lock, cut
+    gcs_faults.clear()
+
+
+def test_the_default_lock_timings_follow_the_lease_formula():
+  # The deployment guide's formula: lease = stale - (heartbeat + drift * stale), drift 1 %.
+  heartbeat, stale = workdir_lock.HEARTBEAT_SECONDS, workdir_lock.STALE_SECONDS
+  assert (heartbeat, stale, workdir_lock.CLOCK_DRIFT) == (15.0, 60.0, 0.01)
+  assert workdir_lock.lease_seconds(heartbeat, stale) == pytest.approx(44.4)
+  # Two heartbeats in a row may fail before the lease runs out, and a write admitted at its
+  # last moment has a heartbeat's time to land before a rival may take over.
+  assert workdir_lock.lease_seconds(heartbeat, stale) > 2 * heartbeat
+  assert stale - workdir_lock.lease_seconds(heartbeat, stale) >= heartbeat
+
+
+def test_the_fence_admits_writes_until_the_lease_runs_out_then_refuses_them(bucket_dir,
+                                                                           gcs_faults):
+  note = bucket_dir / "note.txt"
+  with _losing_lease(bucket_dir, gcs_faults) as (lock, cut):
+    lock.fence.write_atomic(note, "0")
+    cut_at = time.monotonic()
+    cut()
+    written, refused_at = 0, None
+    while refused_at is None:
+      try:
+        lock.fence.write_atomic(note, str(written + 1))
+        written += 1
+        time.sleep(0.05)
+      except WorkdirLockLost as error:
+        refused_at = time.monotonic()
+        message = str(error)
+      assert time.monotonic() - cut_at < 2 * _LEASE, "the fence never closed"
+    # The last acknowledged heartbeat was sent at most a heartbeat (and an answer) before the
+    # cut, so the lease ends between lease - heartbeat and lease after it.
+    assert _LEASE - _TIMINGS["heartbeat_seconds"] - 0.5 < refused_at - cut_at < _LEASE + 0.5
+    assert written > 0 and note.read_text() == str(written)  # the refused write never landed
+    assert message.startswith(f"This run lost the lock of the workdir {bucket_dir}: its "
+                              "heartbeat has not reached the store for")
+    with pytest.raises(WorkdirLockLost):  # lost for good
+      lock.fence.remove_tree(bucket_dir)
+  assert note.read_text() == str(written)
+
+
+def _state():
+  return {"w": jnp.arange(8.0)}
+
+
+def test_a_save_in_flight_when_the_lease_runs_out_never_commits(bucket_dir, gcs_faults):
+  directory = bucket_dir / "checkpoints"
+  with _losing_lease(bucket_dir, gcs_faults) as (lock, cut):
+    checkpointer = checkpointing.Checkpointer(directory, max_to_keep=2, fence=lock.fence)
+    checkpointer.save(1, _state(), {"step": 1})
+    checkpointer.save(2, _state(), {"step": 2})  # waits for step 1's commit
+    wait_for_lost = cut() + _LEASE + 0.2
+    # Step 2's commit is refused if it is still pending; step 3 starts with the lease gone.
+    time.sleep(max(0.0, wait_for_lost - time.monotonic()))
+    with pytest.raises(WorkdirLockLost, match="This run lost the lock"):
+      checkpointer.save(3, _state(), {"step": 3})
+    checkpointer.close()  # returns at once: nothing more is written
+  committed = sorted(int(step.name) for step in directory.iterdir()
+                     if (step / "commit_success.txt").exists())
+  assert committed in ([1], [1, 2]), committed
+  assert 3 not in committed
+
+
+def test_the_clean_up_deletes_only_steps_this_run_knows(tmp_path):
+  directory = tmp_path / "checkpoints"
+  mine = checkpointing.Checkpointer(directory, max_to_keep=2)
+  mine.save(10, _state(), {"step": 10})
+  mine.check_for_errors()
+  # Another run writes step 5 (older than any of this run's) into the same directory.
+  rival = checkpointing.Checkpointer(directory, max_to_keep=2)
+  rival.save(5, _state(), {"step": 5})
+  rival.close()
+  for step in (20, 30, 40):
+    mine.save(step, _state(), {"step": step})
+  mine.close()
+  assert sorted(int(p.name) for p in directory.iterdir()) == [5, 30, 40]
+
+
+def test_compilation_cache_writes_stop_with_the_lease(bucket_dir, gcs_faults, tmp_path):
+  cache = tmp_path / "cache"
+  with (_losing_lease(bucket_dir, gcs_faults) as (lock, cut),
+        compilation_cache.persistent_compilation_cache(os.fspath(cache), bucket_dir, lock.fence)):
+    jax.jit(lambda x: x * 3 + 1)(jnp.arange(5)).block_until_ready()
+    entries = set(os.listdir(cache))
+    assert entries
+    time.sleep(max(0.0, cut() + _LEASE + 0.2 - time.monotonic()))
+    # A new program compiles and runs; its cache entry is not written.
+    assert jax.jit(lambda x: x * 5 - 2)(jnp.arange(5)).tolist() == [-2, 3, 8, 13, 18]
+    assert set(os.listdir(cache)) == entries
