@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 
 from etils import epath
@@ -24,8 +25,11 @@ import pytest
 
 # cfl_jax.training first: cfl_jax.store.workdir_lock imports its config module.
 from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
-from cfl_jax.store import fenced, lock_object, workdir_lock  # pylint: disable=g-bad-import-order
-from training_helpers import finish, start_trainer, tiny_config, wait_for
+from cfl_jax import store  # pylint: disable=g-bad-import-order
+from cfl_jax.store import lock_object, workdir_lock
+from training_helpers import finish, start_trainer, tiny_config
+
+pytestmark = pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
 
 _TIMINGS = {"heartbeat_seconds": 1.0, "stale_seconds": 4.0}
 _LEASE = workdir_lock.lease_seconds(**_TIMINGS)
@@ -141,3 +145,167 @@ def test_compilation_cache_writes_stop_with_the_lease(bucket_dir, gcs_faults, tm
     # A new program compiles and runs; its cache entry is not written.
     assert jax.jit(lambda x: x * 5 - 2)(jnp.arange(5)).tolist() == [-2, 3, 8, 13, 18]
     assert set(os.listdir(cache)) == entries
+
+
+class _Partition:
+  """A TCP proxy between one run and the emulator that can cut it off the store.
+
+  ``cut()``: the run's connections stay open but nothing passes either way, and what arrives is
+  dropped (a stalled, black-holed network); new ones are accepted and held the same way. The
+  emulator's ends are closed, so it goes on serving the other run. ``heal()`` closes the held
+  connections, as a partition longer than TCP's patience does, and forwards again. Every
+  request forwarded is logged with the monotonic time it passed: ``(time, head and start of
+  the body)``.
+  """
+
+  def __init__(self, upstream: str):
+    host, port = upstream.removeprefix("http://").split(":")
+    self._upstream = (host, int(port))
+    self._listener = socket.create_server(("127.0.0.1", 0))
+    self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+    self._cut = threading.Event()
+    self._lock = threading.Lock()
+    self._clients: list[socket.socket] = []
+    self._upstreams: list[socket.socket] = []
+    self.requests: list[tuple[float, bytearray]] = []
+    threading.Thread(target=self._accept, daemon=True).start()
+
+  def _accept(self) -> None:
+    while True:
+      try:
+        client, _ = self._listener.accept()
+      except OSError:
+        return
+      upstream = None if self._cut.is_set() else socket.create_connection(self._upstream)
+      with self._lock:
+        self._clients.append(client)
+        if upstream is not None:
+          self._upstreams.append(upstream)
+      threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+      if upstream is not None:
+        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+  def _pump(self, source: socket.socket, target: socket.socket | None, log: bool) -> None:
+    request = None
+    with contextlib.suppress(OSError):
+      while data := source.recv(65536):
+        if self._cut.is_set() or target is None:
+          continue
+        if log and re.match(rb"(GET|POST|PUT|DELETE|PATCH) ", data):
+          request = bytearray(data[:8192])
+          self.requests.append((time.monotonic(), request))
+        elif log and request is not None and len(request) < 8192:
+          request += data[:8192 - len(request)]
+        target.sendall(data)
+    if not self._cut.is_set():  # while cut, the run's end is held open
+      for end in (source, target):
+        with contextlib.suppress(OSError, AttributeError):
+          end.shutdown(socket.SHUT_RDWR)
+
+  def _close(self, ends: list[socket.socket]) -> None:
+    for end in ends:
+      with contextlib.suppress(OSError):
+        end.shutdown(socket.SHUT_RDWR)
+
+  def cut(self) -> None:
+    self._cut.set()
+    with self._lock:
+      upstreams, self._upstreams = self._upstreams, []
+    self._close(upstreams)
+
+  def heal(self) -> None:
+    with self._lock:
+      clients, self._clients = self._clients, []
+    self._close(clients)
+    self._cut.clear()
+
+  def close(self) -> None:
+    self._listener.close()
+    self.heal()
+    self._close(self._upstreams)
+
+  def writes_since(self, since: float, prefix: str) -> set[str]:
+    """The objects under ``prefix`` named by the write requests forwarded after ``since``."""
+    names = set()
+    for at, request in self.requests:
+      text = urllib.parse.unquote(bytes(request).decode(errors="replace"))
+      if at > since and not text.startswith("GET "):
+        names |= set(re.findall(rf"{re.escape(prefix)}/[\w./-]+", text))
+    return names
+
+
+def _committed_steps(workdir: epath.Path) -> list[int]:
+  """The committed checkpoint steps, listed anew (other processes write them)."""
+  fs, key = store.filesystem(workdir / "checkpoints")
+  fs.invalidate_cache()
+  return sorted(int(name.rsplit("/", 2)[-2]) for name in fs.glob(f"{key}/*/commit_success.txt"))
+
+
+def _holder_pid(workdir: epath.Path) -> int | None:
+  current = lock_object.GcsObject(workdir / ".lock").read()
+  return None if current is None else json.loads(current.content).get("pid")
+
+
+def _wait_for(condition, process, timeout: float) -> None:
+  """Polls ``condition()`` every 0.3 s (the emulator serves one request at a time) until true;
+  fails with the process's output if it exits first or time runs out."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if process.poll() is not None or time.monotonic() > deadline:
+      process.kill()
+      raise AssertionError(f"condition not reached (exit {process.poll()}):\n"
+                           f"{process.communicate()[0][-3000:]}")
+    time.sleep(0.3)
+
+
+def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_over(bucket_dir):
+  # Both runs are the runner; the old one reaches the store only through the partition. It is
+  # cut off after its first checkpoint, the new one takes the workdir over (4 s later, the
+  # stale time) and saves; then the old one is reconnected and tries to write again.
+  emulator = os.environ["STORAGE_EMULATOR_HOST"]
+  partition = _Partition(emulator)
+  lock_timings = {workdir_lock.HEARTBEAT_VARIABLE: "1", workdir_lock.STALE_VARIABLE: "4",
+                  store.RETRY_SECONDS_VARIABLE: "20"}
+  config = tiny_config(num_train_steps=60, checkpoint_every_steps=10, log_every_steps=5,
+                       eval_every_epochs=100, max_to_keep=2)
+  workdir, prefix = os.fspath(bucket_dir), bucket_dir.name
+  started = time.monotonic()
+  old = start_trainer(workdir, config, env={**lock_timings, "STORAGE_EMULATOR_HOST": partition.url,
+                                            "TENSORSTORE_GCS_HTTP_URL": partition.url})
+  new = None
+  try:
+    _wait_for(lambda: _committed_steps(bucket_dir), old, timeout=90)
+    partition.cut()
+    cut_at = time.monotonic()
+    cut_off_with = _committed_steps(bucket_dir)
+    new = start_trainer(workdir, config, env=lock_timings)
+    _wait_for(lambda: _holder_pid(bucket_dir) == new.pid, new, timeout=60)
+    took_over = time.monotonic()
+    _wait_for(lambda: max(_committed_steps(bucket_dir)) > max(cut_off_with) + 10, new, timeout=60)
+    partition.heal()
+    healed = time.monotonic()
+    old_code, old_output = finish(old, timeout=60)
+    new_code, new_output = finish(new, timeout=90)
+  finally:
+    for process in (old, new):
+      if process is not None:
+        process.kill()
+    partition.close()
+  print(f"cut off at {cut_at - started:.0f} s with checkpoints {cut_off_with}, taken over at "
+        f"{took_over - started:.0f} s, healed at {healed - started:.0f} s, ended at "
+        f"{time.monotonic() - started:.0f} s; the old run's writes forwarded after the takeover: "
+        f"{sorted(partition.writes_since(took_over, prefix))}")
+  assert old_code == 1 and "Traceback" not in old_output, old_output
+  errors = [line for line in old_output.splitlines() if line.startswith("experiments.train:")]
+  assert len(errors) == 1 and re.fullmatch(
+      rf"experiments.train: error: This run lost the lock of the workdir {workdir}: its "
+      r"heartbeat has not reached the store for \d+ s.*, so another run may take it over\. It "
+      "stopped before its next checkpoint and writes nothing more there; run it again to "
+      "resume.", errors[0]), old_output[-2000:]
+  assert new_code == 0, new_output[-3000:]
+  # After the takeover the old run wrote nothing but its lock (its release, refused: the
+  # object holds another generation), and the new run ends with its own last checkpoints.
+  assert partition.writes_since(took_over, prefix) <= {f"{prefix}/.lock"}
+  assert _committed_steps(bucket_dir) == [50, 60]
+  summary = json.loads((bucket_dir / "summary.json").read_text())
+  assert summary["status"] == "completed" and summary["train_steps"] == 60

@@ -8,13 +8,22 @@ each attempt, retries included, and raises the lease's error instead of writing 
 out. The lease says it on this process alone, with no collective, so background threads (orbax's
 commit, JAX's cache writes) ask it too.
 
+A write admitted a moment before the lease ends must not land after it: the client's own retries
+(gcsfs retries a request for about 30 s) would carry it there. So in a bucket each attempt runs
+for at most the time left on the lease and is cancelled then, retries and all.
+
 A fence without a lease (:data:`UNFENCED`) admits everything: local workdirs under an ``flock``,
 which lasts as long as the process, and the processes of a multi-host run that do not hold the
 lock (their writes, array shards, are committed by process 0 through its fence).
 """
 
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+import asyncio
+from collections.abc import Callable, Coroutine
+import math
+import time
+from typing import Any, Protocol, TypeVar
+
+from fsspec import asyn
 
 from cfl_jax.store import paths
 from cfl_jax.store.retry import retrying
@@ -27,6 +36,9 @@ class Lease(Protocol):
 
   def lost(self) -> Exception | None:
     """None while this process may write into the workdir, else the error to stop with."""
+
+  def deadline(self) -> float:
+    """The ``time.monotonic()`` at which the lease ends (``math.inf``: never)."""
 
 
 class Fence:
@@ -59,6 +71,12 @@ class Fence:
     """True while the lease holds."""
     return self._lease is None or self._lease.lost() is None
 
+  def _bounded(self, fs, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """The coroutine ``work()`` on the file system ``fs``'s loop, cancelled (TimeoutError)
+    when the lease ends."""
+    left = (self._lease.deadline() if self._lease is not None else math.inf) - time.monotonic()
+    return asyn.sync(fs.loop, asyncio.wait_for, work(), None if left == math.inf else left)
+
   def call(self, what: str, write: Callable[[], T]) -> T:
     """``write()``, retried through transient store errors (:func:`cfl_jax.store.retrying`),
     each attempt admitted by the lease; ``what`` names it for the log and errors."""
@@ -77,7 +95,9 @@ class Fence:
       return
     destination = paths.as_path(path)
     content = data.encode() if isinstance(data, str) else data
-    self.call(f"writing {destination}", lambda: destination.write_bytes(content))
+    fs, key = paths.filesystem(destination)
+    self.call(f"writing {destination}",
+              lambda: self._bounded(fs, lambda: fs._pipe_file(key, content)))  # pylint: disable=protected-access
 
   def remove_tree(self, path: paths.PathLike) -> None:
     """Deletes the directory (object prefix) ``path`` through the fence; a missing one is
@@ -92,7 +112,7 @@ class Fence:
       fs, key = paths.filesystem(target)
       fs.invalidate_cache(key)
       if fs.exists(key):
-        fs.rm(key, recursive=True)
+        self._bounded(fs, lambda: fs._rm(key, recursive=True))  # pylint: disable=protected-access
 
     self.call(f"deleting {target}", remove)
 

@@ -46,6 +46,7 @@ it at every look, so none waits long in one collective (CPU collectives time out
 import datetime
 import fcntl
 import json
+import math
 import os
 import socket
 import threading
@@ -263,7 +264,11 @@ class WorkdirLock:
       # A beat still in flight after this lands on a stale generation: refused, or deleted below.
       self._heartbeat.join(self.heartbeat_seconds)
       self._heartbeat = None
-      self._release()
+      # A run that lost its lock may be cut off a stalled store: it waits a heartbeat at most.
+      releasing = threading.Thread(target=self._release, name="workdir-lock-release",
+                                   daemon=True)
+      releasing.start()
+      releasing.join(self.heartbeat_seconds if self._lost else None)
 
   def check(self) -> None:
     """Raises :class:`WorkdirLockLost`, on every process, when process 0 no longer holds the lock;
@@ -276,6 +281,14 @@ class WorkdirLock:
     lost = _agree(lost)
     if lost:
       raise WorkdirLockLost(lost)
+
+  def deadline(self) -> float:
+    """The ``time.monotonic()`` at which this process's lease ends: :func:`lease_seconds` after
+    the last acknowledged heartbeat was sent (``math.inf`` for a local lock, or a process that
+    took none)."""
+    if not self.enabled or self._object is None:
+      return math.inf
+    return self._refreshed + lease_seconds(self.heartbeat_seconds, self.stale_seconds)
 
   def lost(self) -> WorkdirLockLost | None:
     """:meth:`check` on this process alone (no collective; any thread may call it): the error
@@ -371,7 +384,7 @@ class WorkdirLock:
   def _lost_reason(self) -> str:
     """Why this run no longer holds its lock, or "" while it does."""
     silent = time.monotonic() - self._refreshed
-    if self._lost is None and silent > lease_seconds(self.heartbeat_seconds, self.stale_seconds):
+    if self._lost is None and time.monotonic() > self.deadline():
       error = f" (last error: {self._last_error})" if self._last_error else ""
       self._lost = (f"its heartbeat has not reached the store for {silent:.0f} s{error}, so "
                     "another run may take it over")
