@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-# cfl_jax.training first: cfl_jax.store.workdir_lock imports its config module.
-from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
-from cfl_jax import store  # pylint: disable=g-bad-import-order
+from cfl_jax import store
 from cfl_jax.store import lock_object, workdir_lock
+from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
 from training_helpers import finish, start_trainer, tiny_config
 
 pytestmark = pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")

@@ -60,7 +60,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from cfl_jax import store
-from cfl_jax.training import config as config_lib
 from cfl_jax.store import fenced
 from cfl_jax.store import lock_object
 
@@ -84,6 +83,13 @@ class WorkdirLocked(RuntimeError):
 
 class WorkdirLockLost(WorkdirLocked):
   """This run no longer holds its workdir's lock; it stopped before writing more there."""
+
+
+def _config_error(message: str) -> Exception:
+  """A :class:`cfl_jax.training.config.ConfigError` (imported on use: that package imports this
+  module)."""
+  from cfl_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.ConfigError(message)
 
 
 def lease_seconds(heartbeat_seconds: float, stale_seconds: float) -> float:
@@ -118,7 +124,7 @@ def _seconds(value: float | None, variable: str, default: float) -> float:
   try:
     return float(text)
   except ValueError:
-    raise config_lib.ConfigError(f"{variable}={text!r} is not a number of seconds.") from None
+    raise _config_error(f"{variable}={text!r} is not a number of seconds.") from None
 
 
 def _agree(message: str) -> str:
@@ -167,7 +173,7 @@ def check_store(workdir: store.PathLike) -> None:
   """
   path = os.fspath(workdir)
   if not store.is_local(path) and not path.startswith("gs://"):
-    raise config_lib.ConfigError(
+    raise _config_error(
         f"The workdir {path} is on an object store other than GCS: use a local (or mounted) "
         "directory or a gs:// bucket. Runs in other stores are refused rather than run without a "
         "lock: the workdir lock's conditional writes are implemented for GCS only, and orbax "
@@ -214,7 +220,7 @@ class WorkdirLock:
     self.heartbeat_seconds = _seconds(heartbeat_seconds, HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
     self.stale_seconds = _seconds(stale_seconds, STALE_VARIABLE, STALE_SECONDS)
     if not 0 < 2 * self.heartbeat_seconds <= self.stale_seconds:
-      raise config_lib.ConfigError(
+      raise _config_error(
           f"The workdir lock needs 0 < 2 * heartbeat ({self.heartbeat_seconds} s) <= stale "
           f"({self.stale_seconds} s); see {HEARTBEAT_VARIABLE} and {STALE_VARIABLE}.")
     self._file: IO[str] | None = None
