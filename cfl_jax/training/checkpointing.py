@@ -179,11 +179,16 @@ class Checkpointer:
       CheckpointSaveError: if this save, or the previous one still being written, failed.
       WorkdirLockLost: when the lease ran out (see :mod:`cfl_jax.store.fenced`): nothing more is
         saved, and a save still being written is not committed.
+      StoreUnavailable: when deleting the checkpoints beyond ``max_to_keep`` failed past the
+        retry budget.
     """
-    try:
-      if self._saving_step is not None:  # the previous save must have succeeded
+    if self._saving_step is not None:  # the previous save must have succeeded
+      try:
         self._manager.wait_until_finished()
-        self._committed()
+      except Exception as error:  # orbax raises many types; all mean the same here
+        raise self._save_error(error) from error
+      self._committed()
+    try:
       self._fence.check()
       self._saving_step = step
       self._manager.save(step, args=ocp.args.Composite(
