@@ -324,11 +324,12 @@ class WorkdirLock:
 
   # GCS: an object written at the generation read.
 
-  def _write(self, generation: str) -> bool:
-    """Writes this run's record over ``generation``; True when this run now holds the lock."""
+  def _write(self, generation: str, timeout: float | None = None) -> bool:
+    """Writes this run's record over ``generation`` within ``timeout`` seconds; True when this
+    run now holds the lock."""
     assert self._object is not None
     sent = time.monotonic()
-    written = self._object.write(self._record, generation)
+    written = self._object.write(self._record, generation, timeout)
     if written is None:  # 412: a rival's write, or ours whose answer was lost
       current = self._object.read()
       if _token(current) != self._token:
@@ -375,7 +376,8 @@ class WorkdirLock:
     delay = self.heartbeat_seconds
     while not self._stop.wait(delay) and not self._lost_reason():
       try:
-        if not self._write(self._generation):
+        # Bounded: gcsfs's own retries would hold a beat for half a minute past an outage.
+        if not self._write(self._generation, timeout=self.heartbeat_seconds):
           self._lost = f"another run took it over ({_holder(self._object.read())})"
           logging.error("The lock of %s was taken over: %s.", self.workdir, self._lost)
           return
