@@ -92,7 +92,8 @@ def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
   ``abandon_threads``: exit without waiting for background threads. A background save that
   failed in a store outage leaves orbax threads waiting (up to its 20-minute timeout) for
   signals of that save which never come; the run has already closed its files and released its
-  lock, so nothing is left for them to do.
+  lock, so nothing is left for them to do. A run that lost its lock leaves a save in flight
+  unfinished: its commit would be refused, and its writes must stop with the process.
   """
   print(f"experiments.train: error: {message}", file=sys.stderr)
   if abandon_threads:
@@ -169,7 +170,8 @@ def main(argv):
     summary = training.train_and_evaluate(config, workdir)
   except _RUN_ERRORS as error:
     _fail(str(error), 1, abandon_threads=isinstance(
-        error, (training.CheckpointSaveError, training.StoreUnavailable)))
+        error, (training.CheckpointSaveError, training.StoreUnavailable,
+                training.WorkdirLockLost)))
   if summary["preempted"]:
     return  # the loop logged where it stopped; exit status 0
   keys = ("test_accuracy", "best_test_accuracy", "best_epoch", "best_ema_test_accuracy",

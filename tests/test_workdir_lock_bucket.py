@@ -224,8 +224,9 @@ def test_the_heartbeat_outlives_store_errors_while_the_window_allows(bucket_dir,
     started = time.monotonic()
     with pytest.raises(WorkdirLockLost, match=(
         rf"This run lost the lock of the workdir {bucket_dir}: its heartbeat has not reached "
-        r"the store for \d+ s \(last error: HttpError: injected fault, 503\), so another run may "
-        r"take it over\. It stopped before its next checkpoint")):
+        r"the store for \d+ s( \(last error: [^)]+\))?, so another run may take it over\. It "
+        "stopped before its next "
+        "checkpoint")):
       _held_through(lock, 15)
     assert time.monotonic() - started < 11
     gcs_faults.clear()

@@ -10,6 +10,7 @@ One job per module:
 * ``lock_object``: one GCS object written and deleted only at the generation it was read at.
 * ``workdir_lock``: one run per workdir (``flock`` locally, a lock object in a bucket).
 * ``agreement``: every process of a run raises the same error when a store phase fails on one.
+* ``fenced``: every write into a workdir, admitted only while the run's lease holds.
 
 The names most callers need are re-exported here: ``from cfl_jax import store`` then
 ``store.retrying(...)``, ``store.as_path(...)``.

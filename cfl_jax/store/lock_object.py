@@ -10,10 +10,13 @@ Reads also report the object's age by the store's own clock (its ``updated`` tim
 ``Date`` of the store's answer), so no host clock enters a decision.
 """
 
+import asyncio
 import dataclasses
 import datetime
 import email.utils
 import json
+
+from fsspec import asyn
 
 from cfl_jax import store
 
@@ -65,8 +68,9 @@ class GcsObject:
         return Observation(generation, content, _age(metadata["updated"], headers.get("Date")))
     raise RuntimeError(f"gs://{self._bucket}/{self._name} changed at every read.")
 
-  def write(self, content: bytes, generation: str) -> str | None:
-    """Writes ``content`` if the object is at ``generation`` (``"0"``: absent).
+  def write(self, content: bytes, generation: str, timeout: float | None = None) -> str | None:
+    """Writes ``content`` if the object is at ``generation`` (``"0"``: absent), giving up
+    (TimeoutError) after ``timeout`` seconds, gcsfs's own retries included.
 
     Returns:
       The new generation, or None when the store refused (412: the object is at another
@@ -74,12 +78,18 @@ class GcsObject:
     """
     # gcsfs's own uploads address the upload endpoint the same way.
     upload = f"{self._fs._location}/upload/storage/v1/b/{{}}/o"  # pylint: disable=protected-access
+    request = self._fs._call(  # pylint: disable=protected-access (gcsfs's request, awaitable)
+        "POST", upload, self._bucket, uploadType="media", name=self._name,
+        ifGenerationMatch=generation, data=content,
+        headers={"Content-Type": "application/octet-stream"})
     try:
-      _, answer = self._fs.call("POST", upload, self._bucket, uploadType="media", name=self._name,
-                                ifGenerationMatch=generation, data=content,
-                                headers={"Content-Type": "application/octet-stream"})
+      _, answer = asyn.sync(self._fs.loop, asyncio.wait_for, request, timeout)
     except FileExistsError:  # gcsfs's name for 412
       return None
+    except TimeoutError:
+      if timeout is None:
+        raise
+      raise TimeoutError(f"no answer from the store within {timeout:.0f} s") from None
     return json.loads(answer)["generation"]
 
   def delete(self, generation: str) -> bool:

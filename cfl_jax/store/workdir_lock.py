@@ -16,14 +16,27 @@ reading back its token.
   read, with a warning naming the old holder. Host clocks never decide.
 * Holding: a thread rewrites it every ``heartbeat_seconds`` at the generation of its last write;
   it outlives any error of the store or of authentication and retries with back-off.
-* Losing: when a rival's token replaced this run's, or no rewrite succeeded for
-  ``stale_seconds - heartbeat_seconds`` (a rival may take it over soon after),
-  :meth:`WorkdirLock.check`, called before every checkpoint, raises :class:`WorkdirLockLost`.
+* Losing: when a rival's token replaced this run's, or its lease ran out (below),
+  :meth:`WorkdirLock.check` (called before every checkpoint) raises :class:`WorkdirLockLost`,
+  and so does every write through :attr:`WorkdirLock.fence` (:mod:`cfl_jax.store.fenced`).
 
-The defaults (heartbeat 15 s, stale after 60 s) refuse a second run beside a live one within
-about 20 s and let a relaunch after a hard kill take over at most 60 s after the dead run's last
-heartbeat. The environment variables ``CFL_JAX_LOCK_HEARTBEAT_SECONDS`` and
-``CFL_JAX_LOCK_STALE_SECONDS`` change them.
+The lease. A rival takes the lock over only once it has not been written for ``stale`` seconds,
+by the store's clock or the rival's, so never before ``S + stale`` where ``S`` is the moment this
+run *sent* its last write that the store acknowledged (it landed after ``S``). This run may write
+into the workdir until
+
+  ``S + stale - margin``, with ``margin = heartbeat + drift * stale``,
+
+by its own monotonic clock, started when the write was sent, not when it was answered. The
+``heartbeat`` in the margin is the time a write admitted at the last moment has to land (a store
+request abandoned after that never lands); ``drift`` (:data:`CLOCK_DRIFT`, 1 %) bounds how much
+faster this host's clock may run than the store's or the rival's. With the defaults (heartbeat
+15 s, stale 60 s) the lease lasts 44.4 s after the last acknowledged heartbeat was sent, so two
+heartbeats in a row may fail before it runs out, and a rival takes over 15.6 s after it has.
+
+The defaults refuse a second run beside a live one within about 20 s and let a relaunch after a
+hard kill take over at most 60 s after the dead run's last heartbeat. The environment variables
+``CFL_JAX_LOCK_HEARTBEAT_SECONDS`` and ``CFL_JAX_LOCK_STALE_SECONDS`` change them.
 
 Multi-host: process 0 takes the lock; its verdict, on entry and at every check, reaches every
 process, so all of them stop with the same message. While it watches a lock, the others hear from
@@ -33,6 +46,7 @@ it at every look, so none waits long in one collective (CPU collectives time out
 import datetime
 import fcntl
 import json
+import math
 import os
 import socket
 import threading
@@ -44,22 +58,19 @@ from absl import logging
 
 from cfl_jax import store
 from cfl_jax.store import agreement
+from cfl_jax.store import fenced
 from cfl_jax.store import lock_object
 
 HEARTBEAT_SECONDS = 15.0
 STALE_SECONDS = 60.0
 HEARTBEAT_VARIABLE = "CFL_JAX_LOCK_HEARTBEAT_SECONDS"
 STALE_VARIABLE = "CFL_JAX_LOCK_STALE_SECONDS"
+#: How much faster this host's clock may run than the store's or a rival's (a fraction; NTP keeps
+#: real clocks within a few parts per million).
+CLOCK_DRIFT = 0.01
 # Process 0's word while it watches a lock: the others wait for the next one (in short collectives,
 # which time out on some backends when one process arrives much later than another).
 _UNDECIDED = "\x01"
-
-
-def _config_error(message: str) -> Exception:
-  """A :class:`cfl_jax.training.ConfigError` (imported here: the training package imports this
-  module, so importing it at the top would be circular)."""
-  from cfl_jax.training import config  # pylint: disable=g-import-not-at-top
-  return config.ConfigError(message)
 
 
 class WorkdirLocked(RuntimeError):
@@ -68,6 +79,25 @@ class WorkdirLocked(RuntimeError):
 
 class WorkdirLockLost(WorkdirLocked):
   """This run no longer holds its workdir's lock; it stopped before writing more there."""
+
+
+def _config_error(message: str) -> Exception:
+  """A :class:`cfl_jax.training.config.ConfigError` (imported on use: that package imports this
+  module)."""
+  from cfl_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.ConfigError(message)
+
+
+def lease_seconds(heartbeat_seconds: float, stale_seconds: float) -> float:
+  """How long after sending its last acknowledged heartbeat a run may still write into its
+  workdir: ``stale - margin``, ``margin = heartbeat + CLOCK_DRIFT * stale`` (see the module
+  docstring).
+
+  Examples:
+    >>> round(lease_seconds(15, 60), 6)  # the defaults
+    44.4
+  """
+  return stale_seconds - (heartbeat_seconds + CLOCK_DRIFT * stale_seconds)
 
 
 def _now() -> str:
@@ -190,6 +220,8 @@ class WorkdirLock:
     self._lost: str | None = None
     self._stop = threading.Event()
     self._heartbeat: threading.Thread | None = None
+    #: Every write of this run into the workdir goes through it (:mod:`cfl_jax.store.fenced`).
+    self.fence = fenced.Fence(self)
 
   def __enter__(self) -> "WorkdirLock":
     verdict, error = "", None
@@ -223,19 +255,39 @@ class WorkdirLock:
       # A beat still in flight after this lands on a stale generation: refused, or deleted below.
       self._heartbeat.join(self.heartbeat_seconds)
       self._heartbeat = None
-      self._release()
+      # A run that lost its lock may be cut off a stalled store: it waits a heartbeat at most.
+      releasing = threading.Thread(target=self._release, name="workdir-lock-release",
+                                   daemon=True)
+      releasing.start()
+      releasing.join(self.heartbeat_seconds if self._lost else None)
 
   def check(self) -> None:
     """Raises :class:`WorkdirLockLost`, on every process, when process 0 no longer holds the lock;
     call it before each write of results (all processes together).
 
-    A lock is lost when a rival's token has replaced this run's, or when no heartbeat has reached
-    the store for ``stale_seconds - heartbeat_seconds`` (a rival may take it over from then on).
+    A lock is lost when a rival's token has replaced this run's, or when its lease has run out
+    (:func:`lease_seconds` after the last acknowledged heartbeat was sent).
     """
     lost = self._lost_reason() if self.enabled and self._object is not None else ""
     lost = agreement.broadcast(lost)
     if lost:
       raise WorkdirLockLost(lost)
+
+  def deadline(self) -> float:
+    """The ``time.monotonic()`` at which this process's lease ends: :func:`lease_seconds` after
+    the last acknowledged heartbeat was sent (``math.inf`` for a local lock, or a process that
+    took none)."""
+    if not self.enabled or self._object is None:
+      return math.inf
+    return self._refreshed + lease_seconds(self.heartbeat_seconds, self.stale_seconds)
+
+  def lost(self) -> WorkdirLockLost | None:
+    """:meth:`check` on this process alone (no collective; any thread may call it): the error
+    to stop with once the lease has run out or a rival took the lock, else None. A local lock
+    (``flock``) lasts as long as the process; processes that took no lock hold nothing to lose.
+    """
+    lost = self._lost_reason() if self.enabled and self._object is not None else ""
+    return WorkdirLockLost(lost) if lost else None
 
   # Local disks: flock.
 
@@ -257,11 +309,12 @@ class WorkdirLock:
 
   # GCS: an object written at the generation read.
 
-  def _write(self, generation: str) -> bool:
-    """Writes this run's record over ``generation``; True when this run now holds the lock."""
+  def _write(self, generation: str, timeout: float | None = None) -> bool:
+    """Writes this run's record over ``generation`` within ``timeout`` seconds; True when this
+    run now holds the lock."""
     assert self._object is not None
     sent = time.monotonic()
-    written = self._object.write(self._record, generation)
+    written = self._object.write(self._record, generation, timeout)
     if written is None:  # 412: a rival's write, or ours whose answer was lost
       current = self._object.read()
       if _token(current) != self._token:
@@ -306,9 +359,10 @@ class WorkdirLock:
     assert self._object is not None
     failures = 0
     delay = self.heartbeat_seconds
-    while not self._stop.wait(delay) and self._lost is None:
+    while not self._stop.wait(delay) and not self._lost_reason():
       try:
-        if not self._write(self._generation):
+        # Bounded: gcsfs's own retries would hold a beat for half a minute past an outage.
+        if not self._write(self._generation, timeout=self.heartbeat_seconds):
           self._lost = f"another run took it over ({_holder(self._object.read())})"
           logging.error("The lock of %s was taken over: %s.", self.workdir, self._lost)
           return
@@ -323,7 +377,7 @@ class WorkdirLock:
   def _lost_reason(self) -> str:
     """Why this run no longer holds its lock, or "" while it does."""
     silent = time.monotonic() - self._refreshed
-    if self._lost is None and silent > self.stale_seconds - self.heartbeat_seconds:
+    if self._lost is None and time.monotonic() > self.deadline():
       error = f" (last error: {self._last_error})" if self._last_error else ""
       self._lost = (f"its heartbeat has not reached the store for {silent:.0f} s{error}, so "
                     "another run may take it over")

@@ -15,6 +15,12 @@ it is missing, never because the store or the machine failed (unreachable, timed
 unauthorised, forbidden, out of memory: :func:`cfl_jax.store.failure_cause`), and all processes
 of a run agree on that verdict.
 
+Fencing: the commit of every step (orbax's rename, or its commit marker in a bucket) and the
+deletion of old steps go through the run's fence (:mod:`cfl_jax.store.fenced`). A save still
+being written when the run's lease runs out is therefore never committed, and the clean-up
+beyond ``max_to_keep`` (done here, not by orbax) deletes only steps this run knows: those listed
+when it started and those it committed itself, never a step another run wrote since.
+
 Preemption (SIGTERM, as on TPU VMs and most schedulers): with one process a signal handler sets
 a flag that the loop reads after each step; with several (after ``jax.distributed.initialize()``)
 JAX's preemption sync manager receives the SIGTERM and agrees across hosts on one step at which
@@ -33,9 +39,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity_defaults
 
 from cfl_jax import store
 from cfl_jax.store import agreement
+from cfl_jax.store import fenced
+from cfl_jax.store import workdir_lock
 
 #: Config keys that do not change the training trajectory. They may differ on resume (the new
 #: values apply from there on, and the differences are logged); every other key must match.
@@ -103,6 +112,27 @@ def _config_differences(saved: Mapping, current: Mapping, path: str = "") -> lis
   return differences
 
 
+def _fenced_commit(directory: store.PathLike, fence: fenced.Fence) -> type:
+  """Orbax's way of committing a step in ``directory`` (a rename, or a commit marker in a
+  bucket), admitted by ``fence`` first."""
+  commit = atomicity_defaults.get_default_temporary_path_class(store.as_path(directory))
+
+  class FencedCommit(commit):  # type: ignore[valid-type,misc]
+    async def finalize(self, *args, **kwargs):
+      fence.check()
+      return await super().finalize(*args, **kwargs)
+
+  return FencedCommit
+
+
+def _lease_lost(error: BaseException) -> Exception | None:
+  """The lost lease behind ``error`` (orbax wraps what its commit raised), if any."""
+  for cause in store.error_chain(error):
+    if isinstance(cause, workdir_lock.WorkdirLockLost):
+      return cause
+  return None
+
+
 class Checkpointer:
   """Saves and restores ``(state, progress)`` pairs under one directory.
 
@@ -110,11 +140,16 @@ class Checkpointer:
 
   Args:
     directory: where the step directories go (created if missing).
-    max_to_keep: most recent checkpoints kept on disk.
+    max_to_keep: most recent checkpoints kept on disk (of those this run knows, see the module
+      docstring).
+    fence: admits the commits and deletions (see :mod:`cfl_jax.store.fenced`).
   """
 
-  def __init__(self, directory: store.PathLike, *, max_to_keep: int):
+  def __init__(self, directory: store.PathLike, *, max_to_keep: int,
+               fence: fenced.Fence = fenced.UNFENCED):
     self.directory = store.as_path(directory)
+    self._fence = fence
+    self._max_to_keep = max_to_keep
     # Every process reaches the store before orbax lists the steps: orbax's listing ends in a
     # broadcast from process 0 (and its create=True in a barrier), which a process whose store
     # failed first would never reach. Process 0 creates the directory, the others look at it.
@@ -125,8 +160,10 @@ class Checkpointer:
     self._manager = store.retrying(
         f"listing the checkpoints in {self.directory}", lambda: ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
+            options=ocp.CheckpointManagerOptions(
+                create=False, temporary_path_class=_fenced_commit(self.directory, fence)),
             item_names=("state", "progress")))
+    self._known = set(self._manager.all_steps())  # steps this run may delete
     self._saving_step: int | None = None
     self._failed = False
 
@@ -146,15 +183,21 @@ class Checkpointer:
 
     Writing continues in the background; the device arrays are copied before this returns, so
     ``state`` may be donated right after. Orbax writes into a temporary directory and renames
-    it when complete, and deletes old checkpoints (beyond ``max_to_keep``) only after that, so a
-    failed save never touches the previous checkpoint.
+    it when complete (the commit, admitted by the fence); old checkpoints (beyond
+    ``max_to_keep``) are deleted only once a newer one is committed, so a failed save never
+    touches the previous checkpoint.
 
     Raises:
       CheckpointSaveError: if this save, or the previous one still being written, failed.
+      WorkdirLockLost: when the lease ran out (see :mod:`cfl_jax.store.fenced`): nothing more is
+        saved, and a save still being written is not committed.
+      StoreUnavailable: when deleting the checkpoints beyond ``max_to_keep`` failed past the
+        retry budget.
     """
     self._finish_saving()  # the previous save must have succeeded, on every process
-    self._saving_step = step
     try:
+      self._fence.check()
+      self._saving_step = step
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
     except Exception as error:  # orbax raises many types; all mean the same here
@@ -193,7 +236,7 @@ class Checkpointer:
       self._manager.wait_until_finished()  # returns at once; raises what the save raised
     except Exception as error:  # orbax raises many types; all mean the same here
       raise self._save_error(error) from error
-    self._saving_step = None
+    self._committed()
     return True
 
   def _finish_saving(self) -> None:
@@ -201,17 +244,33 @@ class Checkpointer:
     process as soon as one process's save has failed (a process whose save waits for the failed
     one's would otherwise wait for orbax's time-out)."""
     if jax.process_count() == 1:
+      if self._saving_step is None:
+        return
       try:
         self._manager.wait_until_finished()
       except Exception as error:  # orbax raises many types; all mean the same here
         raise self._save_error(error) from error
-      self._saving_step = None
+      self._committed()
       return
     while not self.check_for_errors(all_processes=True):
       time.sleep(_SAVE_POLL_SECONDS)
 
-  def _save_error(self, error: BaseException) -> CheckpointSaveError:
+  def _committed(self) -> None:
+    """Records the save just finished as this run's and deletes the steps it knows beyond
+    ``max_to_keep``, oldest first, through the fence (process 0; the others only forget them)."""
+    assert self._saving_step is not None
+    self._known.add(self._saving_step)
+    self._saving_step = None
+    for step in sorted(self._known)[:-self._max_to_keep]:
+      if jax.process_index() == 0:
+        self._fence.remove_tree(self.directory / str(step))
+      self._known.discard(step)
+
+  def _save_error(self, error: BaseException) -> Exception:
     self._failed = True
+    lost = _lease_lost(error)
+    if lost is not None:  # the commit was refused: the lease ran out during the save
+      return workdir_lock.WorkdirLockLost(str(lost))
     where = self.directory / str(self._saving_step)
     latest = self.latest_step()
     kept = ("no earlier checkpoint exists" if latest is None else
@@ -333,7 +392,9 @@ class Checkpointer:
     target = self.directory.parent / "damaged_checkpoints" / f"{step}-{stamp}"
     with agreement.together(f"moving the damaged checkpoint {damaged} aside"):
       if jax.process_index() == 0:
+        self._fence.check()
         store.move_tree(damaged, target)
+    self._known.discard(step)
     logging.warning("Skipped the damaged checkpoint %s (%s); moved it to %s and resuming from "
                     "the next older one, if any.", damaged, reason, target)
     with agreement.together(f"listing the checkpoints in {self.directory}"):
@@ -342,10 +403,16 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending saves and releases the manager.
 
-    After a failed save the manager is left as it is: its background writers are broken, the
-    failure has been raised, and the process is about to stop.
+    After a failed save, or once the lease has run out, the manager is left as it is: its
+    background writers are broken or their commit will be refused, the failure has been raised,
+    and the process is about to stop.
     """
     if self._failed:
+      return
+    if not self._fence.admits():
+      self._failed = True
+      if self._saving_step is not None:  # its commit is refused: say so
+        self._fence.check()
       return
     self._finish_saving()
     self._manager.close()

@@ -23,6 +23,9 @@ entered and the previous ones are restored when it exits, so a later in-process 
 it was. Multi-host: every process reads the cache; JAX writes entries from process 0 only, and a
 cache that cannot be read or written is a warning, never a failed run.
 
+Where this module sets a directory, every entry JAX writes goes through the run's fence
+(:mod:`cfl_jax.store.fenced`): once the run's lease has run out it writes no more (reads go on).
+
 The cache is trusted (JAX loads executables from it): keep it where only you can write.
 """
 
@@ -30,10 +33,15 @@ from collections.abc import Iterator
 import contextlib
 from typing import Any
 
+from absl import logging
 import jax
+# JAX offers no hook on its cache's writes: its cache object is wrapped (see _fence_writes).
+from jax._src import compilation_cache as jax_cache
+from jax._src import compilation_cache_interface
 from jax.experimental.compilation_cache import compilation_cache as cache_lib
 
 from cfl_jax import store
+from cfl_jax.store import fenced
 
 # Values of config.compilation_cache besides a directory.
 AUTO, OFF = "auto", "off"
@@ -74,9 +82,10 @@ def cache_settings(choice: str, workdir: store.PathLike) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def persistent_compilation_cache(choice: str, workdir: store.PathLike) -> Iterator[None]:
+def persistent_compilation_cache(choice: str, workdir: store.PathLike,
+                                 fence: fenced.Fence = fenced.UNFENCED) -> Iterator[None]:
   """JAX's persistent compilation cache as ``config.compilation_cache=choice`` asks, while
-  entered; JAX's previous settings are restored on exit.
+  entered, its writes admitted by ``fence``; JAX's previous settings are restored on exit.
 
   Enter it before the run compiles anything: a program compiled earlier in the process is not
   looked up again.
@@ -85,9 +94,43 @@ def persistent_compilation_cache(choice: str, workdir: store.PathLike) -> Iterat
   saved = {key: _setting(key) for key in settings}
   try:
     _apply(settings)
+    if settings.get("jax_compilation_cache_dir"):
+      _fence_writes(fence)
     yield
   finally:
     _apply(saved)
+
+
+class _FencedCache(compilation_cache_interface.CacheInterface):
+  """JAX's cache ``base`` whose writes ``fence`` admits; refused ones are left out, with one
+  warning (a cache entry is never worth failing the run for)."""
+
+  def __init__(self, base: compilation_cache_interface.CacheInterface, fence: fenced.Fence):
+    self._base, self._fence, self._refused = base, fence, False
+    self._path = base._path  # pylint: disable=protected-access (JAX logs it)
+
+  def get(self, key: str):
+    return self._base.get(key)
+
+  def put(self, key: str, value: bytes) -> None:
+    if self._fence.admits():
+      self._base.put(key, value)
+    elif not self._refused:
+      self._refused = True
+      logging.warning("This run's lease on its workdir ran out: no more compilation-cache "
+                      "writes to %s.", self._path)
+
+
+def _fence_writes(fence: fenced.Fence) -> None:
+  """Opens JAX's cache now (it would on the first compilation) and routes its writes through
+  ``fence``."""
+  try:
+    jax_cache._initialize_cache()  # pylint: disable=protected-access
+  except Exception as error:  # pylint: disable=broad-except (a cache never fails the run)
+    logging.warning("Could not open the compilation cache (%s: %s); compiling without it.",
+                    type(error).__name__, error)
+  if jax_cache._cache is not None:  # pylint: disable=protected-access
+    jax_cache._cache = _FencedCache(jax_cache._cache, fence)  # pylint: disable=protected-access
 
 
 def _setting(name: str) -> Any:

@@ -20,6 +20,7 @@ from etils import epath
 import jax
 
 from cfl_jax import store
+from cfl_jax.store import fenced
 
 # Train metrics that are measurements (averaged over the window); the step's other metrics are
 # schedule values, reported as they were at the window's last step.
@@ -193,8 +194,9 @@ def _strict(value: Any) -> Any:
   return value
 
 
-def write_json(path: store.PathLike, value: Any) -> None:
-  """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically.
+def write_json(path: store.PathLike, value: Any, fence: fenced.Fence = fenced.UNFENCED) -> None:
+  """Writes ``value`` to ``path`` as strict JSON (NaN and infinities become null), atomically,
+  through ``fence`` (see :mod:`cfl_jax.store.fenced`).
 
   A reader (or a run killed mid-write) sees either the old file or the new one, never a torn one
   (see :func:`cfl_jax.store.write_atomic`); ``path`` may be in a bucket.
@@ -206,7 +208,7 @@ def write_json(path: store.PathLike, value: Any) -> None:
     >>> json.load(open(path))
     {'loss': None, 'step': 3}
   """
-  store.write_atomic(path, json.dumps(_strict(value), indent=1, allow_nan=False))
+  fence.write_atomic(path, json.dumps(_strict(value), indent=1, allow_nan=False))
 
 
 def _jsonl(records: Sequence[Mapping[str, Any]]) -> str:
@@ -252,19 +254,25 @@ class RunFiles:
   and the resumed run drops those beyond (:meth:`keep_metrics_until`), which are exactly the
   steps it computes (and logs) again. The upload rewrites the whole log once per checkpoint,
   never per log step: a few bytes per logged step, next to the checkpoint's size.
+
+  Every write into the workdir goes through ``fence`` (the run's lease, see
+  :mod:`cfl_jax.store.fenced`): once the lease has run out, each one raises its error instead.
+  (Locally TensorBoard writes its events in place; a local lock lasts as long as the process.)
   """
 
-  def __init__(self, workdir: store.PathLike, *, enabled: bool):
+  def __init__(self, workdir: store.PathLike, *, enabled: bool,
+               fence: fenced.Fence = fenced.UNFENCED):
     self.workdir = store.as_path(workdir)
     self.enabled = enabled
+    self._fence = fence
     self._local = store.is_local(workdir)
     self._events = None
     self._records: list[dict[str, Any]] = []  # object stores: the whole log, uploaded by sync
     self._staging = None
     self._store_failed = False  # a sync gave up: close() then uploads nothing more
     if enabled:
-      store.retrying(f"creating {self.workdir}",
-                       lambda: self.workdir.mkdir(parents=True, exist_ok=True))
+      fence.call(f"creating {self.workdir}",
+                 lambda: self.workdir.mkdir(parents=True, exist_ok=True))
       if not self._local:
         self._staging = tempfile.TemporaryDirectory(prefix="cfl_jax_run_files_")
 
@@ -274,12 +282,12 @@ class RunFiles:
   def write_config(self, config: Mapping[str, Any]) -> None:
     """Writes ``config.json`` (atomically, as every JSON file here: see :func:`write_json`)."""
     if self.enabled:
-      write_json(self._path("config.json"), config)
+      write_json(self._path("config.json"), config, self._fence)
 
   def write_summary(self, summary: Mapping[str, Any]) -> None:
     """Writes ``summary.json``."""
     if self.enabled:
-      write_json(self._path("summary.json"), summary)
+      write_json(self._path("summary.json"), summary, self._fence)
 
   def keep_metrics_until(self, step: int) -> list[dict[str, Any]]:
     """Drops the records after ``step``, the checkpoint resumed from, from ``metrics.jsonl``
@@ -302,7 +310,7 @@ class RunFiles:
       return []
     kept = [record for record in records if record["step"] <= step]
     if self._local:
-      store.write_atomic(path, _jsonl(kept))
+      self._fence.write_atomic(path, _jsonl(kept))
     else:
       self._records = list(kept)
     return kept
@@ -316,6 +324,7 @@ class RunFiles:
     if not self.enabled:
       return
     if self._local:
+      self._fence.check()
       with self._path("metrics.jsonl").open("a") as f:
         f.write(_jsonl([record]))
     else:
@@ -344,17 +353,19 @@ class RunFiles:
     Raises:
       StoreUnavailable: when the store stays unreachable past the retry budget (see
         :func:`cfl_jax.store.retrying`); the run must stop before its next checkpoint.
+      WorkdirLockLost: when the run's lease ran out (see :mod:`cfl_jax.store.fenced`).
     """
     if not self.enabled or self._local or self._events is None:
       return
     try:
-      store.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
+      self._fence.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
       self._events.flush()
       staged = epath.Path(self._events.logdir)
       for event_file in staged.iterdir():
-        store.write_atomic(self._path("tensorboard") / event_file.name, event_file.read_bytes())
-    except store.StoreUnavailable:
-      self._store_failed = True
+        self._fence.write_atomic(self._path("tensorboard") / event_file.name,
+                                 event_file.read_bytes())
+    except Exception:
+      self._store_failed = True  # close() uploads nothing more
       raise
 
   def close(self) -> None:

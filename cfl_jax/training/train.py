@@ -552,8 +552,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   run = Run.create(config)
   store.use_runner_clients()  # the tested gcsfs and TensorStore configuration, before any I/O
   is_writer = jax.process_index() == 0
-  with (compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir),
-        workdir_lock.WorkdirLock(workdir, enabled=is_writer) as lock):
+  with (workdir_lock.WorkdirLock(workdir, enabled=is_writer) as lock,
+        compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir,
+                                                       lock.fence)):
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started, lock)
 
 
@@ -563,9 +564,9 @@ def _train_and_evaluate_locked(run: Run, workdir: store.PathLike, is_writer: boo
   # Each phase in which one process may fail alone ends on every process alike (see
   # cfl_jax.store.agreement): none is left waiting for the others in a collective.
   with agreement.together(f"creating the workdir {workdir}"):
-    files = reporting.RunFiles(workdir, enabled=is_writer)
+    files = reporting.RunFiles(workdir, enabled=is_writer, fence=lock.fence)
   checkpointer = checkpointing.Checkpointer(store.as_path(workdir) / "checkpoints",
-                                            max_to_keep=run.config.max_to_keep)
+                                            max_to_keep=run.config.max_to_keep, fence=lock.fence)
   summary = {"name": run.config.name, "seed": run.config.seed,
              "total_steps": run.plan.total_steps, "steps_per_epoch": run.plan.steps_per_epoch,
              "num_devices": run.mesh.devices.size, "num_processes": jax.process_count(),
