@@ -20,15 +20,15 @@ def test_small_run_prints_one_table_with_every_benchmark():
   benchmarks = {row.split("|")[1].strip() for row in rows}
   assert benchmarks == {"loss forward + gradient", "whole train step",
                         "value + gradient (h, w) of mean(loss(h @ w))"}, benchmarks
-  # softmax, sigmoid, train step, large vocabulary, large vocabulary on a (2, 4) mesh
-  assert len(rows) == 6 + 5 + 3 + 8 + 2, rows
+  # softmax, sigmoid, train step, large vocabulary (with z-loss + soft-cap), on a (2, 4) mesh
+  assert len(rows) == 6 + 5 + 3 + 10 + 2, rows
   for row in rows:
     ms, ratio = (float(cell) for cell in row.split("|")[4:6])
     assert ms > 0 and ratio > 0, row
   baselines = [row for row in rows if float(row.split("|")[5]) == 1.0]
   assert len(baselines) >= 3, rows  # each benchmark's first row is its own baseline
   fused = [row for row in rows if "(fused" in row]
-  assert len(fused) == 5 and all(row.split("|")[6].strip() for row in fused), fused
+  assert len(fused) == 6 and all(row.split("|")[6].strip() for row in fused), fused
 
 
 def test_unknown_argument_is_refused():

@@ -195,8 +195,12 @@ class Checkpointer:
         retry budget.
     """
     self._finish_saving()  # the previous save must have succeeded, on every process
-    try:
+    # The lease is process 0's; every process stops alike when it has run out (orbax's save
+    # ends in barriers that a process stopping alone would leave the others waiting in).
+    with agreement.together(f"saving checkpoint {self.directory / str(step)}",
+                            errors=(workdir_lock.WorkdirLockLost,)):
       self._fence.check()
+    try:
       self._saving_step = step
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
@@ -409,9 +413,9 @@ class Checkpointer:
     """
     if self._failed:
       return
-    if not self._fence.admits():
+    if not all(agreement.gather("1" if self._fence.admits() else "")):  # process 0's lease
       self._failed = True
-      if self._saving_step is not None:  # its commit is refused: say so
+      if self._saving_step is not None and not self._fence.admits():  # its commit is refused
         self._fence.check()
       return
     self._finish_saving()
