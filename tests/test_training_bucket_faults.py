@@ -298,6 +298,20 @@ _RESTORE_FAULTS = {
 }
 
 
+def _stops_in_time(process, gcs_faults, budget, what, since):
+  """The one line ``process`` stops with, within ``budget`` + 30 s of now (when the fault was
+  first met); the faults are cleared."""
+  met = time.monotonic()
+  code, output = finish(process, timeout=120)
+  took = time.monotonic() - met
+  print(f"{what}: stopped {took:.0f} s after {since},", gcs_faults.counts(),
+        output.strip().splitlines()[-1])
+  gcs_faults.clear()
+  line = _stopped_with_one_line(code, output)
+  assert took < budget + 30
+  return line
+
+
 @pytest.mark.parametrize("fault", list(_RESTORE_FAULTS))
 def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_aside(
     bucket_dir, gcs_faults, uninterrupted, tmp_path, fault):
@@ -312,14 +326,8 @@ def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_as
   relaunch = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
   wait_for(lambda: gcs_faults.counts()["answers_lost"] + gcs_faults.counts()["stalled"] > 0,
            relaunch, timeout=120)
-  first_failed_read = time.monotonic()
-  code, output = finish(relaunch, timeout=120)
-  took = time.monotonic() - first_failed_read
-  print(f"{fault} during the restore: stopped {took:.0f} s after the first failed read,",
-        gcs_faults.counts(), output.strip().splitlines()[-1])
-  gcs_faults.clear()
-  line = _stopped_with_one_line(code, output)
-  assert took < budget + 30
+  line = _stops_in_time(relaunch, gcs_faults, budget, f"{fault} during the restore",
+                        "the first failed read")
   assert f"The store kept failing while reading checkpoint {bucket_dir}/checkpoints/" in line, line
   assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
@@ -336,14 +344,8 @@ def test_a_store_stalling_during_a_save_stops_the_run_in_time(bucket_dir, gcs_fa
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
   gcs_faults.set(stalls=[[0, 120]], stall_match=rf" {bucket_dir.name}/checkpoints/")
   wait_for(lambda: gcs_faults.counts()["stalled"] > 0, process, timeout=60)
-  stall_met = time.monotonic()
-  code, output = finish(process, timeout=120)
-  took = time.monotonic() - stall_met
-  print(f"stall during a save: stopped {took:.0f} s after the first stalled request,",
-        gcs_faults.counts(), output.strip().splitlines()[-1])
-  gcs_faults.clear()
-  line = _stopped_with_one_line(code, output)
-  assert took < budget + 30
+  line = _stops_in_time(process, gcs_faults, budget, "stall during a save",
+                        "the first stalled request")
   assert "Could not save checkpoint" in line or "The store kept failing while" in line, line
   assert not (bucket_dir / "damaged_checkpoints").exists()
   _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)

@@ -40,6 +40,7 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
 import config_reference
+import inventories
 
 # The method page's section labels, by section number (docs/method.md).
 METHOD_SECTIONS = {
@@ -229,25 +230,6 @@ class ModuleSummary(Autosummary):
 
 # References to re-exported names.
 
-_MISSING = object()
-
-
-def _import(name: str) -> Any:
-  parts = name.split(".")
-  for split in range(len(parts), 0, -1):
-    try:
-      value = importlib.import_module(".".join(parts[:split]))
-    except ImportError:
-      continue
-    try:
-      for attribute in parts[split:]:
-        value = getattr(value, attribute)
-    except AttributeError:
-      return _MISSING
-    return value
-  return _MISSING
-
-
 _DOCUMENTED: dict[str, Any] = {}  # this process's map, rebuilt when the objects change
 
 
@@ -259,8 +241,8 @@ def _documented_objects(env) -> dict[tuple[int, str], tuple[str, Any]]:
   found = {}
   for name, entry in objects.items():
     if name.startswith("cfl_jax") and not entry.aliased:
-      value = _import(name)
-      if value is not _MISSING:
+      value = inventories.resolve(name)
+      if value is not inventories.MISSING:
         found.setdefault((id(value), name.rsplit(".", 1)[-1]), (name, value))
   _DOCUMENTED.update(count=len(objects), found=found)
   return found
@@ -277,14 +259,15 @@ def public_name(name: str) -> str | None:
   >>> public_name("optax._src.base.GradientTransformation")
   'optax.GradientTransformation'
   """
-  value, last = _import(name), name.rsplit(".", 1)[-1]
-  if value is _MISSING and name.startswith("jax.jaxlib."):  # jax.Array: qualname jaxlib._jax.Array
-    value = _import(name.removeprefix("jax."))
-  if value is _MISSING:
+  value, last = inventories.resolve(name), name.rsplit(".", 1)[-1]
+  # jax.Array's qualified name is jaxlib._jax.Array.
+  if value is inventories.MISSING and name.startswith("jax.jaxlib."):
+    value = inventories.resolve(name.removeprefix("jax."))
+  if value is inventories.MISSING:
     return None
   for module in _PUBLIC_MODULES:
     if module.split(".")[0] == name.split(".")[0] and name != f"{module}.{last}":
-      if getattr(_import(module), last, _MISSING) is value:
+      if getattr(inventories.resolve(module), last, inventories.MISSING) is value:
         return f"{module}.{last}"
   return None
 
@@ -317,8 +300,8 @@ def _resolve_alias(app: Sphinx, env, node, contnode):
   for name in candidates:
     if not name.startswith("cfl_jax"):
       continue
-    value = _import(name)
-    if value is _MISSING:
+    value = inventories.resolve(name)
+    if value is inventories.MISSING:
       continue
     match = documented.get((id(value), name.rsplit(".", 1)[-1]))
     if match:
@@ -347,7 +330,7 @@ def _public_jax_name(annotation: Any) -> str | None:
   if not name or not (module.startswith(("jax", "jaxlib"))):
     return None
   for public in ("jax", "jax.sharding", "jax.random", "jax.typing"):
-    if getattr(_import(public), name, None) is annotation:
+    if getattr(inventories.resolve(public), name, None) is annotation:
       return f"{public}.{name}"
   return None
 

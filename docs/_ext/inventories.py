@@ -11,10 +11,14 @@ files match this table and that every name imports. Private paths (``optax._src.
 mapped to these public names by docs/_ext/cfl_docs.py.
 """
 
+import importlib
 import pathlib
 import sys
+from typing import Any
 
 FOLDER = pathlib.Path(__file__).resolve().parents[1] / "_inventories"
+
+MISSING = object()  # what :func:`resolve` answers for a name that does not import
 
 # project -> (base URL of its docs, {name: (role, page#anchor relative to the base)})
 INVENTORIES = {
@@ -48,6 +52,24 @@ INVENTORIES = {
             "class", "api_reference/flax.training.html#flax.training.train_state.TrainState"),
     }),
 }
+
+
+def resolve(name: str) -> Any:
+  """The object a dotted ``name`` stands for (its longest importable module, then attributes),
+  or :data:`MISSING`."""
+  parts = name.split(".")
+  for split in range(len(parts), 0, -1):
+    try:
+      value = importlib.import_module(".".join(parts[:split]))
+    except ImportError:
+      continue
+    try:
+      for attribute in parts[split:]:
+        value = getattr(value, attribute)
+    except AttributeError:
+      return MISSING
+    return value
+  return MISSING
 
 
 def path(project: str) -> pathlib.Path:
