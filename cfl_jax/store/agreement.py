@@ -46,6 +46,8 @@ _ENDING_KEY = "cfl_jax/agreement/ending/"
 # How long process 0 waits for the others to end before it ends (ms), and then to let them exit.
 _ENDING_WAIT_MS = 10_000
 _EXIT_GRACE_SECONDS = 0.5
+# How long the watcher waits for a stop at a time (ms); leaving its block waits as long at most.
+_WATCH_MS = 500
 
 
 class HostFailed(RuntimeError):
@@ -150,20 +152,24 @@ def watching_for_stops(report: Callable[[str], None]) -> Iterator[None]:
     yield
     return
   _report = report
-  threading.Thread(target=_watch, name="agreement-stop-watch", daemon=True).start()
+  leaving = threading.Event()
+  watcher = threading.Thread(target=_watch, args=(leaving,), name="agreement-stop-watch",
+                             daemon=True)
+  watcher.start()
   try:
     yield
   finally:
     _report = None
+    leaving.set()
+    watcher.join()  # before the interpreter ends: a thread it stops in C++ code aborts it
 
 
-def _watch() -> None:
+def _watch(leaving: threading.Event) -> None:
   client = _client()
-  while _report is not None:
+  while not leaving.is_set():
     try:
-      message = client.blocking_key_value_get(_STOP_KEY, 60_000)
-    except Exception:  # pylint: disable=broad-except (timed out, or the service is gone: look again)
-      time.sleep(1.0)
+      message = client.blocking_key_value_get(_STOP_KEY, _WATCH_MS)
+    except Exception:  # pylint: disable=broad-except (not yet: look again)
       continue
     _end(message)
 
@@ -192,6 +198,7 @@ def stop_all_on(*errors: type[Exception]) -> Iterator[None]:
     except Exception:  # pylint: disable=broad-except (another process stopped first: its message)
       pass
     _end(client.blocking_key_value_get(_STOP_KEY, _ENDING_WAIT_MS))
+    raise
 
 
 def _end(message: str) -> None:
@@ -202,8 +209,9 @@ def _end(message: str) -> None:
   nothing the message does not.
   """
   report = _report
+  if report is None:  # the program has left watching_for_stops: it ends on its own
+    return
   _ending.acquire()  # the main thread or the watcher, never both
-  assert report is not None
   _flush()
   streams = os.dup(1), os.dup(2)
   quiet = os.open(os.devnull, os.O_WRONLY)
