@@ -11,9 +11,9 @@ first failed process's (in process order). With one process it costs nothing.
 A phase then ends on every process when its slowest process ends it: for the store's phases,
 within the retry budget (:func:`cfl_jax.store.retry_budget`) plus one attempt in flight.
 
-Some phases hold collectives of their own: orbax's save, restore and listing wait for every
-process at barriers (device collectives), so a process that fails between two of them cannot meet
-the others at the end of the phase. Were it to start another collective (the exchange above), it
+Some phases hold collectives of their own: orbax's save and restore wait for every process at
+barriers (device collectives), so a process that fails between two of them cannot meet the others
+at the end of the phase. Were it to start another collective (the exchange above), it
 would meet theirs, of another size; CPU collectives (gloo) then abort both processes. Such a phase
 runs inside :func:`stop_all_on`: an error that leaves it stops every process at once, through the
 coordination service of ``jax.distributed`` (no collective), with that error's message. A program
