@@ -26,7 +26,7 @@ _BUDGET = 2.0  # seconds: the retry budget of both processes (the store's time-o
 # The margin docs/guides/deployment.md states, that of one process: the store call under way when
 # the budget ends runs on through its client's time-outs and retries, and so does process 0's
 # release of the workdir lock on its way out; the agreement and the ordered exit take about a
-# second. Measured here: both stopped 4.4-5.1 s after the cut (8 runs, 4 beside a busy loop).
+# second. Measured here: both stopped 4.1-5.1 s after the cut (8 runs, 4 beside a busy loop).
 _MARGIN = 30.0
 _CONFIG = tiny_config(num_train_steps=20, checkpoint_every_steps=5, log_every_steps=5,
                       eval_every_epochs=0)
