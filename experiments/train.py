@@ -95,13 +95,17 @@ def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
   lock, so nothing is left for them to do. A run that lost its lock leaves a save in flight
   unfinished: its commit would be refused, and its writes must stop with the process.
   """
-  print(f"experiments.train: error: {message}", file=sys.stderr)
+  _report(message)
   if abandon_threads:
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
   sys.exit(status)
+
+
+def _report(message: str) -> None:
+  print(f"experiments.train: error: {message}", file=sys.stderr)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -167,7 +171,9 @@ def main(argv):
   logging.info("Training %s in %s on %d %s device(s), %d process(es).", config.name, workdir,
                jax.device_count(), jax.devices()[0].platform, jax.process_count())
   try:
-    summary = training.train_and_evaluate(config, workdir)
+    # A process that fails inside orbax's barriers stops every process with its message.
+    with agreement.watching_for_stops(_report):
+      summary = training.train_and_evaluate(config, workdir)
   except _RUN_ERRORS as error:
     _fail(str(error), 1, abandon_threads=isinstance(
         error, (training.CheckpointSaveError, training.StoreUnavailable,

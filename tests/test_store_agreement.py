@@ -1,12 +1,14 @@
-"""``cfl_jax.store.agreement.together`` in two real ``jax.distributed`` processes on the CPU: a
-failure on either one is raised on both, as itself when the phase passes its type on, else as
-``HostFailed`` naming the process that failed."""
+"""``cfl_jax.store.agreement`` in two real ``jax.distributed`` processes on the CPU: a failure on
+either one is raised on both, as itself when the phase passes its type on, else as ``HostFailed``
+naming the process that failed; one in a phase with collectives of its own stops both."""
 
 import os
 import re
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from training_helpers import REPO, free_port
 
@@ -53,3 +55,42 @@ def test_a_failure_on_either_process_is_raised_on_both():
       "HostFailed: Process 1 of this run failed while writing the run files (PermissionError: "
       "forbidden: denied); every process stopped."]  # the cause named first (errors.reason)
   assert outputs[1] == expected + ["PermissionError: denied"]
+
+
+# The given process fails alone in a phase while the other waits in a collective of the phase's
+# own (as in orbax's barriers); the other's main thread never returns from it.
+_STOP_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                               process_id=int(sys.argv[2]), initialization_timeout=60)
+    from jax.experimental import multihost_utils
+    from cfl_jax.store import agreement
+
+    failing = int(sys.argv[3])
+    with agreement.watching_for_stops(lambda message: print(f"stopped: {message}")):
+      with agreement.stop_all_on(OSError):
+        if jax.process_index() == failing:
+          raise OSError(f"disk full ({failing})")
+        multihost_utils.sync_global_devices("the phase's own barrier")
+    print("not stopped")
+""")
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failure_amid_collectives_of_the_phase_stops_both_with_its_message(failing):
+  address = f"127.0.0.1:{free_port()}"
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  processes = [subprocess.Popen([sys.executable, "-c", _STOP_SCRIPT, address, str(i),
+                                 str(failing)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  try:
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+  finally:
+    for process in processes:
+      process.kill()
+  assert [process.returncode for process in processes] == [1, 1], outputs
+  for output in outputs:  # the message is the last line; nothing after the stop shows
+    assert output.strip().splitlines()[-1] == f"stopped: disk full ({failing})", output
+    assert "not stopped" not in output and "Traceback" not in output, output

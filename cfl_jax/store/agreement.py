@@ -10,12 +10,28 @@ first failed process's (in process order). With one process it costs nothing.
 
 A phase then ends on every process when its slowest process ends it: for the store's phases,
 within the retry budget (:func:`cfl_jax.store.retry_budget`) plus one attempt in flight.
+
+Some phases hold collectives of their own: orbax's save and restore wait for every process at
+barriers (device collectives), so a process that fails between two of them cannot meet the others
+at the end of the phase. Were it to start another collective (the exchange above), it
+would meet theirs, of another size; CPU collectives (gloo) then abort both processes. Such a phase
+runs inside :func:`stop_all_on`: an error that leaves it stops every process at once, through the
+coordination service of ``jax.distributed`` (no collective), with that error's message. A program
+opts in with :func:`watching_for_stops`, which says how to report the message; the processes end
+with exit status 1, process 0 last (it serves the coordination service the others need until they
+end).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import contextlib
+import os
+import sys
+import threading
+import time
 
+from absl import logging
 import jax
+from jax._src import distributed as jax_distributed  # the coordination service's client
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -24,6 +40,14 @@ from cfl_jax.store.errors import reason
 
 # Longest message exchanged (bytes of UTF-8); a longer one is cut there.
 _MESSAGE_BYTES = 4096
+# Coordination-service keys: the first stop's message, and each process's word that it is ending.
+_STOP_KEY = "cfl_jax/agreement/stop"
+_ENDING_KEY = "cfl_jax/agreement/ending/"
+# How long process 0 waits for the others to end before it ends (ms), and then to let them exit.
+_ENDING_WAIT_MS = 10_000
+_EXIT_GRACE_SECONDS = 0.5
+# How long the watcher waits for a stop at a time (ms); leaving its block waits as long at most.
+_WATCH_MS = 500
 
 
 class HostFailed(RuntimeError):
@@ -103,3 +127,111 @@ def together(what: str, errors: tuple[type[Exception], ...] = (StoreUnavailable,
       raise HostFailed(f"Process {process} of this run failed while {what} ({message}); every "
                        "process stopped.") from caught
     raise errors[int(index)](message) from caught
+
+
+_report: Callable[[str], None] | None = None  # set by watching_for_stops
+_ending = threading.Lock()  # held by the one thread of a process that ends it
+
+
+def _client():
+  """The coordination service's client of ``jax.distributed`` (orbax reaches it the same way;
+  JAX has no public accessor)."""
+  return jax_distributed.global_state.client
+
+
+@contextlib.contextmanager
+def watching_for_stops(report: Callable[[str], None]) -> Iterator[None]:
+  """Within it, a stop of any process (:func:`stop_all_on`) ends this one: ``report(message)``,
+  then exit status 1, whatever its main thread is waiting in. With one process it does nothing.
+
+  Args:
+    report: shows the stop's message (e.g. prints it as the program's error line).
+  """
+  global _report
+  if jax.process_count() == 1:
+    yield
+    return
+  _report = report
+  leaving = threading.Event()
+  watcher = threading.Thread(target=_watch, args=(leaving,), name="agreement-stop-watch",
+                             daemon=True)
+  watcher.start()
+  try:
+    yield
+  finally:
+    _report = None
+    leaving.set()
+    watcher.join()  # before the interpreter ends: a thread it stops in C++ code aborts it
+
+
+def _watch(leaving: threading.Event) -> None:
+  client = _client()
+  while not leaving.is_set():
+    try:
+      message = client.blocking_key_value_get(_STOP_KEY, _WATCH_MS)
+    except Exception:  # pylint: disable=broad-except (not yet: look again)
+      continue
+    _end(message)
+
+
+@contextlib.contextmanager
+def stop_all_on(*errors: type[Exception]) -> Iterator[None]:
+  """Runs a phase that holds collectives of its own (see the module docstring): an error of the
+  types ``errors`` leaving it on any process ends every process with its message, inside
+  :func:`watching_for_stops`; elsewhere (or with one process) it is raised as it is.
+
+  Examples:
+    >>> with stop_all_on(OSError):  # one process: raised as it is
+    ...   raise OSError('disk full')
+    Traceback (most recent call last):
+    ...
+    OSError: disk full
+  """
+  try:
+    yield
+  except errors as error:
+    if _report is None:
+      raise
+    client = _client()
+    try:
+      client.key_value_set(_STOP_KEY, str(error))
+    except Exception:  # pylint: disable=broad-except (another process stopped first: its message)
+      pass
+    _end(client.blocking_key_value_get(_STOP_KEY, _ENDING_WAIT_MS))
+    raise
+
+
+def _end(message: str) -> None:
+  """Reports ``message`` and exits (status 1), every other process before process 0.
+
+  From here on the process's other output is dropped: its threads blocked in collectives see
+  their peers go and fail (tracebacks, gloo's and the coordination service's notes), which says
+  nothing the message does not.
+  """
+  report = _report
+  if report is None:  # the program has left watching_for_stops: it ends on its own
+    return
+  _ending.acquire()  # the main thread or the watcher, never both
+  _flush()
+  streams = os.dup(1), os.dup(2)
+  quiet = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(quiet, 1)
+  os.dup2(quiet, 2)
+  client, index = _client(), jax.process_index()
+  if index == 0:  # it serves the coordination service: the others end first
+    for other in range(1, jax.process_count()):
+      with contextlib.suppress(Exception):  # a process that died already says nothing
+        client.blocking_key_value_get(f"{_ENDING_KEY}{other}", _ENDING_WAIT_MS)
+    time.sleep(_EXIT_GRACE_SECONDS)  # their exit, after their word
+  sys.stdout, sys.stderr = (os.fdopen(stream, "w") for stream in streams)
+  report(message)
+  _flush()
+  if index != 0:
+    client.key_value_set(f"{_ENDING_KEY}{index}", "")
+  os._exit(1)  # pylint: disable=protected-access (threads may be blocked in collectives)
+
+
+def _flush() -> None:
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()

@@ -200,12 +200,14 @@ class Checkpointer:
     with agreement.together(f"saving checkpoint {self.directory / str(step)}",
                             errors=(workdir_lock.WorkdirLockLost,)):
       self._fence.check()
-    try:
-      self._saving_step = step
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
-    except Exception as error:  # orbax raises many types; all mean the same here
-      raise self._save_error(error) from error
+    self._saving_step = step
+    # Orbax's save waits at barriers of its own: a process failing in it stops every process.
+    with agreement.stop_all_on(CheckpointSaveError, workdir_lock.WorkdirLockLost):
+      try:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dict(progress))))
+      except Exception as error:  # orbax raises many types; all mean the same here
+        raise self._save_error(error) from error
 
   def check_for_errors(self, *, all_processes: bool = False) -> bool:
     """Raises CheckpointSaveError as soon as a background save has failed (cheap while a save
@@ -339,18 +341,20 @@ class Checkpointer:
         ``damage`` (a phrase such as "is unreadable"), or a part of it is missing.
     """
     where = self.directory / str(step)
-    try:
-      return store.retrying(f"reading checkpoint {where}",
-                              lambda: self._manager.restore(step, args=args))
-    except store.StoreUnavailable:
-      raise
-    except Exception as error:  # orbax raises many types; classified by what they mean
-      cause = store.failure_cause(error)
-      if cause is not None:  # the store or the machine failed, not the checkpoint
-        raise store.StoreUnavailable(
-            f"Could not read checkpoint {where}: {cause} ({_root_cause(error)}). It is left "
-            "in place: run again once the cause is mended.") from error
-      raise _DamagedCheckpoint(f"Checkpoint {where} {damage}: {_root_cause(error)}") from error
+    # Orbax's restore ends at a barrier: a process whose store failed stops every process.
+    with agreement.stop_all_on(store.StoreUnavailable):
+      try:
+        return store.retrying(f"reading checkpoint {where}",
+                                lambda: self._manager.restore(step, args=args))
+      except store.StoreUnavailable:
+        raise
+      except Exception as error:  # orbax raises many types; classified by what they mean
+        cause = store.failure_cause(error)
+        if cause is not None:  # the store or the machine failed, not the checkpoint
+          raise store.StoreUnavailable(
+              f"Could not read checkpoint {where}: {cause} ({_root_cause(error)}). It is left "
+              "in place: run again once the cause is mended.") from error
+        raise _DamagedCheckpoint(f"Checkpoint {where} {damage}: {_root_cause(error)}") from error
 
   def restore_latest(self, abstract_state: Any,
                      config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
