@@ -321,26 +321,39 @@ def _newest_checkpoint(workdir) -> int:
   return max((int(name) for name in names if name.isdigit()), default=0)
 
 
-def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_within_150_s(bucket_dir,
-                                                                            compilation_cache):
-  """The README's claim, with the default timings (the relaunches load the holder's compiled
-  programs: the lock's timing is measured, not the compiler's)."""
+# A relaunch's own start (imports, the lock's first read, restoring the checkpoint, its first
+# steps) after the stale time: the guide's "about 60 s after the last heartbeat" at the defaults
+# is stale + this, at most 150 s (checked below; the relaunches load the holder's compiled
+# programs, so the lock's timing is measured, not the compiler's).
+_RELAUNCH_START_SECONDS = 90
+
+
+def test_the_default_lock_timings_let_a_relaunch_train_within_150_s():
+  assert workdir_lock.STALE_SECONDS + _RELAUNCH_START_SECONDS <= 150
+
+
+def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_after_the_stale_time(
+    bucket_dir, compilation_cache):
+  """At scaled lock timings (stale 5 s): one of two relaunches trains within the stale time plus
+  a relaunch's start, the other is refused with the holder's name."""
   workdir = os.fspath(bucket_dir)
   config = tiny_config(num_train_steps=100_000, checkpoint_every_steps=50, log_every_steps=50)
-  holder = start_trainer(workdir, config, env=compilation_cache)
+  env = {**compilation_cache, **_SHORT_ENV}
+  bound = _SHORT["stale_seconds"] + _RELAUNCH_START_SECONDS
+  holder = start_trainer(workdir, config, env=env)
   wait_for(lambda: _newest_checkpoint(workdir) > 0, holder, timeout=180)
   holder.kill()  # SIGKILL: the lock stays behind
   killed = time.monotonic()
   holder.wait()
   stopped = _newest_checkpoint(workdir)
-  relaunches = [start_trainer(workdir, config, env=compilation_cache) for _ in range(2)]
+  relaunches = [start_trainer(workdir, config, env=env) for _ in range(2)]
   try:
     while not (_holder_pid(workdir) in [p.pid for p in relaunches]
                and _newest_checkpoint(workdir) > stopped):
-      if time.monotonic() - killed > 150:
+      if time.monotonic() - killed > bound:
         outputs = [finish(p, timeout=0.1)[1] if p.poll() is not None else p.kill() or
                    p.communicate()[0] for p in relaunches]
-        raise AssertionError("no relaunch trained within 150 s of the kill:\n"
+        raise AssertionError(f"no relaunch trained within {bound} s of the kill:\n"
                              + "\n-----\n".join(o[-3000:] for o in outputs))
       assert all(p.poll() in (None, 1) for p in relaunches)
       time.sleep(0.2)
@@ -357,8 +370,8 @@ def test_after_a_hard_kill_exactly_one_of_two_relaunches_trains_within_150_s(buc
     for process in relaunches:
       process.kill()
   assert code == 0 and "Preempted after step" in output, output
-  assert trained_after < 150
-  print(f"a relaunch trained {trained_after:.0f} s after the kill")
+  assert trained_after < bound
+  print(f"a relaunch trained {trained_after:.1f} s after the kill (stale 5 s)")
 
 
 def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken_over(
