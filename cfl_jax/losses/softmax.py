@@ -151,12 +151,6 @@ class _NonTargetStats(NamedTuple):
   log_1m_p_target: jax.Array  # [...]
 
 
-def _non_target_mask(logits, target, class_mask):
-  """The kept classes other than the target, ``[..., C]`` bool."""
-  non_target = jnp.arange(logits.shape[-1]) != target[..., None]
-  return non_target if class_mask is None else non_target & class_mask
-
-
 def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
   r"""``log p_t`` and ``log(1 - p_t)`` without cancellation.
 
@@ -171,7 +165,6 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
   saturates near -101 beyond, where every focal weight is zero anyway. One max
   pass and one exp-sum pass over the logits, like cross-entropy.
   """
-  non_target = _non_target_mask(logits, target, class_mask)
   if class_mask is None:
     shift = jnp.max(logits, axis=-1)
   else:
@@ -179,7 +172,7 @@ def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
                     initial=jnp.finfo(logits.dtype).min)
   shift = jax.lax.stop_gradient(shift)
   log_sum = _common.log_scaled_sum(
-      jnp.sum(_common.scaled_exp(logits, shift, non_target), axis=-1))
+      jnp.sum(_common.scaled_exp(logits, shift, class_mask, target), axis=-1))
   target_logit = _common.at_target(logits, target)
   margin = target_logit - shift
   return _NonTargetStats(
@@ -320,7 +313,7 @@ def _integer_focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weig
 def _integer_focal_sums(gamma, logits, lse, shift, target, class_mask, weights):
   g = int(gamma)
   c = 1.0 if weights is None else weights
-  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, class_mask, target)
   power_sum = 2.0 ** -g * jnp.sum(
       c * jax.lax.integer_pow(scaled * (2 * math.exp(-_common.EXP_OFFSET)), g), axis=-1)
   moment = jnp.sum(
@@ -332,23 +325,19 @@ def _integer_focal_log_p_sum_jvp(gamma, primals, tangents):
   logits, lse, shift, target, class_mask, weights = primals
   d_logits, d_lse, _, _, _, d_weights = tangents
   focal, power = _integer_focal_sums(gamma, *primals)
-  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, class_mask, target)
   p_pow = jax.lax.integer_pow(  # p_j^g, zero off N
       scaled * jnp.exp(shift - lse - _common.EXP_OFFSET)[..., None], int(gamma))
   log_p = logits - lse[..., None]
   d_focal = jnp.zeros_like(focal)
-  if not _is_zero(d_logits):
+  if not _common.is_zero(d_logits):
     c = 1.0 if weights is None else weights
     d_focal += jnp.sum(c * p_pow * (1 + gamma * log_p) * d_logits, axis=-1)
-  if not _is_zero(d_lse):
+  if not _common.is_zero(d_lse):
     d_focal -= (power + gamma * focal) * d_lse
-  if weights is not None and not _is_zero(d_weights):
+  if weights is not None and not _common.is_zero(d_weights):
     d_focal += jnp.sum(d_weights * p_pow * log_p, axis=-1)
   return focal, d_focal
-
-
-def _is_zero(tangent) -> bool:
-  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
 
 
 _integer_focal_log_p_sum.defjvp(_integer_focal_log_p_sum_jvp, symbolic_zeros=True)
