@@ -269,7 +269,9 @@ def _zero_at_target(values, target):
   """``values`` ``[..., C]`` with ``values[..., target]`` set to 0 (see :func:`at_target`)."""
   if _class_axis_sharded(values):
     return jnp.where(jnp.arange(values.shape[-1]) != target[..., None], values, 0.0)
-  return jnp.put_along_axis(values, target[..., None], 0.0, axis=-1, inplace=False)
+  rows = tuple(jax.lax.broadcasted_iota(jnp.int32, target.shape, axis)
+               for axis in range(target.ndim))
+  return values.at[(*rows, target)].set(0.0, unique_indices=True)
 
 
 def log_scaled_sum(scaled_sum):
