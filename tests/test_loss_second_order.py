@@ -69,9 +69,11 @@ def check_second_order(fn, *args):
 
 def test_integer_labels(data):
   """Paper form (gamma 3 and 0.5; smoothed, weighted) and reference form (gamma_neg 2, whose
-  custom JVP is differentiated again, and 2.5), in the logits and the class weights."""
+  custom JVP is differentiated again, and 2.5; also with a class mask and z-loss), in the
+  logits and the class weights."""
   logits, labels, _, _, xi = data
   loss = cfl_jax.cyclical_focal_loss_with_integer_labels
+  class_mask = jnp.arange(C)[None] != 1  # a non-target class left out of every row
 
   def stacked(z, weights):
     return jnp.stack([
@@ -80,6 +82,8 @@ def test_integer_labels(data):
         loss(z, labels, xi, gamma_hc=3.0, gamma_neg=2.0, label_smoothing=0.1,
              class_weights=weights),
         loss(z, labels, xi, gamma_hc=1.5, gamma_lc=0.5, gamma_neg=2.5, label_smoothing=0.2),
+        loss(z, labels, xi, gamma_neg=2.0, label_smoothing=0.1, class_weights=weights,
+             where=class_mask, z_loss=0.05),
     ])
 
   check_second_order(stacked, logits, data[3])

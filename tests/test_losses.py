@@ -18,7 +18,7 @@ from jax.test_util import check_grads
 
 import cfl_jax
 from cfl_jax import losses
-from cfl_jax.losses import softmax
+from cfl_jax.losses import _core, softmax
 
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)
 
@@ -383,9 +383,9 @@ def test_integer_focal_sum_jvp_matches_autodiff_and_finite_differences(gamma):
 
     @jax.jit
     def custom(z, weights):
-      stats = softmax._non_target_stats(z, jnp.asarray(target), jnp.asarray(where))
+      stats = softmax._row_stats(z, jnp.asarray(target), jnp.asarray(where))
       return softmax._integer_focal_log_p_sum(
-          gamma, z, stats.shift + stats.log_normalizer, stats.shift, jnp.asarray(target),
+          gamma, z, _core.log_probs(stats).lse, stats.shift, jnp.asarray(target),
           jnp.asarray(where), weights)
 
     @jax.jit

@@ -12,13 +12,15 @@ target logit :math:`z_t` and, for the reference form with label smoothing,
 :math:`\sum_{j \ne t} e^{g (z_j - m)} z_j`. The forward pass keeps them as
 running sums, rescaling the exponential ones whenever the running maximum
 grows (the online log-sum-exp); the loss is then a function of ``[N]`` arrays
-only. The streamed sums are a ``jax.custom_jvp``: their JVP is the sum of each
-chunk's JVP, the chunk's logits recomputed (``jax.checkpoint``) at the final
-shift, held fixed. Reverse mode transposes that scan, accumulating the
-gradients of the embeddings, the kernel, the bias and the class weights chunk
-by chunk; since the rule is plain JAX that calls the sums again for its primal,
-forward mode, Hessians and Hessian-vector products are exact too. Memory
-beyond inputs and outputs is a few ``[N, chunk_size]`` arrays, whatever ``V``.
+only, the one per-example function of these statistics that the dense forms call
+too (``cfl_jax.losses._core``). The streamed sums are a ``jax.custom_jvp``: their
+JVP is the sum of each chunk's JVP, the chunk's logits recomputed
+(``jax.checkpoint``) at the final shift, held fixed. Reverse mode transposes that
+scan, accumulating the gradients of the embeddings, the kernel, the bias and the
+class weights chunk by chunk; since the rule is plain JAX that calls the sums
+again for its primal, forward mode, Hessians and Hessian-vector products are
+exact too. Memory beyond inputs and outputs is a few ``[N, chunk_size]`` arrays,
+whatever ``V``.
 
 The paper form with label smoothing weights every class by a function of
 :math:`p_j` itself, :math:`[\xi (1 + p_j)^{\gamma_{hc}} + (1 - \xi)(1 - p_j)^{\gamma_{lc}}]
@@ -56,7 +58,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cfl_jax.losses import _common
+from cfl_jax.losses import _common, _core
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -73,20 +75,6 @@ class _Sums(NamedTuple):
   logit: jax.Array | None   # sum_{j != t} z_j                (reference form)
   power: jax.Array | None   # sum_{j != t} e^{g (z_j - m)}     (reference form, g > 0)
   power_logit: jax.Array | None  # sum_{j != t} e^{g (z_j - m)} z_j
-
-
-class _SmoothedSums(NamedTuple):
-  r"""Second-pass sums of the paper form with label smoothing, ``[N]``.
-
-  ``a`` is the row's largest non-target class; every other non-target class
-  has :math:`p_j \le 1/2`, so ``log1p(-p_j)`` is exact there, and
-  :math:`\log(1 - p_a)` comes from the log-sum-exp of the classes but ``a``.
-  """
-  high_confidence: jax.Array | None  # sum_{j not t, a} (1 + p_j)^{g_hc} log p_j
-  focal: jax.Array | None            # sum_{j not t, a} (1 - p_j)^{g_lc} log p_j
-  top_logit: jax.Array               # z_a
-  top_rest: jax.Array                # sum_{j != a} e^{z_j - m + K}
-  top_weight: jax.Array | None       # c_a (with class weights)
 
 
 class _Plan(NamedTuple):
@@ -160,7 +148,7 @@ def _chunk_sums(logits, chunk: _Chunk, labels, shift, plan: _Plan) -> _Sums:
 
 
 def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
-                         plan: _Plan) -> _SmoothedSums:
+                         plan: _Plan) -> _core.SmoothedSums:
   """The second-pass sums of one chunk, with ``rows`` (lse included) held fixed."""
   is_new = chunk.is_new
   is_top = is_new & (chunk.columns == rows.top[:, None])
@@ -177,7 +165,7 @@ def _chunk_smoothed_sums(logits, chunk: _Chunk, labels, rows: _RowConstants,
              else jnp.power(base, gamma))
     return jnp.sum(jnp.where(others, _weighted(power * log_p, chunk), 0.0), axis=-1)
 
-  return _SmoothedSums(
+  return _core.SmoothedSums(
       high_confidence=weighted_log_p(1 + p, plan.smoothed_gamma_hc),
       focal=weighted_log_p(1 - p, plan.smoothed_gamma_lc),
       top_logit=jnp.sum(jnp.where(is_top, logits, 0.0), axis=-1),
@@ -258,19 +246,6 @@ def _num_chunks(plan: _Plan) -> int:
   return -(-plan.num_classes // plan.chunk_size)
 
 
-def _log_normalizer(sums: _Sums):
-  r"""Per row, :math:`\operatorname{lse}(z) - m` and :math:`\log \sum_{j \ne t} e^{z_j - m}`.
-
-  Both from the streamed sums; the shift carries no gradient.
-  """
-  log_sum = _common.log_scaled_sum(sums.exp)
-  return jnp.logaddexp(sums.target_logit - jax.lax.stop_gradient(sums.shift), log_sum), log_sum
-
-
-def _lse(sums: _Sums):
-  return jax.lax.stop_gradient(sums.shift) + _log_normalizer(sums)[0]
-
-
 def _first_pass(inputs: _Inputs, labels, plan: _Plan):
   """The running sums and (second pass only) ``(z_a, a)``, the largest non-target class."""
   def step(carry, index):
@@ -313,7 +288,7 @@ def _second_pass(inputs: _Inputs, labels, rows: _RowConstants, plan: _Plan):
     return jax.tree.map(jnp.add, carry, chunk_sums), None
 
   zeros = _row_zeros(inputs, plan.dtype)
-  initial = _SmoothedSums(
+  initial = _core.SmoothedSums(
       high_confidence=None if plan.smoothed_gamma_hc is None else zeros,
       focal=None if plan.smoothed_gamma_lc is None else zeros,
       top_logit=zeros, top_rest=zeros,
@@ -326,7 +301,7 @@ def _streamed(plan: _Plan, inputs: _Inputs, labels, rows: _RowConstants | None):
   """The per-row sums of the logits ``embeddings @ kernel + bias``, streamed over chunks.
 
   ``rows is None``: the first pass, ``(_Sums, (z_a, a))``; else the second pass's
-  ``_SmoothedSums`` at the given shift, top class and lse.
+  ``_core.SmoothedSums`` at the given shift, top class and lse.
   """
   if rows is None:
     return _first_pass(inputs, labels, plan)
@@ -382,47 +357,6 @@ def _streamed_jvp(plan: _Plan, primals, tangents):
 _streamed.defjvp(_streamed_jvp, symbolic_zeros=True)
 
 
-def _loss_from_sums(sums: _Sums, smoothed: _SmoothedSums | None, *, num_classes, xi,
-                    gamma_hc, gamma_lc, gamma_neg, label_smoothing, z_loss, target_weight,
-                    non_target_weight):
-  r"""Per-row loss from the streamed sums (the formulas of :mod:`cfl_jax.losses.softmax`).
-
-  ``target_weight`` is :math:`c_t` and ``non_target_weight`` :math:`\sum_{j \ne t} c_j`
-  (1 and :math:`V - 1` without class weights).
-  """
-  shift = jax.lax.stop_gradient(sums.shift)
-  margin = sums.target_logit - shift
-  log_normalizer, log_sum = _log_normalizer(sums)
-  log_p_target = -jnp.logaddexp(0.0, log_sum - margin)
-  weight = _common.focal_weight(log_p_target, lambda: -jnp.logaddexp(0.0, margin - log_sum),
-                         xi, gamma_hc, gamma_lc)
-  target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
-  loss = -target_mass * target_weight * weight * log_p_target
-  lse = shift + log_normalizer
-  if z_loss:
-    loss += z_loss * lse**2
-  if smoothed is not None:
-    log_p_top = smoothed.top_logit - lse
-    log_1m_p_top = _common.log_scaled_sum(smoothed.top_rest) + shift - lse
-    top_term = log_p_top * _common.focal_weight(log_p_top, lambda: log_1m_p_top, xi, gamma_hc,
-                                                gamma_lc)
-    if smoothed.top_weight is not None:
-      top_term *= smoothed.top_weight
-    others = _common.mix(xi, lambda: smoothed.high_confidence, lambda: smoothed.focal)
-    return loss - (label_smoothing / num_classes) * (others + top_term)
-  if sums.logit is None:
-    return loss
-
-  def log_p_sum():
-    return sums.logit - non_target_weight * lse
-
-  def focal_log_p_sum():
-    return jnp.exp(-gamma_neg * log_normalizer) * (sums.power_logit - lse * sums.power)
-
-  non_target = log_p_sum() if gamma_neg == 0 else _common.mix(xi, log_p_sum, focal_log_p_sum)
-  return loss - (label_smoothing / num_classes) * non_target
-
-
 def _chunk_size(value, num_classes: int, dtype) -> int:
   if value is None:
     return min(num_classes, _CHUNK_BYTES // jnp.dtype(dtype).itemsize)
@@ -435,7 +369,7 @@ def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, p
                 static_xi, **form):
   """The loss of ``[batch..., D]`` embeddings against a ``[D, plan.num_classes]`` kernel: the
   whole vocabulary, or (inside ``jax.shard_map``) one shard of it; ``form`` holds the
-  hyper-parameters of :func:`_loss_from_sums`."""
+  hyper-parameters of :func:`cfl_jax.losses._core.loss_from_row_stats`."""
   batch_shape = labels.shape
   rows = math.prod(batch_shape)
   if where is not None:
@@ -447,21 +381,25 @@ def _fused_loss(embeddings, kernel, labels, xi, bias, class_weights, where, *, p
   sums, top = _streamed(plan, inputs, shard_labels, None)
   # Vocabulary shards: the sums of all shards, relative to the largest shift.
   sums = _across_shards(sums, plan)
-  smoothed_sums = None
+  stats = _core.RowStats(shift=sums.shift, target_logit=sums.target_logit, exp_sum=sums.exp,
+                         num_classes=plan.vocab_size, non_target_weight=plan.vocab_size - 1,
+                         non_target_logit=sums.logit)
   if plan.smoothed:
-    fixed = _RowConstants(shift=sums.shift, top=_top_across_shards(*top, plan), lse=_lse(sums))
-    smoothed_sums = _psum(_streamed(plan, inputs, shard_labels, fixed), plan)
-  if static_xi is None:
-    static_xi = xi.reshape(rows) if xi.ndim else xi
-  target_weight, non_target_weight = 1.0, plan.vocab_size - 1
+    fixed = _RowConstants(shift=sums.shift, top=_top_across_shards(*top, plan),
+                          lse=_core.log_probs(stats).lse)
+    stats = stats._replace(smoothed=_psum(_streamed(plan, inputs, shard_labels, fixed), plan))
+  if sums.power is not None:
+    stats = stats._replace(focal_log_p_sum=lambda lse: _core.focal_from_sums(
+        plan.gamma_neg, lse, sums.shift, sums.power, sums.power_logit)[0])
   if class_weights is not None:
     in_shard = (shard_labels >= 0) & (shard_labels < plan.num_classes)
     target_weight = _psum(jnp.where(
         in_shard, class_weights[jnp.clip(shard_labels, 0, plan.num_classes - 1)], 0.0), plan)
-    non_target_weight = _psum(jnp.sum(class_weights), plan) - target_weight
-  loss = _loss_from_sums(sums, smoothed_sums, num_classes=plan.vocab_size, xi=static_xi,
-                         target_weight=target_weight, non_target_weight=non_target_weight,
-                         **form).reshape(batch_shape)
+    stats = stats._replace(target_weight=target_weight, non_target_weight=_psum(
+        jnp.sum(class_weights), plan) - target_weight)
+  if static_xi is None:
+    static_xi = xi.reshape(rows) if xi.ndim else xi
+  loss = _core.loss_from_row_stats(stats, xi=static_xi, **form).reshape(batch_shape)
   loss = _common.nan_unless(_common.valid_classes(labels, plan.vocab_size), loss)
   return loss if where is None else jnp.where(where, loss, 0.0)
 

@@ -25,7 +25,10 @@ Two forms are offered (``gamma_neg``):
 Numerics: :math:`\log p_t` and :math:`\log(1 - p_t)` are both computed from a
 log-sum-exp over the non-target logits, so values, gradients and Hessians stay
 finite for every :math:`\gamma \ge 0` (including :math:`0 < \gamma < 1`) at any
-finite logits, also when :math:`p_t` rounds to 1 in float32.
+finite logits, also when :math:`p_t` rounds to 1 in float32. With integer labels
+the loss follows from per-row statistics (the row maximum, :math:`z_t`, the non-target
+exponential sum and, for the reference form, its weighted non-target sums) by the one
+per-example function the fused loss calls too (``cfl_jax.losses._core``).
 
 References:
   Smith, `Cyclical Focal Loss <https://arxiv.org/abs/2202.08978>`_, 2022.
@@ -43,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cfl_jax.losses import _common
+from cfl_jax.losses import _common, _core
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -138,57 +141,28 @@ def _canonicalize(logits, labels, xi, *, integer_labels, class_weights, axis,
 # ----------------------------------------------------------------------------
 
 
-class _NonTargetStats(NamedTuple):
-  """Per-row statistics of the logits around the target ``t``.
+def _row_stats(logits, target, class_mask) -> _core.RowStats:
+  r"""The row maximum :math:`m`, :math:`z_t` and :math:`\sum_{j \ne t} e^{z_j - m + K}`.
 
-  ``shift`` is the row maximum ``m`` (over kept classes); ``log_normalizer`` is
-  ``logsumexp(z) - m``, so ``log p_j = z_j - m - log_normalizer``.
+  The sum is over the kept classes, of the exponentials of :func:`_common.scaled_exp`
+  (K = 60: no overflow below 1e12 classes), plus a floor of 1e-18 that keeps the second
+  derivative of its log bounded (:mod:`cfl_jax.losses._core`); so :math:`\log(1 - p_t)`
+  is exact down to :math:`1 - p_t \approx 10^{-44}` (below float32's smallest subnormal)
+  and saturates near -101 beyond, where every focal weight is zero anyway. One max pass
+  and one exp-sum pass over the logits, and a gradient of one elementwise pass plus a
+  scatter at the target, like cross-entropy.
   """
-  shift: jax.Array           # [...], the row maximum m
-  target_logit: jax.Array    # [...], z_t
-  log_normalizer: jax.Array  # [...]
-  log_p_target: jax.Array    # [...]
-  log_1m_p_target: jax.Array  # [...]
-
-
-def _non_target_mask(logits, target, class_mask):
-  """The kept classes other than the target, ``[..., C]`` bool."""
-  non_target = jnp.arange(logits.shape[-1]) != target[..., None]
-  return non_target if class_mask is None else non_target & class_mask
-
-
-def _non_target_stats(logits, target, class_mask) -> _NonTargetStats:
-  r"""``log p_t`` and ``log(1 - p_t)`` without cancellation.
-
-  With :math:`m = \max_j z_j`, :math:`s = \sum_{j \ne t} e^{z_j - m}` and
-  :math:`u = z_t - m`: :math:`\log p_t = -\operatorname{softplus}(\log s - u)`
-  and :math:`\log(1 - p_t) = -\operatorname{softplus}(u - \log s)`, i.e.
-  :math:`\log(1 - p_t)` comes from the log-sum-exp of the non-target logits,
-  never from ``1 - p_t``. The sum is taken over :math:`e^{z_j - m + K}` (K = 60,
-  no overflow below 1e12 classes) plus a floor of 1e-18, which keeps the second
-  derivative of the log bounded; so :math:`\log(1 - p_t)` is exact down to
-  :math:`1 - p_t \approx 10^{-44}` (below float32's smallest subnormal) and
-  saturates near -101 beyond, where every focal weight is zero anyway. One max
-  pass and one exp-sum pass over the logits, like cross-entropy.
-  """
-  non_target = _non_target_mask(logits, target, class_mask)
   if class_mask is None:
     shift = jnp.max(logits, axis=-1)
+    num_classes = logits.shape[-1]
   else:
     shift = jnp.max(logits, axis=-1, where=class_mask,
                     initial=jnp.finfo(logits.dtype).min)
+    num_classes = jnp.sum(class_mask, axis=-1).astype(logits.dtype)
   shift = jax.lax.stop_gradient(shift)
-  log_sum = _common.log_scaled_sum(
-      jnp.sum(_common.scaled_exp(logits, shift, non_target), axis=-1))
-  target_logit = _common.at_target(logits, target)
-  margin = target_logit - shift
-  return _NonTargetStats(
-      shift=shift,
-      target_logit=target_logit,
-      log_normalizer=jnp.logaddexp(margin, log_sum),
-      log_p_target=-jnp.logaddexp(0.0, log_sum - margin),
-      log_1m_p_target=-jnp.logaddexp(0.0, margin - log_sum),
-  )
+  return _core.RowStats(
+      shift=shift, target_logit=_common.at_target(logits, target), num_classes=num_classes,
+      exp_sum=jnp.sum(_common.scaled_exp(logits, shift, class_mask, target), axis=-1))
 
 
 def _masked(loss, example_mask):
@@ -196,54 +170,34 @@ def _masked(loss, example_mask):
 
 
 def _integer_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, gamma_neg,
-                  label_smoothing):
-  """Target term plus (reference form) smoothed non-target terms, per example."""
+                  label_smoothing, z_loss):
+  """The loss of :func:`cfl_jax.losses._core.loss_from_row_stats` from the dense statistics."""
   logits, labels = inputs.logits, inputs.labels.astype(jnp.int32)
-  example_mask, class_mask = inputs.example_mask, inputs.class_mask
+  example_mask, class_mask, weights = inputs.example_mask, inputs.class_mask, inputs.class_weights
   if class_mask is not None:
-    target_kept = _common.at_target(class_mask, labels)
-    example_mask = example_mask & target_kept
+    example_mask = example_mask & _common.at_target(class_mask, labels)
   if example_mask is not None:
     # Double-where: padded rows may hold garbage; keep their gradient exactly 0.
     logits = jnp.where(example_mask[..., None], logits, 0.0)
-  stats = _non_target_stats(logits, labels, class_mask)
-  weight = _common.focal_weight(stats.log_p_target, lambda: stats.log_1m_p_target, xi,
-                                gamma_hc, gamma_lc)
-  num_classes = (logits.shape[-1] if class_mask is None
-                 else jnp.sum(class_mask, axis=-1).astype(logits.dtype))
-  target_mass = 1.0 - label_smoothing + label_smoothing / num_classes
-  if inputs.class_weights is not None:
-    target_mass = target_mass * _common.at_target(inputs.class_weights, labels)
-  loss = -target_mass * weight * stats.log_p_target
+  stats = _row_stats(logits, labels, class_mask)
+  if weights is not None:
+    stats = stats._replace(target_weight=_common.at_target(weights, labels))
   if gamma_neg is not None and label_smoothing > 0:
-    loss -= (label_smoothing / num_classes) * _reference_non_target_sum(
-        logits, labels, class_mask, stats, xi=xi, gamma_neg=gamma_neg,
-        class_weights=inputs.class_weights)
+    # Reference form: sum_N c_j [xi + (1 - xi) p_j^g] log p_j over the kept non-target N.
+    stats = stats._replace(
+        non_target_weight=_non_target_sum(jnp.ones_like(logits), 1.0, labels, class_mask,
+                                          weights),
+        non_target_logit=_non_target_sum(logits, stats.target_logit, labels, class_mask,
+                                         weights))
+    if gamma_neg > 0:
+      focal = (_integer_focal_log_p_sum if _common.is_small_integer(gamma_neg)
+               else _focal_log_p_sum)
+      stats = stats._replace(focal_log_p_sum=lambda lse: focal(
+          gamma_neg, logits, lse, stats.shift, labels, class_mask, weights))
+  loss = _core.loss_from_row_stats(stats, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
+                                   gamma_neg=gamma_neg, label_smoothing=label_smoothing,
+                                   z_loss=z_loss)
   return _masked(loss, example_mask)
-
-
-def _reference_non_target_sum(logits, labels, class_mask, stats: _NonTargetStats,
-                              *, xi, gamma_neg, class_weights):
-  r""":math:`\sum_{j \ne t} c_j [\xi + (1 - \xi) p_j^{g}] \log p_j`, per example.
-
-  With :math:`\ell = \operatorname{lse}(z)` and :math:`N` the kept non-target
-  classes, the :math:`\xi` part is :math:`\sum_N c_j \log p_j = \sum_N c_j z_j -
-  \ell \sum_N c_j` (a sum of the logits; its gradient is elementwise) and the
-  rest is :math:`F = \sum_N c_j p_j^{g} \log p_j` (:func:`_focal_log_p_sum`).
-  """
-  lse = stats.shift + stats.log_normalizer
-
-  def log_p_sum():
-    mass = _non_target_sum(jnp.ones_like(logits), 1.0, labels, class_mask, class_weights)
-    logit_sum = _non_target_sum(logits, stats.target_logit, labels, class_mask, class_weights)
-    return logit_sum - mass * lse
-
-  if gamma_neg == 0:
-    return log_p_sum()
-  focal_log_p_sum = (_integer_focal_log_p_sum if _common.is_small_integer(gamma_neg)
-                     else _focal_log_p_sum)
-  return _common.mix(xi, log_p_sum, lambda: focal_log_p_sum(
-      gamma_neg, logits, lse, stats.shift, labels, class_mask, class_weights))
 
 
 def _non_target_sum(values, target_value, target, class_mask, weights):
@@ -259,27 +213,13 @@ def _non_target_sum(values, target_value, target, class_mask, weights):
           - _common.at_target(weights, target) * target_value)
 
 
-def _focal_from_sums(gamma, lse, shift, power_sum, moment):
-  r"""``(F, P)`` from :math:`\sum_N c_j u_j^{g}` and :math:`\sum_N c_j u_j^{g} z_j`.
-
-  With :math:`u_j = e^{z_j - m}`, :math:`\ell - m` the log normalizer and
-  :math:`P = \sum_N c_j p_j^{g}`: :math:`P = e^{-g (\ell - m)} \sum_N c_j u_j^{g}`
-  and :math:`F = e^{-g (\ell - m)} \sum_N c_j u_j^{g} z_j - \ell P`. Neither sum
-  has a per-row broadcast inside; the absolute rounding, about
-  :math:`\epsilon |\ell|` per term, is that of ``z_j - lse`` in a log-softmax.
-  """
-  scale = jnp.exp(-gamma * (lse - shift))
-  power = scale * power_sum
-  return scale * moment - lse * power, power
-
-
 def _focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weights):
   r""":math:`F = \sum_N c_j p_j^{g} \log p_j` with :math:`p_j = e^{z_j - \ell}`, per example.
 
   ``lse`` is :math:`\ell`, ``shift`` the row maximum :math:`m` (no gradient),
   :math:`N` the classes kept by ``class_mask`` other than ``target``, and
   ``weights`` the :math:`c_j` (``[C]`` or None). :math:`u^{g}` is written out once
-  (it feeds both sums of :func:`_focal_from_sums` and the gradient, which
+  (it feeds both sums of :func:`cfl_jax.losses._core.focal_from_sums` and the gradient, which
   autodiff computes in one elementwise pass).
   """
   target_logit = _common.at_target(logits, target)
@@ -288,7 +228,7 @@ def _focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weights):
   power_sum = _non_target_sum(powers, target_power, target, class_mask, weights)
   moment = _non_target_sum(powers * logits, target_power * target_logit, target,
                            class_mask, weights)
-  return _focal_from_sums(gamma, lse, shift, power_sum, moment)[0]
+  return _core.focal_from_sums(gamma, lse, shift, power_sum, moment)[0]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -320,46 +260,42 @@ def _integer_focal_log_p_sum(gamma, logits, lse, shift, target, class_mask, weig
 def _integer_focal_sums(gamma, logits, lse, shift, target, class_mask, weights):
   g = int(gamma)
   c = 1.0 if weights is None else weights
-  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, class_mask, target)
   power_sum = 2.0 ** -g * jnp.sum(
       c * jax.lax.integer_pow(scaled * (2 * math.exp(-_common.EXP_OFFSET)), g), axis=-1)
   moment = jnp.sum(
       c * jax.lax.integer_pow(scaled * math.exp(-_common.EXP_OFFSET), g) * logits, axis=-1)
-  return _focal_from_sums(gamma, lse, shift, power_sum, moment)
+  return _core.focal_from_sums(gamma, lse, shift, power_sum, moment)
 
 
 def _integer_focal_log_p_sum_jvp(gamma, primals, tangents):
   logits, lse, shift, target, class_mask, weights = primals
   d_logits, d_lse, _, _, _, d_weights = tangents
   focal, power = _integer_focal_sums(gamma, *primals)
-  scaled = _common.scaled_exp(logits, shift, _non_target_mask(logits, target, class_mask))
+  scaled = _common.scaled_exp(logits, shift, class_mask, target)
   p_pow = jax.lax.integer_pow(  # p_j^g, zero off N
       scaled * jnp.exp(shift - lse - _common.EXP_OFFSET)[..., None], int(gamma))
   log_p = logits - lse[..., None]
   d_focal = jnp.zeros_like(focal)
-  if not _is_zero(d_logits):
+  if not _common.is_zero(d_logits):
     c = 1.0 if weights is None else weights
     d_focal += jnp.sum(c * p_pow * (1 + gamma * log_p) * d_logits, axis=-1)
-  if not _is_zero(d_lse):
+  if not _common.is_zero(d_lse):
     d_focal -= (power + gamma * focal) * d_lse
-  if weights is not None and not _is_zero(d_weights):
+  if weights is not None and not _common.is_zero(d_weights):
     d_focal += jnp.sum(d_weights * p_pow * log_p, axis=-1)
   return focal, d_focal
-
-
-def _is_zero(tangent) -> bool:
-  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
 
 
 _integer_focal_log_p_sum.defjvp(_integer_focal_log_p_sum_jvp, symbolic_zeros=True)
 
 
-def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
+def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc, z_loss):
   r"""Paper form for class-probability labels: a weighted sum over all classes.
 
   :math:`\log(1 - p_j)` is ``log1p(-p_j)`` for every class but the row's argmax
-  (where :math:`p_j \le 1/2`), and comes from :func:`_non_target_stats` for the
-  argmax, the one class whose probability can round to 1.
+  (where :math:`p_j \le 1/2`), and comes from :func:`_row_stats` for the argmax, the
+  one class whose probability can round to 1.
   """
   logits, labels, class_mask = inputs.logits, inputs.labels, inputs.class_mask
   example_mask = inputs.example_mask
@@ -375,7 +311,7 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
                      else jnp.where(class_mask, logits, jnp.finfo(logits.dtype).min))
     top = jnp.argmax(masked_logits, axis=-1)
     is_top = jnp.arange(logits.shape[-1]) == top[..., None]
-    top_log_1m_p = _non_target_stats(logits, top, class_mask).log_1m_p_target
+    top_log_1m_p = _core.log_probs(_row_stats(logits, top, class_mask)).log_1m_p_target
     safe_p = jnp.where(is_top, 0.0, jnp.exp(log_p))
     return jnp.where(is_top, top_log_1m_p[..., None], jnp.log1p(-safe_p))
 
@@ -384,6 +320,8 @@ def _soft_label_loss(inputs: _Inputs, *, xi, gamma_hc, gamma_lc):
   if inputs.class_weights is not None:
     labels = labels * inputs.class_weights
   loss = -jnp.sum(labels * weight * log_p, axis=-1)
+  if z_loss:
+    loss += _core.lse_penalty(jax.nn.logsumexp(logits, axis=-1, where=class_mask), z_loss)
   return _masked(loss, example_mask)
 
 
@@ -400,28 +338,18 @@ def _cyclical(logits, labels, xi, *, integer_labels, gamma_hc, gamma_lc,
                          logit_soft_cap=logit_soft_cap)
   losses = functools.partial(_cyclical_losses, integer_labels=integer_labels,
                              gamma_hc=gamma_hc, gamma_lc=gamma_lc, gamma_neg=gamma_neg,
-                             label_smoothing=label_smoothing)
+                             label_smoothing=label_smoothing, z_loss=z_loss)
   if integer_labels:
     valid = _common.valid_classes(inputs.labels, inputs.logits.shape[-1])
     loss = _common.nan_unless(valid, losses(inputs._replace(
         labels=jnp.where(valid, inputs.labels, 0))))
   else:
     loss = losses(inputs)
-  if z_loss:
-    loss += z_loss * _log_normalizer(inputs)**2
   return _masked(loss, inputs.example_mask)
 
 
-def _log_normalizer(inputs: _Inputs):
-  r""":math:`\operatorname{lse}(z)` per example over the kept classes (0 on masked examples)."""
-  logits = inputs.logits
-  if inputs.example_mask is not None:
-    logits = jnp.where(inputs.example_mask[..., None], logits, 0.0)
-  return jax.nn.logsumexp(logits, axis=-1, where=inputs.class_mask)
-
-
 def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
-                     gamma_neg, label_smoothing):
+                     gamma_neg, label_smoothing, z_loss):
   """The per-example loss of checked inputs (integer labels already in range)."""
   xi = inputs.xi
   if gamma_neg is not None and not integer_labels:
@@ -431,7 +359,7 @@ def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
     integer_labels = True
   if integer_labels and (gamma_neg is not None or label_smoothing == 0):
     return _integer_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc,
-                         gamma_neg=gamma_neg, label_smoothing=label_smoothing)
+                         gamma_neg=gamma_neg, label_smoothing=label_smoothing, z_loss=z_loss)
   if integer_labels:
     labels = jax.nn.one_hot(inputs.labels, inputs.logits.shape[-1],
                             dtype=inputs.logits.dtype)
@@ -441,7 +369,7 @@ def _cyclical_losses(inputs: _Inputs, *, integer_labels, gamma_hc, gamma_lc,
                    jnp.sum(inputs.class_mask, axis=-1, keepdims=True))
     inputs = inputs._replace(
         labels=inputs.labels * (1 - label_smoothing) + label_smoothing / num_classes)
-  return _soft_label_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc)
+  return _soft_label_loss(inputs, xi=xi, gamma_hc=gamma_hc, gamma_lc=gamma_lc, z_loss=z_loss)
 
 
 def _component(logits, labels, xi, gamma, *, integer_labels, **options):
