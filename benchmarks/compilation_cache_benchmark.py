@@ -132,8 +132,10 @@ def main():
     data_dir, workdirs = pathlib.Path(root) / "tfds", epath.Path(root) / "runs"
     if args.store == "gcs":
       import gcs_emulator  # pylint: disable=g-import-not-at-top (needs the test extra)
+      from cfl_jax import store  # pylint: disable=g-import-not-at-top
       stack.enter_context(gcs_emulator.serving("cfl-jax-benchmark",
                                                pathlib.Path(root) / "emulator.log"))
+      store.use_runner_clients()  # this process lists the bucket as the runs write it
       workdirs = epath.Path("gs://cfl-jax-benchmark/runs")
     data_dir.mkdir()
     result = benchmark(data_dir, workdirs, args.model, args.batch_size, args.rounds)
