@@ -15,9 +15,9 @@ compilation dominates, as on a pod. ``--store gcs`` puts the workdirs (so the ca
 on the GCS emulator of the tests (``tests/gcs_emulator.py``), the runs given only the emulator's
 variables, as a user of one sets them; the data stay local.
 
-    python benchmarks/compilation_cache_benchmark.py --rounds 3 \
+    python benchmarks/compilation_cache_benchmark.py --rounds 2 \
         --record benchmarks/records/compilation_cache_cpu.json
-    python benchmarks/compilation_cache_benchmark.py --rounds 3 --store gcs \
+    python benchmarks/compilation_cache_benchmark.py --rounds 2 --store gcs \
         --record benchmarks/records/compilation_cache_cpu_gcs.json
 """
 

@@ -15,8 +15,9 @@ Where this module sets a directory it caches every program, however fast it comp
 default skips programs that compile in under a second): a relaunch looks every program up in the
 cache whatever the threshold, so the threshold only decides whether a small program is compiled
 again or read, and which programs those are would depend on the machine's load. Each program is
-written once: the CIFAR-10 smoke with TResNet-M leaves 108 entries, 3.0 MiB (100 of them small
-``jit_slice`` programs).
+written once: the three-view CIFAR-10 smoke with TResNet-M at batch 4 leaves 113 entries, 3.1 MiB
+(100 of them small ``jit_slice`` programs, orbax's per-device slices of the state it saves), and
+its relaunch finds every one of them.
 
 The settings are JAX's process-wide ones: they hold while :func:`persistent_compilation_cache` is
 entered and the previous ones are restored when it exits, so a later in-process run sees JAX as
