@@ -86,48 +86,15 @@ def gcs_bucket(tmp_path_factory):
   (``TENSORSTORE_GCS_HTTP_URL``), and a test token. This process then uses the runner's own
   clients (:func:`cfl_jax.store.use_runner_clients`), as its runner subprocesses do.
   """
-  # pylint: disable=g-import-not-at-top
-  import importlib.util
-  import socket
-  import subprocess
-  import sys
-  import time
-  # pylint: enable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("gcp_storage_emulator") is None:
     pytest.fail("gcp-storage-emulator is not installed: pip install -e '.[test]'")
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
   bucket = "cfl-jax-test"
-  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")  # pylint: disable=consider-using-with
-  launcher = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")
-  server = subprocess.Popen([sys.executable, launcher, str(port), bucket], stdout=log,
-                            stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  environment = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "GOOGLE_CLOUD_PROJECT": "cfl-jax-test"}
-  saved = {key: os.environ.get(key) for key in environment}
-  os.environ.update(environment)
-  try:
-    deadline = time.time() + 30
-    while True:
-      with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        break
-      if server.poll() is not None or time.time() > deadline:
-        pytest.fail(f"the GCS emulator did not start (exit {server.poll()})")
-      time.sleep(0.05)
+  with gcs_emulator.serving(bucket, tmp_path_factory.mktemp("gcs") / "emulator.log"):
     from cfl_jax import store  # pylint: disable=g-import-not-at-top (after XLA_FLAGS)
     store.use_runner_clients()
     yield f"gs://{bucket}"
-  finally:
-    server.terminate()
-    server.wait(10)
-    log.close()
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
 
 
 class StoreFaults:

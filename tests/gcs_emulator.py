@@ -41,15 +41,21 @@ A request is matched (``re.search``) against ``"METHOD PATH OBJECT"``: its metho
 (decoded) and the object it names (from the path, the ``name`` query or a multipart upload's
 metadata). Plans are meant for one test's prefix, e.g. ``match: "/abcd1234/"``.
 
-Usage: ``python tests/gcs_emulator.py PORT BUCKET`` (in memory, on 127.0.0.1, until killed).
+Usage: ``python tests/gcs_emulator.py PORT BUCKET`` (in memory, on 127.0.0.1, until killed), or
+:func:`serving` from Python (the tests' ``gcs_bucket`` fixture, the benchmarks).
 """
 
+from collections.abc import Iterator
+import contextlib
 from http import HTTPStatus
 from http import server as http_server
 import io
 import json
+import os
 import random
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -323,6 +329,45 @@ def main(port: int, bucket: str) -> None:
   # The emulator's API thread builds its server from http.server's HTTPServer (in this process).
   server.server.HTTPServer = _threaded_server_with_black_holes(faults)
   server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+
+
+@contextlib.contextmanager
+def serving(bucket: str, log_path: str | os.PathLike) -> Iterator[str]:
+  """This module's emulator serving ``bucket`` in a subprocess (its output in ``log_path``) while
+  entered, with what a user of an emulator sets in ``os.environ``, and nothing else: its address
+  for gcsfs and google-cloud-storage (``STORAGE_EMULATOR_HOST``) and for TensorStore
+  (``TENSORSTORE_GCS_HTTP_URL``), and a test token. Yields the emulator's URL; the environment
+  is restored on exit.
+  """
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  url = f"http://127.0.0.1:{port}"
+  environment = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "GOOGLE_CLOUD_PROJECT": "cfl-jax-test"}
+  saved = {key: os.environ.get(key) for key in environment}
+  with open(log_path, "w", encoding="utf-8") as log:
+    server = subprocess.Popen([sys.executable, __file__, str(port), bucket], stdout=log,
+                              stderr=subprocess.STDOUT)
+    os.environ.update(environment)
+    try:
+      deadline = time.time() + 30
+      while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+          break
+        if server.poll() is not None or time.time() > deadline:
+          raise RuntimeError(f"the GCS emulator did not start (exit {server.poll()}); see "
+                             f"{log_path}")
+        time.sleep(0.05)
+      yield url
+    finally:
+      server.terminate()
+      server.wait(10)
+      for key, value in saved.items():
+        if value is None:
+          os.environ.pop(key, None)
+        else:
+          os.environ[key] = value
 
 
 if __name__ == "__main__":

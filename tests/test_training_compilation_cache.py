@@ -137,6 +137,32 @@ def test_a_cache_copied_elsewhere_still_hits(tmp_path):
   assert counts["hits"] == 1 and _entries(tmp_path / "b") == _entries(tmp_path / "a")
 
 
+def test_a_cache_that_cannot_be_read_or_written_never_fails_the_run(tmp_path):
+  cache = tmp_path / "cache"
+  saved = jax.config.jax_raise_persistent_cache_errors
+  jax.config.update("jax_raise_persistent_cache_errors", True)  # what the cache overrides
+  try:
+    with _compilations() as counts:
+      with persistent_compilation_cache(str(cache), tmp_path / "run"):
+        jax.jit(lambda x: x * 9 - 1)(np.arange(4.0))
+      for entry in _entries(cache):  # damaged entries: unreadable
+        (cache / entry).write_bytes(b"not a compiled program")
+      jax.clear_caches()
+      with persistent_compilation_cache(str(cache), tmp_path / "run"):
+        with pytest.warns(UserWarning, match="Error reading persistent compilation cache"):
+          assert jax.jit(lambda x: x * 9 - 1)(np.arange(4.0)).tolist() == [-1, 8, 17, 26]
+        shutil.rmtree(cache)
+        cache.write_text("a file where the cache's directory was: unwritable")
+        with pytest.warns(UserWarning, match="Error writing persistent compilation cache"):
+          assert jax.jit(lambda x: x * 11)(np.arange(2.0)).tolist() == [0, 11]
+      with persistent_compilation_cache(str(cache), tmp_path / "run"):  # cannot even be opened
+        assert jax.jit(lambda x: x * 13)(np.arange(2.0)).tolist() == [0, 13]
+    assert counts["hits"] == 0 and counts["compiled"] == 4
+    assert jax.config.jax_raise_persistent_cache_errors
+  finally:
+    jax.config.update("jax_raise_persistent_cache_errors", saved)
+
+
 @pytest.mark.parametrize("value", ["", "  "])
 def test_an_empty_cache_location_is_refused(value):
   with pytest.raises(ConfigError, match="compilation_cache must be 'auto', 'off' or a direct"):
