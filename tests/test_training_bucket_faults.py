@@ -259,11 +259,12 @@ def test_a_checkpoint_moved_aside_is_gone_for_orbax_and_its_step_saved_again(buc
 
 def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_faults,
                                                                 uninterrupted, tmp_path):
-  # The budget (10 s here, 180 s by default) and the outage (30 s) keep the test short; what
-  # counts is that the outage outlasts the budget.
-  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: "10"})
+  # The budget (4 s here, 180 s by default; time-outs of 2 s) and the outage (12 s) keep the
+  # test short; what counts is that the outage outlasts the budget and a request in flight.
+  budget, outage = 4, 12
+  process = _start(bucket_dir, {store.RETRY_SECONDS_VARIABLE: str(budget)})
   wait_for(lambda: _committed(bucket_dir, 10), process, timeout=180)
-  gcs_faults.set(outages=[[0, 30]])
+  gcs_faults.set(outages=[[0, outage]])
   started = time.monotonic()
   code, output = finish(process, timeout=300)
   took = time.monotonic() - started
@@ -275,8 +276,8 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
     return
   line = _stopped_with_one_line(code, output)
   assert "The store kept failing while" in line or "Could not save checkpoint" in line, line
-  assert took < 10 + 30  # the stall bound: the budget + 30 s
-  time.sleep(max(0.0, started + 30 - time.monotonic()))  # the outage ends, then we look
+  assert took < budget + 30  # the stall bound: the budget + 30 s
+  time.sleep(max(0.0, started + outage - time.monotonic()))  # the outage ends, then we look
   print("checkpoint directories:", _steps(bucket_dir), "newest committed:",
         _newest_committed(bucket_dir))
   assert not (bucket_dir / "damaged_checkpoints").exists()
