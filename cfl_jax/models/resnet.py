@@ -159,8 +159,8 @@ class ResNet(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> model = ResNet(stage_sizes=(1, 1), widths=(4, 8), block_cls=BasicBlock, stem='cifar',
-    ...                shortcut='A', num_classes=10)  # tiny; ResNet20 etc. below are presets
+    >>> model = ResNet(stage_sizes=(1,), widths=(4,), block_cls=BasicBlock, stem='cifar',
+    ...                shortcut='A', num_classes=10)  # tiny; ResNet20 and others are presets
     >>> x = jnp.zeros((2, 8, 8, 3))
     >>> variables = model.init(jax.random.key(0), x, train=False)
     >>> logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
