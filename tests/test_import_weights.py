@@ -7,6 +7,7 @@ must import into exactly the Flax models' variables, and the imported models mus
 independent numpy (NCHW, float64) forward pass computes with the same tensors.
 """
 
+import functools
 import logging
 
 import jax
@@ -231,9 +232,9 @@ def _flax_intermediates(name, path, size):
   model = get_model(name, num_classes=1000)
   variables = import_weights(name, path, num_classes=1000)
   images = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
-  _, state = model.apply(
-      variables, images, train=False, capture_intermediates=True, mutable=["intermediates"]
-  )
+  _, state = jax.jit(functools.partial(
+      model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
+  ))(variables, images)
   intermediates = state["intermediates"].items()
   outputs = {k: nchw.to_nchw(v["__call__"][0]) for k, v in intermediates if "block" in k}
   return nchw.to_nchw(images), outputs
