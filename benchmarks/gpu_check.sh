@@ -13,12 +13,14 @@ records="$(mktemp -d)"
 trap 'rm -rf "$records"' EXIT
 
 if [[ "${1:-}" == "--small" ]]; then
-  loss_args=(--shapes 256x1000:float32 --sigmoid_shapes 256x1000:float32 --rounds 3)
-  train_args=(--model digits_cnn --batch_size 16 --rounds 2 --steps_per_round 2)
-  vocab_args=(--batch 128 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024)
+  # Tiny shapes, one round, XLA's cheapest CPU code generation: compilation is most of the time.
+  export XLA_FLAGS="--xla_backend_optimization_level=0"
+  loss_args=(--shapes 32x100:float32 --sigmoid_shapes 32x100:float32 --rounds 1)
+  train_args=(--model digits_cnn --batch_size 4 --rounds 1 --steps_per_round 1)
+  vocab_args=(--batch 16 --dim 8 --vocab 512 --rounds 1 --chunk_size 128)
   # The vocabulary-parallel loss on 8 CPU devices.
-  sharded_args=(--batch 256 --dim 32 --vocab 4096 --rounds 2 --chunk_size 1024 --mesh 2x4)
-  sharded_env=(XLA_FLAGS=--xla_force_host_platform_device_count=8)
+  sharded_args=(--batch 16 --dim 8 --vocab 512 --rounds 1 --chunk_size 64 --mesh 2x4)
+  sharded_env=(XLA_FLAGS="$XLA_FLAGS --xla_force_host_platform_device_count=8")
 elif [[ -z "${1:-}" ]]; then
   loss_args=(--shapes 8192x32768:float32 8192x32768:bfloat16 --sigmoid_shapes 8192x32768:float32
              --rounds 50)

@@ -7,6 +7,7 @@ must import into exactly the Flax models' variables, and the imported models mus
 independent numpy (NCHW, float64) forward pass computes with the same tensors.
 """
 
+import functools
 import logging
 
 import jax
@@ -133,11 +134,12 @@ def test_feature_layer_is_new_and_the_file_fills_the_backbone(checkpoints, caplo
     variables = import_weights("resnet50", path, num_classes=365, seed=3, feature_dim=512)
   assert "new feature layer (512) and classifier" in caplog.text
   model = get_model("resnet50", num_classes=365, feature_dim=512)
-  initial = model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
-  assert _shapes(variables) == _shapes(initial)
+  init = lambda: model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
+  assert _shapes(variables) == _shapes(jax.eval_shape(init))
+  # Test time: compiled, the init's new modules alone cost a second; the whole eager init, 15.
+  initial = jax.jit(lambda: {m: init()["params"][m] for m in ("features", "head")})()
   for module in ("features", "head"):
-    jax.tree.map(np.testing.assert_array_equal, variables["params"][module],
-                 initial["params"][module])
+    jax.tree.map(np.testing.assert_array_equal, variables["params"][module], initial[module])
   np.testing.assert_array_equal(variables["params"]["stage4_block3"]["conv3"]["kernel"],
                                 np.transpose(tensors["layer4.2.conv3.weight"], (2, 3, 1, 0)))
   np.testing.assert_array_equal(variables["batch_stats"]["stem_bn"]["var"],
@@ -230,9 +232,9 @@ def _flax_intermediates(name, path, size):
   model = get_model(name, num_classes=1000)
   variables = import_weights(name, path, num_classes=1000)
   images = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
-  _, state = model.apply(
-      variables, images, train=False, capture_intermediates=True, mutable=["intermediates"]
-  )
+  _, state = jax.jit(functools.partial(
+      model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
+  ))(variables, images)
   intermediates = state["intermediates"].items()
   outputs = {k: nchw.to_nchw(v["__call__"][0]) for k, v in intermediates if "block" in k}
   return nchw.to_nchw(images), outputs

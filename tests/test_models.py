@@ -120,9 +120,9 @@ def test_bfloat16_compute_keeps_float32_params_and_finite_logits():
   x = _images("resnet20")
   variables = _init(model, x)
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  logits, state = model.apply(
-      variables, x, train=True, capture_intermediates=True, mutable=["batch_stats", "intermediates"]
-  )
+  logits, state = jax.jit(lambda v: model.apply(
+      v, x, train=True, capture_intermediates=True, mutable=["batch_stats", "intermediates"]
+  ))(variables)  # compiled: one program instead of one per operation (test time)
   assert logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   assert state["intermediates"]["stage3_block3"]["__call__"][0].dtype == jnp.bfloat16
@@ -196,7 +196,7 @@ def test_feature_layer_before_the_classifier():
   -> classifier, as a top-level ``features`` module (outside ``head``)."""
   model = get_model("resnet10", num_classes=7, feature_dim=16)
   x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = _init(model, x)
   features, head = variables["params"]["features"], variables["params"]["head"]["dense"]
   assert features["kernel"].shape == (512, 16) and head["kernel"].shape == (16, 7)
   bound = 512**-0.5  # U(+-1 / sqrt(fan_in)) for the kernel and the bias
@@ -207,9 +207,9 @@ def test_feature_layer_before_the_classifier():
   plain_variables = {"params": {**variables["params"], "head": {"dense": {
       "kernel": jnp.eye(512), "bias": jnp.zeros(512)}}}, "batch_stats": variables["batch_stats"]}
   plain_variables["params"].pop("features")
-  pooled = plain.apply(plain_variables, x, train=False)
+  pooled = jax.jit(lambda v: plain.apply(v, x, train=False))(plain_variables)
   hidden = jax.nn.relu(pooled @ features["kernel"] + features["bias"])
-  np.testing.assert_allclose(model.apply(variables, x, train=False),
+  np.testing.assert_allclose(jax.jit(lambda v: model.apply(v, x, train=False))(variables),
                              hidden @ head["kernel"] + head["bias"], rtol=1e-4, atol=1e-5)
 
 

@@ -24,7 +24,9 @@ def _last_line(output: str) -> str:
   return output.strip().splitlines()[-1]
 
 
-def test_a_diverging_run_stops_with_an_error_and_keeps_only_finite_checkpoints(tmp_path):
+def test_a_diverging_run_stops_with_an_error_and_keeps_only_finite_checkpoints(
+    tmp_path, runner_subprocesses_share_the_module_cache):
+  del runner_subprocesses_share_the_module_cache  # used for its effect (test speed)
   workdir = str(tmp_path / "nan")
   config = tiny_config(num_train_steps=60, checkpoint_every_steps=5,
                        optimizer={"learning_rate": 1e6})
@@ -135,7 +137,9 @@ def test_usage_errors_are_one_message_without_a_traceback(tmp_path, flags, statu
   assert expected in output
 
 
-def test_help_exits_zero_and_a_run_starts_without_backend_noise(tmp_path):
+def test_help_exits_zero_and_a_run_starts_without_backend_noise(
+    tmp_path, runner_subprocesses_share_the_module_cache):
+  del runner_subprocesses_share_the_module_cache  # used for its effect (test speed)
   returncode, output = _run(None, {}, "--help")
   assert returncode == 0 and "--workdir" in output and "--cpu_devices" in output
   returncode, output = _run(str(tmp_path / "quiet"), tiny_config(num_train_steps=2))

@@ -159,8 +159,9 @@ class ResNet(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> model = ResNet20(num_classes=10)
-    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> model = ResNet(stage_sizes=(1,), widths=(4,), block_cls=BasicBlock, stem='cifar',
+    ...                shortcut='A', num_classes=10)  # tiny; ResNet20 and others are presets
+    >>> x = jnp.zeros((2, 8, 8, 3))
     >>> variables = model.init(jax.random.key(0), x, train=False)
     >>> logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
     >>> logits.shape, sorted(updates)
