@@ -271,8 +271,8 @@ def test_check_grads_order_2_float64(data, form):
     xi = jnp.linspace(0.0, 1.0, 6)
     for labels in (hard, soft):
       check_grads(
-          jax.jit(lambda z, labels=labels: cfl_jax.sigmoid_cyclical_focal_loss(
-              z, labels, xi, **FORMS[form])),
+          lambda z, labels=labels: cfl_jax.sigmoid_cyclical_focal_loss(
+              z, labels, xi, **FORMS[form]),
           (z,), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
@@ -306,29 +306,25 @@ EXTREME_LABELS = {
 }
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def value_gradient_and_hessian(z, labels, kwargs):
-  """Of the summed loss at ``z`` (the Hessian in float32); ``kwargs`` a tuple of items. The
-  labels are an argument: hard and soft labels share the compiled function."""
-  xi = jnp.array([0.0, 0.5, 1.0, 0.25])
-  total = lambda z: cfl_jax.sigmoid_cyclical_focal_loss(  # noqa: E731
-      z.reshape(4, 2), labels.reshape(4, 2), xi, **dict(kwargs)).sum()
-  return total(z), jax.grad(total)(z), jax.hessian(total)(z.astype(jnp.float32))
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("labels", EXTREME_LABELS)
 @pytest.mark.parametrize("form", FORMS)
 def test_finite_value_gradient_and_hessian_at_extreme_logits(dtype, labels, form):
   labels = EXTREME_LABELS[labels]
+  xi = jnp.array([0.0, 0.5, 1.0, 0.25])
   for gamma in GAMMAS:
     kwargs = dict(FORMS[form], gamma_hc=gamma, gamma_lc=gamma)
     if "gamma_neg" in kwargs:
       kwargs["gamma_neg"] = gamma + 0.5
-    value, grad, hessian = value_gradient_and_hessian(
-        jnp.asarray(EXTREME_LOGITS, dtype), labels, tuple(kwargs.items()))
-    assert np.isfinite(value), (gamma, kwargs)
-    assert np.all(np.isfinite(np.asarray(grad, np.float32))), (gamma, kwargs)
+
+    def total(z, kwargs=kwargs):
+      return cfl_jax.sigmoid_cyclical_focal_loss(z.reshape(4, 2), labels.reshape(4, 2), xi,
+                                                 **kwargs).sum()
+
+    z = jnp.asarray(EXTREME_LOGITS, dtype)
+    assert np.isfinite(total(z)), (gamma, kwargs)
+    assert np.all(np.isfinite(np.asarray(jax.grad(total)(z), np.float32))), (gamma, kwargs)
+    hessian = jax.hessian(total)(z.astype(jnp.float32))
     assert np.all(np.isfinite(hessian)), (gamma, kwargs)
 
 
