@@ -70,9 +70,9 @@ def test_hessians_equal_the_dense_form(form):
     f = total(functools.partial(fused, chunk_size=3), form, labels, c)
     d = total(dense_on_projection, form, labels, c)
     args = (0, 1, 2)
-    expected = jax.hessian(d, argnums=args)(h, w, b)
-    assert max_error(jax.hessian(f, argnums=args)(h, w, b), expected) < 1e-6
-    assert max_error(jax.jacrev(jax.grad(f, argnums=args), argnums=args)(h, w, b),
+    expected = jax.jit(jax.hessian(d, argnums=args))(h, w, b)
+    assert max_error(jax.jit(jax.hessian(f, argnums=args))(h, w, b), expected) < 1e-6
+    assert max_error(jax.jit(jax.jacrev(jax.grad(f, argnums=args), argnums=args))(h, w, b),
                      expected) < 1e-6
 
 
@@ -98,7 +98,7 @@ def test_forward_mode_jacobian_equals_reverse_mode():
   with jax.enable_x64(True):
     h, w, b, labels, c = inputs64()
     fn = lambda w: fused(h, w, labels, 0.4, bias=b, chunk_size=3, label_smoothing=0.1)
-    np.testing.assert_allclose(jax.jacfwd(fn)(w), jax.jacrev(fn)(w), **TOL)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(fn))(w), jax.jit(jax.jacrev(fn))(w), **TOL)
 
 
 def test_vocab_parallel_hessian_vector_product_equals_the_dense_form():
@@ -186,9 +186,11 @@ def test_z_loss_and_soft_cap_match_the_oracle(integer_labels):
       one_hot = jax.nn.one_hot(labels, 9, dtype=jnp.float64)
       got = lambda w: cfl_jax.cyclical_focal_loss(h @ w, one_hot, 0.3, **kw, **options)
     fused_loss = lambda w: fused(h, w, labels, 0.3, chunk_size=4, **kw, **options)
+    value_and_jacobian = lambda fn: jax.jit(lambda w: (fn(w), jax.jacrev(fn)(w)))(w)
+    want = value_and_jacobian(expected)
     for fn in (got, fused_loss):
-      np.testing.assert_allclose(fn(w), expected(w), **TOL)
-      np.testing.assert_allclose(jax.jacrev(fn)(w), jax.jacrev(expected)(w), **TOL)
+      jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL),
+                   value_and_jacobian(fn), want)
 
 
 def test_per_example_weights_give_the_weighted_gradient():
@@ -198,8 +200,8 @@ def test_per_example_weights_give_the_weighted_gradient():
     h, w, b, labels, c = inputs64(batch=4)
     weights = jnp.array([0.0, 0.5, 1.0, 2.0])
     loss = lambda w: fused(h, w, labels, 0.3, chunk_size=3, z_loss=0.01)
-    weighted = jax.grad(lambda w: (weights * loss(w)).sum())(w)
-    per_example = jax.jacrev(loss)(w)
+    weighted = jax.jit(jax.grad(lambda w: (weights * loss(w)).sum()))(w)
+    per_example = jax.jit(jax.jacrev(loss))(w)
     np.testing.assert_allclose(weighted, jnp.einsum("b,bij->ij", weights, per_example), **TOL)
 
 

@@ -71,10 +71,10 @@ def test_where_gradient_equals_optax(data):
   """A class mask [1, C]: same gradient as optax's, exactly 0 on the masked class."""
   logits, labels, _, _ = data
   where = where_of_shape((1, C), None)
-  grad = jax.grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
-      z, labels, 0.0, gamma_lc=0.0, where=where).sum())(logits)
-  expected = jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(
-      z, labels, where=where).sum())(logits)
+  grad = jax.jit(jax.grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
+      z, labels, 0.0, gamma_lc=0.0, where=where).sum()))(logits)
+  expected = jax.jit(jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(
+      z, labels, where=where).sum()))(logits)
   np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(grad[:, 3], 0.0)
 
@@ -202,8 +202,8 @@ def test_a_class_mask_hiding_the_target_masks_the_example(data):
                cfl_jax.cyclical_focal_loss(logits, one_hot, 0.4, where=where)):
     np.testing.assert_array_equal(np.asarray(loss)[hidden], 0.0)
     assert np.all(np.asarray(loss)[~hidden] > 0)
-  grad = jax.grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
-      z, labels, 0.4, where=where).sum())(logits)
+  grad = jax.jit(jax.grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
+      z, labels, 0.4, where=where).sum()))(logits)
   np.testing.assert_array_equal(np.asarray(grad)[hidden], 0.0)
   np.testing.assert_allclose(
       cfl_jax.cyclical_focal_loss_with_integer_labels(
@@ -257,8 +257,8 @@ def test_per_example_weights_give_the_weighted_gradient(data, family):
     return jnp.sum(weights * families(z, labels[rows])[family](0.4, gamma_neg=2.0,
                                                               label_smoothing=0.1))
 
-  grad = jax.grad(total)(logits, np.arange(B), weights)
-  repeated_grad = jax.grad(lambda z: total(z[repeated], repeated, 1.0))(logits)
+  grad = jax.jit(jax.grad(lambda z: total(z, np.arange(B), weights)))(logits)
+  repeated_grad = jax.jit(jax.grad(lambda z: total(z[repeated], repeated, 1.0)))(logits)
   np.testing.assert_allclose(grad, repeated_grad, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(grad)[weights == 0], 0.0)
 
@@ -348,7 +348,7 @@ def test_dense_loss_on_logits_sharded_over_classes(options):
     return jax.value_and_grad(lambda z: cfl_jax.cyclical_focal_loss_with_integer_labels(
         z, t, 0.4, **options).sum())(z)
 
-  expected = loss_and_grad(logits, labels)
+  expected = jax.jit(loss_and_grad)(logits, labels)
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
   with jax.set_mesh(mesh):
     got = jax.jit(loss_and_grad)(jax.device_put(logits, P("data", "model")),
