@@ -269,9 +269,16 @@ def _zero_at_target(values, target):
   """``values`` ``[..., C]`` with ``values[..., target]`` set to 0 (see :func:`at_target`)."""
   if _class_axis_sharded(values):
     return jnp.where(jnp.arange(values.shape[-1]) != target[..., None], values, 0.0)
-  rows = tuple(jax.lax.broadcasted_iota(jnp.int32, target.shape, axis)
-               for axis in range(target.ndim))
-  return values.at[(*rows, target)].set(0.0, unique_indices=True)
+  # The leading axes as batching dimensions: a batch-sharded scatter stays local (indexing
+  # them with iotas instead makes XLA's partitioner all-gather the rows).
+  batch = tuple(range(target.ndim))
+  numbers = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=(), inserted_window_dims=(target.ndim,),
+      scatter_dims_to_operand_dims=(target.ndim,), operand_batching_dims=batch,
+      scatter_indices_batching_dims=batch)
+  return jax.lax.scatter(values, target[..., None], jnp.zeros(target.shape, values.dtype),
+                         numbers, indices_are_sorted=True, unique_indices=True,
+                         mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
 
 
 def log_scaled_sum(scaled_sum):
