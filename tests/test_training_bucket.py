@@ -23,7 +23,8 @@ from cfl_jax import store
 from cfl_jax.models import import_weights
 from cfl_jax.training import reporting, train, train_and_evaluate
 import checkpoint_fakes
-from training_helpers import comparable, finish, free_port, start_trainer, tiny_config, wait_for
+from training_helpers import comparable, finish, free_port, start_trainer, tensorboard_scalars
+from training_helpers import tiny_config, wait_for
 
 # Long enough (a few seconds of steps) that a subprocess is still training when it is interrupted
 # after its first checkpoint.
@@ -73,24 +74,32 @@ def test_atomic_writes_moves_and_listings_in_a_bucket(bucket_dir):
   assert store.relative_files(bucket_dir / "aside" / "a-1") == {"x.json", "sub/y.bin"}
 
 
-def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_dir):
+@pytest.mark.usefixtures("slow_tensorboard_thread")
+def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_dir, tmp_path):
+  """Each sync uploads every record and scalar logged so far, right after they were logged."""
   files = reporting.RunFiles(bucket_dir, enabled=True)
   files.keep_metrics_until(0)
-  files.append_metrics({"step": 5, "split": "train", "loss": 1.0})
+  for step in range(1, 201):
+    files.append_metrics({"step": step, "split": "train", "loss": step / 2})
   assert not (bucket_dir / "metrics.jsonl").exists()  # no append on an object store
   files.sync()
-  files.append_metrics({"step": 10, "split": "train", "loss": float("nan")})
+  assert [r["step"] for r in _read_metrics(bucket_dir)] == list(range(1, 201))
+  uploaded = tensorboard_scalars(bucket_dir / "tensorboard", tmp_path / "first")
+  assert uploaded["train/loss"] == [(step, step / 2) for step in range(1, 201)]
+  files.append_metrics({"step": 201, "split": "train", "loss": float("nan")})
   files.close()
-  assert _read_metrics(bucket_dir) == [{"step": 5, "split": "train", "loss": 1.0},
-                                       {"step": 10, "split": "train", "loss": None}]
-  assert len(list((bucket_dir / "tensorboard").iterdir())) == 1
+  assert _read_metrics(bucket_dir)[-1] == {"step": 201, "split": "train", "loss": None}
+  closed = tensorboard_scalars(bucket_dir / "tensorboard", tmp_path / "closed")
+  assert closed["train/loss"][-1][0] == 201
 
   resumed = reporting.RunFiles(bucket_dir, enabled=True)
   resumed.keep_metrics_until(5)
-  resumed.append_metrics({"step": 10, "split": "train", "loss": 2.0})
+  resumed.append_metrics({"step": 6, "split": "train", "loss": -1.0})
   resumed.close()
-  assert [r["loss"] for r in _read_metrics(bucket_dir)] == [1.0, 2.0]
-  assert len(list((bucket_dir / "tensorboard").iterdir())) == 2  # one event file a session
+  assert [r["loss"] for r in _read_metrics(bucket_dir)] == [0.5, 1.0, 1.5, 2.0, 2.5, -1.0]
+  expected = [(step, step / 2) for step in range(1, 6)] + [(6, -1.0)]
+  resumed_scalars = tensorboard_scalars(bucket_dir / "tensorboard", tmp_path / "resumed")
+  assert resumed_scalars["train/loss"] == expected
 
 
 # The runner on a bucket.
@@ -213,16 +222,23 @@ def test_two_processes_share_a_bucket_workdir_and_resume_together(bucket_dir, tm
   for process in range(2):
     assert any(name.startswith(f"state/ocdbt.process_{process}/") for name in checkpoint)
 
-  results = _finish_all(_two_processes(workdir, config))
+  resumed = _two_processes(workdir, config)
+  results = _finish_all(resumed)
   assert all(returncode == 0 for returncode, _ in results), results[0][1] + results[1][1]
   summary = _read_json(bucket_dir / "summary.json")
   assert summary["resumed_from_step"] == stopped and summary["num_processes"] == 2
-  # One writer: one set of run files, one event file a session, no duplicate record; the
-  # compilation cache both processes read (JAX writes it from process 0).
+  # One writer: one set of run files, each step once in the records and TensorBoard, all event
+  # files process 0's (named after its pid); the compilation cache both processes read (JAX
+  # writes it from process 0).
   assert {p.name for p in bucket_dir.iterdir()} == {
       "checkpoints", "compilation_cache", "config.json", "metrics.jsonl", "summary.json",
       "tensorboard"}
-  assert len(list((bucket_dir / "tensorboard").iterdir())) == 2
+  train_steps = [r["step"] for r in _read_metrics(workdir) if r["split"] == "train"]
+  assert train_steps == sorted(set(train_steps))
+  scalars = tensorboard_scalars(bucket_dir / "tensorboard", tmp_path / "events")
+  assert [step for step, _ in scalars["train/loss"]] == train_steps
+  writers = {int(p.name.rsplit(".", 1)[1]) for p in (bucket_dir / "tensorboard").iterdir()}
+  assert writers == {processes[0].pid, resumed[0].pid}
 
   # The trajectory of one process on 8 devices, to float precision while it lasts: the all-reduces
   # over two processes sum in another order, which 20 steps keep under 1e-5 and later steps

@@ -21,7 +21,6 @@ from google.auth import exceptions as auth_exceptions
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax import store
 from cfl_jax.training import ConfigError, StoreUnavailable, reporting, train_and_evaluate
@@ -29,7 +28,7 @@ from cfl_jax.store import workdir_lock
 from cfl_jax.training.train import Run
 from cfl_jax.training.checkpointing import Checkpointer
 from training_helpers import comparable, finish, start_trainer, tiny_config, user_environment
-from training_helpers import wait_for
+from training_helpers import tensorboard_scalars, wait_for
 
 # 15 steps an epoch: checkpoints every 10 steps, records every 5, evaluations at 30 and 60.
 _STEPS = 60
@@ -79,20 +78,6 @@ def _newest_committed(workdir: epath.Path) -> int:
   return max(step for step in _steps(workdir) if _committed(workdir, step))
 
 
-def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
-  """Every scalar series in ``logdir`` (local), read by TensorBoard's own event reader."""
-  events = event_accumulator.EventAccumulator(str(logdir))
-  events.Reload()
-  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-          for tag in events.Tags()["scalars"]}
-
-
-def _bucket_scalars(workdir: epath.Path, local_copy) -> dict[str, list[tuple[int, float]]]:
-  for event_file in (workdir / "tensorboard").iterdir():
-    (local_copy / event_file.name).write_bytes(event_file.read_bytes())
-  return _scalars(local_copy)
-
-
 def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) -> None:
   """The bucket run's summary, records and TensorBoard scalars equal the local run's."""
   reference_dir, reference_summary = uninterrupted
@@ -102,8 +87,9 @@ def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) 
   assert [(r["step"], r["split"]) for r in records] == [(r["step"], r["split"])
                                                         for r in reference]
   assert records == reference  # every record exactly once, step by step
-  scalars = _bucket_scalars(workdir, tmp_path)
-  assert scalars == _scalars(f"{reference_dir}/tensorboard")  # each step once, same values
+  scalars = tensorboard_scalars(workdir / "tensorboard", tmp_path / "events")
+  # Each step once, the same values.
+  assert scalars == tensorboard_scalars(f"{reference_dir}/tensorboard")
   assert [step for step, _ in scalars["train/loss"]] == list(range(5, _STEPS + 1, 5))
   assert not (workdir / "damaged_checkpoints").exists()
 

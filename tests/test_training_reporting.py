@@ -10,9 +10,9 @@ import sys
 
 import jax.numpy as jnp
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax.training import reporting
+from training_helpers import tensorboard_scalars
 
 
 def _steps(values):
@@ -59,14 +59,6 @@ def test_run_files_drop_the_records_after_the_resumed_step(tmp_path):
   assert not os.path.exists(tmp_path / "other")
 
 
-def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
-  """Every scalar series in ``logdir``, read by TensorBoard's own event reader."""
-  events = event_accumulator.EventAccumulator(str(logdir))
-  events.Reload()
-  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-          for tag in events.Tags()["scalars"]}
-
-
 def test_tensorboard_scalars_next_to_the_jsonl_records(tmp_path):
   files = reporting.RunFiles(str(tmp_path), enabled=True)
   files.keep_metrics_until(0)
@@ -76,11 +68,26 @@ def test_tensorboard_scalars_next_to_the_jsonl_records(tmp_path):
   files.append_metrics({"step": 10, "epoch": 2.0, "split": "eval", "test_accuracy": 0.75,
                         "few_shot_accuracy": None, "per_class_accuracy": [0.5, 1.0]})
   files.close()
-  scalars = _scalars(tmp_path / "tensorboard")
+  scalars = tensorboard_scalars(tmp_path / "tensorboard")
   assert scalars["train/loss"] == [(5, 0.5), (10, 1.0)]
   assert scalars["train/xi"] == [(5, 0.75), (10, 0.5)]
   assert scalars["eval/test_accuracy"] == [(10, 0.75)]
   assert "eval/few_shot_accuracy" not in scalars and "eval/per_class_accuracy" not in scalars
+
+
+@pytest.mark.usefixtures("slow_tensorboard_thread")
+def test_a_sync_writes_out_every_scalar_logged_before_it(tmp_path):
+  """What a run killed right after a checkpoint leaves: every scalar up to the checkpoint."""
+  files = reporting.RunFiles(str(tmp_path), enabled=True)
+  files.keep_metrics_until(0)
+  for step in range(1, 101):
+    files.append_metrics({"step": step, "split": "train", "loss": step / 2})
+  files.sync()
+  assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"] == [
+      (step, step / 2) for step in range(1, 101)]
+  files.append_metrics({"step": 101, "split": "train", "loss": 0.0})
+  files.close()
+  assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"][-1] == (101, 0.0)
 
 
 @pytest.mark.parametrize("resumed_from", [0, 10])
@@ -99,7 +106,7 @@ def test_a_restarted_run_holds_each_tensorboard_step_once(tmp_path, resumed_from
   resumed.close()
   assert len(os.listdir(tmp_path / "tensorboard")) == 2  # both sessions' files are there
   expected = [(step, 1.0 if step <= resumed_from else 2.0) for step in (5, 10, 15)]
-  assert _scalars(tmp_path / "tensorboard")["train/loss"] == expected
+  assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"] == expected
   with open(tmp_path / "metrics.jsonl") as f:
     assert [(r["step"], r["loss"]) for r in map(json.loads, f)] == expected
 
@@ -220,7 +227,7 @@ def test_tensorboard_has_the_best_values_so_far(tmp_path):
     best.update(record)
     files.append_best(step, best)
   files.close()
-  scalars = _scalars(tmp_path / "tensorboard")
+  scalars = tensorboard_scalars(tmp_path / "tensorboard")
   assert scalars["best/test_accuracy"] == [(10, 0.5), (20, 0.75), (30, 0.75)]
   assert not any(tag.endswith(("_epoch", "_step")) for tag in scalars)
   assert all(r["split"] == "eval" for r in reporting.read_metrics(tmp_path / "metrics.jsonl"))

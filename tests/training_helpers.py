@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
+from etils import epath
 import orbax.checkpoint as ocp
+from tensorboard.backend.event_processing import event_accumulator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,6 +114,22 @@ def read_summary(workdir: str) -> dict:
   """``summary.json``, parsed strictly (NaN or Infinity tokens fail the test)."""
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f, parse_constant=_refuse)
+
+
+def tensorboard_scalars(logdir, local_copy=None) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar series in ``logdir``, read by TensorBoard's own event reader; a ``logdir`` in a
+  bucket is first copied into the local directory ``local_copy``."""
+  logdir = epath.Path(logdir)
+  if local_copy is not None:
+    copy = epath.Path(local_copy)
+    copy.mkdir(parents=True, exist_ok=True)
+    for event_file in logdir.iterdir():
+      (copy / event_file.name).write_bytes(event_file.read_bytes())
+    logdir = copy
+  events = event_accumulator.EventAccumulator(str(logdir))
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+          for tag in events.Tags()["scalars"]}
 
 
 def _refuse(token: str):

@@ -246,9 +246,11 @@ class RunFiles:
   before each checkpoint save and :meth:`close` at the end.
 
   On a local disk records are appended to ``metrics.jsonl`` as they come and TensorBoard writes
-  its event file in place. An object store has no append, so there both are kept in a local
-  staging directory and uploaded whole by :meth:`sync` (each file one atomic object write,
-  retried through transient store errors) before every checkpoint is saved and at :meth:`close`.
+  its event files in place. An object store has no append, so there both are kept in a local
+  staging directory and uploaded by :meth:`sync` (each file one atomic object write, retried
+  through transient store errors) before every checkpoint is saved and at :meth:`close`: the whole
+  log, and each event file once, when it is complete. Each sync completes the event file it
+  began with (see :meth:`sync`), so a run has one event file per checkpoint and session.
   A checkpoint therefore exists only once the records up to its step are in the workdir: a run
   stopped (or a VM lost) at any moment leaves the records up to its newest checkpoint or beyond,
   and the resumed run drops those beyond (:meth:`keep_metrics_until`), which are exactly the
@@ -295,14 +297,9 @@ class RunFiles:
     disabled writer)."""
     if not self.enabled:
       return []
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
-              else self._path("tensorboard"))
-    # A file of its own per session, in the order of the sessions (event file names carry only
-    # the second, and TensorBoard reads the files in name order). Its purge step hides every
-    # earlier session's events after `step`, also on a restart from step 0.
-    self._events = SummaryWriter(os.fspath(events), purge_step=step + 1,
-                                 filename_suffix=f".{time.time_ns()}.{os.getpid()}")
+    # The session's first event file: its purge step hides every earlier session's events after
+    # `step`, also on a restart from step 0.
+    self._events = self._event_writer(purge_step=step + 1)
     path = self._path("metrics.jsonl")
     records = store.retrying(f"reading {path}",
                                lambda: read_metrics(path) if path.exists() else None)
@@ -314,6 +311,15 @@ class RunFiles:
     else:
       self._records = list(kept)
     return kept
+
+  def _event_writer(self, purge_step: int | None = None):
+    """A TensorBoard writer on a new event file, named after every earlier one (event file names
+    carry only the second, and TensorBoard reads the files in name order)."""
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
+              else self._path("tensorboard"))
+    return SummaryWriter(os.fspath(events), purge_step=purge_step,
+                         filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
@@ -347,32 +353,45 @@ class RunFiles:
           self._events.add_scalar(f"{prefix}/{key}", value, step)
 
   def sync(self) -> None:
-    """Object stores: uploads ``metrics.jsonl`` and this session's event file (a no-op on a
-    local disk, where both are written in place).
+    """Puts every record and scalar so far in the workdir: closes this event file (TensorBoard's
+    writer queues events for a thread and buffers them for minutes; only closing it writes out
+    both), in an object store uploads it and ``metrics.jsonl``, and opens the next event file.
 
     Raises:
       StoreUnavailable: when the store stays unreachable past the retry budget (see
         :func:`cfl_jax.store.retrying`); the run must stop before its next checkpoint.
       WorkdirLockLost: when the run's lease ran out (see :mod:`cfl_jax.store.fenced`).
     """
-    if not self.enabled or self._local or self._events is None:
+    if not self.enabled or self._events is None:
       return
+    if self._local:
+      self._events.close()
+    else:
+      self._upload()
+    self._events = self._event_writer()
+
+  def _upload(self) -> None:
+    """Uploads the whole log and closes the event writer, uploading (and then deleting) each
+    staged event file; a failure marks the store failed (:meth:`close` then uploads nothing)."""
     try:
       self._fence.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
-      self._events.flush()
       staged = epath.Path(self._events.logdir)
-      for event_file in staged.iterdir():
+      self._events.close()  # writes out its queue: flush() leaves queued events unwritten
+      self._events = None
+      for event_file in sorted(staged.iterdir()):
         self._fence.write_atomic(self._path("tensorboard") / event_file.name,
                                  event_file.read_bytes())
+        event_file.unlink()  # complete: never uploaded again
     except Exception:
-      self._store_failed = True  # close() uploads nothing more
+      self._store_failed = True
       raise
 
   def close(self) -> None:
     """Uploads what :meth:`sync` uploads (unless a sync gave up on the store), then closes the
     TensorBoard writer."""
-    if self._events is not None and not self._store_failed:
-      self.sync()
+    if (self.enabled and not self._local and self._events is not None
+        and not self._store_failed):
+      self._upload()
     self.abandon()
 
   def abandon(self) -> None:
