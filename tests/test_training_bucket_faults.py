@@ -78,8 +78,10 @@ def _newest_committed(workdir: epath.Path) -> int:
   return max(step for step in _steps(workdir) if _committed(workdir, step))
 
 
-def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) -> None:
-  """The bucket run's summary, records and TensorBoard scalars equal the local run's."""
+def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path, faults) -> None:
+  """The bucket run's summary, records and TensorBoard scalars equal the local run's, read with
+  the store's faults cleared (the reads are the test's, not the run's)."""
+  faults.clear()
   reference_dir, reference_summary = uninterrupted
   assert comparable(_read_json(workdir / "summary.json")) == comparable(reference_summary)
   records = reporting.read_metrics(workdir / "metrics.jsonl")
@@ -89,7 +91,8 @@ def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) 
   assert records == reference  # every record exactly once, step by step
   scalars = tensorboard_scalars(workdir / "tensorboard", tmp_path / "events")
   # Each step once, the same values.
-  assert scalars == tensorboard_scalars(f"{reference_dir}/tensorboard")
+  assert scalars == tensorboard_scalars(f"{reference_dir}/tensorboard"), _per_file(
+      tmp_path / "events")
   assert [step for step, _ in scalars["train/loss"]] == list(range(5, _STEPS + 1, 5))
   assert not (workdir / "damaged_checkpoints").exists()
 
@@ -106,13 +109,29 @@ def _stopped_with_one_line(code: int, output: str) -> str:
   return line
 
 
-def _relaunch_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path) -> None:
+def _per_file(logdir) -> str:
+  """Each event file's size and scalar steps by tag: where a scalar went missing."""
+  lines = []
+  for path in sorted(logdir.iterdir()):
+    single = logdir.parent / "single" / path.name
+    single.parent.mkdir(exist_ok=True)
+    for old in single.parent.iterdir():
+      old.unlink()
+    single.write_bytes(path.read_bytes())
+    steps = {tag: [step for step, _ in series]
+             for tag, series in tensorboard_scalars(single.parent).items()}
+    lines.append(f"{path.name} ({path.stat().st_size} bytes): {steps}")
+  return "\n".join(lines)
+
+
+def _relaunch_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path,
+                                    faults) -> None:
   """A relaunch resumes from the newest committed checkpoint and ends on the local result."""
   newest = _newest_committed(workdir)
   code, output = finish(_start(workdir), timeout=180)
   assert code == 0, output[-3000:]
   assert _read_json(workdir / "summary.json")["resumed_from_step"] == newest
-  _assert_ends_as_the_local_run(workdir, uninterrupted, tmp_path)
+  _assert_ends_as_the_local_run(workdir, uninterrupted, tmp_path, faults)
 
 
 # The retry helper: transient errors only, within the budget.
@@ -179,7 +198,7 @@ def test_a_run_under_store_faults_ends_as_the_uninterrupted_local_run(bucket_dir
   print("faults injected:", counts)
   assert code == 0, output[-3000:]
   assert counts["refused"] >= 3 and counts["failed_after_effect"] >= 3, counts
-  _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 
@@ -210,7 +229,7 @@ def test_two_hard_kills_and_relaunches_on_a_faulty_store_end_as_the_local_run(
   assert "Taking over the stale lock of" in output, output[-3000:]
   assert counts["refused"] + counts["failed_after_effect"] >= 5, counts
   assert _read_json(bucket_dir / "summary.json")["resumed_from_step"] == resumed_from[-1]
-  _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 def _committed_steps(workdir: epath.Path) -> list[int]:
@@ -258,7 +277,7 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
         output.strip().splitlines()[-1])
   assert gcs_faults.counts()["dropped_in_outage"] > 0
   if code == 0:  # rode it out
-    _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+    _assert_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
     return
   line = _stopped_with_one_line(code, output)
   assert "The store kept failing while" in line or "Could not save checkpoint" in line, line
@@ -267,7 +286,7 @@ def test_an_outage_longer_than_the_retry_budget_in_mid_training(bucket_dir, gcs_
   print("checkpoint directories:", _steps(bucket_dir), "newest committed:",
         _newest_committed(bucket_dir))
   assert not (bucket_dir / "damaged_checkpoints").exists()
-  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 # A relaunch's restore under two faults: the answers to the reads of the checkpoint's items (its
@@ -317,7 +336,7 @@ def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_as
                         "the first failed read")
   assert f"The store kept failing while reading checkpoint {bucket_dir}/checkpoints/" in line, line
   assert _steps(bucket_dir) == checkpoints and not (bucket_dir / "damaged_checkpoints").exists()
-  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 def test_a_store_stalling_during_a_save_stops_the_run_in_time(bucket_dir, gcs_faults,
@@ -335,7 +354,7 @@ def test_a_store_stalling_during_a_save_stops_the_run_in_time(bucket_dir, gcs_fa
                         "the first stalled request")
   assert "Could not save checkpoint" in line or "The store kept failing while" in line, line
   assert not (bucket_dir / "damaged_checkpoints").exists()
-  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 # (d) The records up to a checkpoint are in the workdir before the checkpoint is started.
@@ -358,7 +377,7 @@ def test_an_upload_failing_past_the_budget_stops_the_run_before_its_checkpoint(
   uploaded = reporting.read_metrics(bucket_dir / "metrics.jsonl")
   assert uploaded[-1]["step"] > newest  # the failed sync's records reached the bucket,
   assert not (bucket_dir / "checkpoints" / str(uploaded[-1]["step"])).exists()  # its save never
-  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path)
+  _relaunch_ends_as_the_local_run(bucket_dir, uninterrupted, tmp_path, gcs_faults)
 
 
 # (f) A checkpoint that reads but does not decode is still set aside.
