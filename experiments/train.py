@@ -97,9 +97,7 @@ def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
   """
   _report(message)
   if abandon_threads:
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    agreement.flush_output()
     os._exit(status)
   sys.exit(status)
 

@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import re
-import socket
-import threading
 import time
 import urllib.parse
 import uuid
@@ -26,6 +24,7 @@ import pytest
 from cfl_jax import store
 from cfl_jax.store import lock_object, workdir_lock
 from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
+from store_proxy import StoreProxy
 from training_helpers import finish, start_trainer, tiny_config
 
 pytestmark = pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
@@ -152,91 +151,14 @@ def test_compilation_cache_writes_stop_with_the_lease(bucket_dir, gcs_faults, tm
     assert set(os.listdir(cache)) == entries
 
 
-class _Partition:
-  """A TCP proxy between one run and the emulator that can cut it off the store.
-
-  ``cut()``: the run's connections stay open but nothing passes either way, and what arrives is
-  dropped (a stalled, black-holed network); new ones are accepted and held the same way. The
-  emulator's ends are closed, so it goes on serving the other run. ``heal()`` closes the held
-  connections, as a partition longer than TCP's patience does, and forwards again. Every
-  request forwarded is logged with the monotonic time it passed: ``(time, head and start of
-  the body)``.
-  """
-
-  def __init__(self, upstream: str):
-    host, port = upstream.removeprefix("http://").split(":")
-    self._upstream = (host, int(port))
-    self._listener = socket.create_server(("127.0.0.1", 0))
-    self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-    self._cut = threading.Event()
-    self._lock = threading.Lock()
-    self._clients: list[socket.socket] = []
-    self._upstreams: list[socket.socket] = []
-    self.requests: list[tuple[float, bytearray]] = []
-    threading.Thread(target=self._accept, daemon=True).start()
-
-  def _accept(self) -> None:
-    while True:
-      try:
-        client, _ = self._listener.accept()
-      except OSError:
-        return
-      upstream = None if self._cut.is_set() else socket.create_connection(self._upstream)
-      with self._lock:
-        self._clients.append(client)
-        if upstream is not None:
-          self._upstreams.append(upstream)
-      threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-      if upstream is not None:
-        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-  def _pump(self, source: socket.socket, target: socket.socket | None, log: bool) -> None:
-    request = None
-    with contextlib.suppress(OSError):
-      while data := source.recv(65536):
-        if self._cut.is_set() or target is None:
-          continue
-        if log and re.match(rb"(GET|POST|PUT|DELETE|PATCH) ", data):
-          request = bytearray(data[:8192])
-          self.requests.append((time.monotonic(), request))
-        elif log and request is not None and len(request) < 8192:
-          request += data[:8192 - len(request)]
-        target.sendall(data)
-    if not self._cut.is_set():  # while cut, the run's end is held open
-      for end in (source, target):
-        with contextlib.suppress(OSError, AttributeError):
-          end.shutdown(socket.SHUT_RDWR)
-
-  def _close(self, ends: list[socket.socket]) -> None:
-    for end in ends:
-      with contextlib.suppress(OSError):
-        end.shutdown(socket.SHUT_RDWR)
-
-  def cut(self) -> None:
-    self._cut.set()
-    with self._lock:
-      upstreams, self._upstreams = self._upstreams, []
-    self._close(upstreams)
-
-  def heal(self) -> None:
-    with self._lock:
-      clients, self._clients = self._clients, []
-    self._close(clients)
-    self._cut.clear()
-
-  def close(self) -> None:
-    self._listener.close()
-    self.heal()
-    self._close(self._upstreams)
-
-  def writes_since(self, since: float, prefix: str) -> set[str]:
-    """The objects under ``prefix`` named by the write requests forwarded after ``since``."""
-    names = set()
-    for at, request in self.requests:
-      text = urllib.parse.unquote(bytes(request).decode(errors="replace"))
-      if at > since and not text.startswith("GET "):
-        names |= set(re.findall(rf"{re.escape(prefix)}/[\w./-]+", text))
-    return names
+def _writes_since(proxy: StoreProxy, since: float, prefix: str) -> set[str]:
+  """The objects under ``prefix`` named by the writes ``proxy`` forwarded after ``since``."""
+  names = set()
+  for at, request in proxy.requests:
+    text = urllib.parse.unquote(bytes(request).decode(errors="replace"))
+    if at > since and not text.startswith("GET "):
+      names |= set(re.findall(rf"{re.escape(prefix)}/[\w./-]+", text))
+  return names
 
 
 def _committed_steps(workdir: epath.Path) -> list[int]:
@@ -268,7 +190,7 @@ def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_ov
   # cut off after its first checkpoint, the new one takes the workdir over (4 s later, the
   # stale time) and saves; then the old one is reconnected and tries to write again.
   emulator = os.environ["STORAGE_EMULATOR_HOST"]
-  partition = _Partition(emulator)
+  partition = StoreProxy(emulator)
   lock_timings = {workdir_lock.HEARTBEAT_VARIABLE: "1", workdir_lock.STALE_VARIABLE: "4",
                   store.RETRY_SECONDS_VARIABLE: "20"}
   config = tiny_config(num_train_steps=60, checkpoint_every_steps=10, log_every_steps=5,
@@ -280,7 +202,7 @@ def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_ov
   new = None
   try:
     _wait_for(lambda: _committed_steps(bucket_dir), old, timeout=300)  # start-up: compilation
-    partition.cut()
+    partition.cut(hold=True)
     cut_at = time.monotonic()
     cut_off_with = _committed_steps(bucket_dir)
     new = start_trainer(workdir, config, env=lock_timings)
@@ -299,7 +221,7 @@ def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_ov
   print(f"cut off at {cut_at - started:.0f} s with checkpoints {cut_off_with}, taken over at "
         f"{took_over - started:.0f} s, healed at {healed - started:.0f} s, ended at "
         f"{time.monotonic() - started:.0f} s; the old run's writes forwarded after the takeover: "
-        f"{sorted(partition.writes_since(took_over, prefix))}")
+        f"{sorted(_writes_since(partition, took_over, prefix))}")
   assert old_code == 1 and "Traceback" not in old_output, old_output
   errors = [line for line in old_output.splitlines() if line.startswith("experiments.train:")]
   assert len(errors) == 1 and re.fullmatch(
@@ -310,7 +232,7 @@ def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_ov
   assert new_code == 0, new_output[-3000:]
   # After the takeover the old run wrote nothing but its lock (its release, refused: the
   # object holds another generation), and the new run ends with its own last checkpoints.
-  assert partition.writes_since(took_over, prefix) <= {f"{prefix}/.lock"}
+  assert _writes_since(partition, took_over, prefix) <= {f"{prefix}/.lock"}
   assert _committed_steps(bucket_dir) == [50, 60]
   summary = json.loads((bucket_dir / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["train_steps"] == 60

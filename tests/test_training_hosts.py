@@ -7,10 +7,7 @@ within the retry budget plus the margin the deployment guide states, rather than
 waiting in a collective for the other.
 """
 
-import contextlib
 import os
-import socket
-import threading
 import time
 import uuid
 
@@ -18,6 +15,7 @@ from etils import epath
 import pytest
 
 from cfl_jax import store
+from store_proxy import StoreProxy
 from training_helpers import finish, free_port, start_trainer, tiny_config
 
 pytestmark = pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
@@ -32,82 +30,17 @@ _CONFIG = tiny_config(num_train_steps=20, checkpoint_every_steps=5, log_every_st
                       eval_every_epochs=0)
 
 
-class _Proxy:
-  """A TCP forwarder on loopback to the emulator. Once :meth:`cut`, or once its process sends a
-  request naming :attr:`cut_on` (which is then not sent), it drops its connections and closes
-  every new one at once, noting when its process first reached the dead store."""
-
-  def __init__(self, upstream: str):
-    self._upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
-    self._listener = socket.create_server(("127.0.0.1", 0))
-    self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-    self._open: list[socket.socket] = []
-    self._cut = False
-    self.cut_on: bytes | None = None
-    self.cut_at: float | None = None  # time.time() of the cut by cut_on
-    self.first_refused: float | None = None  # time.time() of the first connection refused
-    threading.Thread(target=self._accept, daemon=True).start()
-
-  def _accept(self) -> None:
-    while True:
-      try:
-        client, _ = self._listener.accept()
-      except OSError:
-        return  # closed
-      if self._cut:
-        self.first_refused = self.first_refused or time.time()
-        client.close()
-        continue
-      upstream = socket.create_connection(self._upstream)
-      self._open += [client, upstream]
-      threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
-      threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-
-  def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
-    """Passes the process's requests on, until one names :attr:`cut_on`."""
-    with contextlib.suppress(OSError):
-      while data := client.recv(1 << 16):
-        if self.cut_on is not None and self.cut_on in data:
-          self.cut_at = time.time()
-          self.cut()
-          return
-        upstream.sendall(data)
-    with contextlib.suppress(OSError):
-      upstream.shutdown(socket.SHUT_WR)
-
-  def cut(self) -> None:
-    self._cut = True
-    for connection in self._open:
-      with contextlib.suppress(OSError):
-        connection.shutdown(socket.SHUT_RDWR)
-      connection.close()
-
-  def close(self) -> None:
-    self.cut()
-    with contextlib.suppress(OSError):
-      self._listener.shutdown(socket.SHUT_RDWR)
-    self._listener.close()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-  with contextlib.suppress(OSError):
-    while data := source.recv(1 << 16):
-      sink.sendall(data)
-  with contextlib.suppress(OSError):
-    sink.shutdown(socket.SHUT_WR)
-
-
 @pytest.fixture
 def proxies(gcs_bucket):
   """One proxy per process, in process order."""
   del gcs_bucket  # started, and its URL in the environment
-  made = [_Proxy(os.environ["STORAGE_EMULATOR_HOST"]) for _ in range(2)]
+  made = [StoreProxy(os.environ["STORAGE_EMULATOR_HOST"]) for _ in range(2)]
   yield made
   for proxy in made:
     proxy.close()
 
 
-def _two_processes(workdir: epath.Path, proxies: list[_Proxy]) -> list:
+def _two_processes(workdir: epath.Path, proxies: list[StoreProxy]) -> list:
   """The runner as processes 0 and 1 of one ``jax.distributed`` job, 4 CPU devices each, each
   reaching the store through its own proxy."""
   flags = ["--distributed", f"--coordinator_address=127.0.0.1:{free_port()}",
@@ -121,14 +54,14 @@ def _two_processes(workdir: epath.Path, proxies: list[_Proxy]) -> list:
           for i, proxy in enumerate(proxies)]
 
 
-def _stopped_alike(processes, proxy: _Proxy) -> str:
+def _stopped_alike(processes, proxy: StoreProxy) -> str:
   """Waits for both processes; asserts they stopped with exit status 1 and the same one-line
   error within the budget plus the margin after ``proxy``'s process first found the store
   gone; returns that line."""
-  deadline, results = time.time() + _BUDGET + _MARGIN + 150, []  # start-up and compilation too
+  deadline, results = time.monotonic() + _BUDGET + _MARGIN + 150, []  # start-up and compilation too
   try:
     for process in processes:
-      results.append(finish(process, timeout=max(1.0, deadline - time.time())))
+      results.append(finish(process, timeout=max(1.0, deadline - time.monotonic())))
   except AssertionError as timed_out:  # show what the process after it was doing too
     for process in processes:
       process.kill()
@@ -136,7 +69,7 @@ def _stopped_alike(processes, proxy: _Proxy) -> str:
     raise AssertionError(f"{timed_out}\nThe next process:\n{later[-3000:]}") from None
   failed = proxy.cut_at or proxy.first_refused
   assert failed is not None
-  elapsed = time.time() - failed
+  elapsed = time.monotonic() - failed
   lines = []
   for code, output in results:
     # Python's report of a fatal signal ends in one long line listing the extension modules.

@@ -212,7 +212,7 @@ def _end(message: str) -> None:
   if report is None:  # the program has left watching_for_stops: it ends on its own
     return
   _ending.acquire()  # the main thread or the watcher, never both
-  _flush()
+  flush_output()
   streams = os.dup(1), os.dup(2)
   quiet = os.open(os.devnull, os.O_WRONLY)
   os.dup2(quiet, 1)
@@ -225,13 +225,15 @@ def _end(message: str) -> None:
     time.sleep(_EXIT_GRACE_SECONDS)  # their exit, after their word
   sys.stdout, sys.stderr = (os.fdopen(stream, "w") for stream in streams)
   report(message)
-  _flush()
+  flush_output()
   if index != 0:
     client.key_value_set(f"{_ENDING_KEY}{index}", "")
   os._exit(1)  # pylint: disable=protected-access (threads may be blocked in collectives)
 
 
-def _flush() -> None:
+def flush_output() -> None:
+  """Flushes absl's log, stdout and stderr: the last thing before ``os._exit``, which skips
+  Python's own flushing."""
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()

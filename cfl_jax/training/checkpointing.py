@@ -417,9 +417,10 @@ class Checkpointer:
     """
     if self._failed:
       return
-    if not all(agreement.gather("1" if self._fence.admits() else "")):  # process 0's lease
+    admitted = self._fence.admits()
+    if not all(agreement.gather("1" if admitted else "")):  # process 0's lease
       self._failed = True
-      if self._saving_step is not None and not self._fence.admits():  # its commit is refused
+      if self._saving_step is not None and not admitted:  # its commit is refused
         self._fence.check()
       return
     self._finish_saving()
