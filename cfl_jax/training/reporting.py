@@ -367,17 +367,18 @@ class RunFiles:
     if self._local:
       self._events.close()
     else:
-      self._upload()
+      self._upload(self._events)
     self._events = self._event_writer()
 
-  def _upload(self) -> None:
-    """Uploads the whole log and closes the event writer, uploading (and then deleting) each
-    staged event file; a failure marks the store failed (:meth:`close` then uploads nothing)."""
+  def _upload(self, events) -> None:
+    """Closes ``events``, the open writer, then uploads the whole log and each staged event file
+    (deleting it once uploaded); a failure marks the store failed (:meth:`close` then uploads
+    nothing)."""
+    self._events = None
+    staged = epath.Path(events.logdir)
+    events.close()  # writes out its queue: flush() leaves queued events unwritten
     try:
       self._fence.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
-      staged = epath.Path(self._events.logdir)
-      self._events.close()  # writes out its queue: flush() leaves queued events unwritten
-      self._events = None
       for event_file in sorted(staged.iterdir()):
         self._fence.write_atomic(self._path("tensorboard") / event_file.name,
                                  event_file.read_bytes())
@@ -391,7 +392,7 @@ class RunFiles:
     TensorBoard writer."""
     if (self.enabled and not self._local and self._events is not None
         and not self._store_failed):
-      self._upload()
+      self._upload(self._events)
     self.abandon()
 
   def abandon(self) -> None:
