@@ -320,7 +320,11 @@ def main(port: int, bucket: str) -> None:
   objects.delete = _delete_with_precondition(objects.delete)
   # Also reached from insert (POST), which passes the parts of resumable uploads on to it.
   objects.upload_partial = _upload_partial_of_completed_sessions(objects.upload_partial)
-  from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator import server, storage  # pylint: disable=g-import-not-at-top
+  # In memory, the emulator still serialises the metadata of every object it holds (deleted ones
+  # too) to its `.meta` file after each write: a write cost 17 ms with 500 objects in the bucket
+  # and 116 ms with 3,000, under the storage lock. Nothing reads that file back in memory.
+  storage.Storage._write_config_to_file = lambda self: None  # pylint: disable=protected-access
   faults, storage_lock = Faults(), threading.Lock()
   for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
     name = f"do_{method}"
