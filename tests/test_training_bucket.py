@@ -129,29 +129,6 @@ def test_a_second_run_on_a_bucket_workdir_is_refused_within_a_minute(bucket_dir)
 
 
 @pytest.mark.usefixtures("runner_subprocesses_share_the_module_cache")
-def test_preempted_in_a_bucket_and_resumed_equals_an_uninterrupted_local_run(bucket_dir,
-                                                                             uninterrupted):
-  workdir = os.fspath(bucket_dir)
-  process = start_trainer(workdir, _CONFIG)
-  # metrics.jsonl reaches the bucket with the first checkpoint; preempt right after it.
-  wait_for(lambda: (bucket_dir / "metrics.jsonl").exists(), process, timeout=180)
-  process.send_signal(signal.SIGTERM)
-  code, output = finish(process, timeout=120)
-  assert code == 0 and "Preempted after step" in output, output
-  assert not (bucket_dir / "summary.json").exists() and not (bucket_dir / ".lock").exists()
-  stopped = _steps(workdir)[-1]
-  assert 20 <= stopped < _STEPS and _read_metrics(workdir)[-1]["step"] <= stopped
-
-  code, output = finish(start_trainer(workdir, _CONFIG), timeout=180)
-  assert code == 0, output
-  reference_dir, reference_summary = uninterrupted
-  summary = _read_json(bucket_dir / "summary.json")
-  assert summary["resumed_from_step"] == stopped
-  assert comparable(summary) == comparable(reference_summary)
-  assert _read_metrics(workdir) == _read_metrics(reference_dir)  # every record, exactly
-  assert _read_json(bucket_dir / "config.json") == _read_json(f"{reference_dir}/config.json")
-
-
 # Orbax leaves a coroutine of the failed read behind; harmless, but pytest reports it.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_checkpoint_in_a_bucket_is_moved_aside(bucket_dir, uninterrupted, caplog):

@@ -84,6 +84,7 @@ def _assert_ends_as_the_local_run(workdir: epath.Path, uninterrupted, tmp_path, 
   faults.clear()
   reference_dir, reference_summary = uninterrupted
   assert comparable(_read_json(workdir / "summary.json")) == comparable(reference_summary)
+  assert _read_json(workdir / "config.json") == _read_json(f"{reference_dir}/config.json")
   records = reporting.read_metrics(workdir / "metrics.jsonl")
   reference = reporting.read_metrics(f"{reference_dir}/metrics.jsonl")
   assert [(r["step"], r["split"]) for r in records] == [(r["step"], r["split"])
@@ -321,6 +322,8 @@ def _stops_in_time(process, gcs_faults, budget, what, since):
 @pytest.mark.parametrize("fault", list(_RESTORE_FAULTS))
 def test_a_fault_during_a_relaunchs_restore_stops_it_in_time_and_sets_nothing_aside(
     bucket_dir, gcs_faults, uninterrupted, tmp_path, fault):
+  """A run preempted in a bucket (SIGTERM: it saves and stops), relaunched into a fault during
+  its restore, then relaunched again: that one resumes and ends as the uninterrupted local run."""
   first = _start(bucket_dir)
   wait_for(lambda: _committed(bucket_dir, 10), first, timeout=180)
   first.send_signal(signal.SIGTERM)
