@@ -113,14 +113,12 @@ def _stopped_with_one_line(code: int, output: str) -> str:
 def _per_file(logdir) -> str:
   """Each event file's size and scalar steps by tag: where a scalar went missing."""
   lines = []
-  for path in sorted(logdir.iterdir()):
-    single = logdir.parent / "single" / path.name
-    single.parent.mkdir(exist_ok=True)
-    for old in single.parent.iterdir():
-      old.unlink()
-    single.write_bytes(path.read_bytes())
+  for index, path in enumerate(sorted(logdir.iterdir())):
+    alone = logdir.parent / "by_file" / str(index)  # a directory holding this file only
+    alone.mkdir(parents=True)
+    (alone / path.name).write_bytes(path.read_bytes())
     steps = {tag: [step for step, _ in series]
-             for tag, series in tensorboard_scalars(single.parent).items()}
+             for tag, series in tensorboard_scalars(alone).items()}
     lines.append(f"{path.name} ({path.stat().st_size} bytes): {steps}")
   return "\n".join(lines)
 

@@ -15,11 +15,11 @@ import signal
 import jax
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from cfl_jax.training import CheckpointError, train_and_evaluate
 from training_helpers import (REPO, comparable, final_params, finish, free_port, read_metrics,
-                              read_summary, start_trainer, tiny_config, wait_for)
+                              read_summary, start_trainer, tensorboard_scalars, tiny_config,
+                              wait_for)
 
 # Long enough (~1 s of steps) that a subprocess is still training when it is interrupted.
 _CONFIG = tiny_config(num_train_steps=150, checkpoint_every_steps=20, log_every_steps=5,
@@ -132,11 +132,10 @@ def test_the_summary_reports_the_best_evaluation(uninterrupted):
   assert (summary["best_epoch"], summary["best_step"]) == (first["epoch"], first["step"])
   assert summary["test_accuracy"] == evaluations[-1]["test_accuracy"]  # the final model's
   assert not any(key.startswith(("best_ema", "best_validation")) for key in summary)
-  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
-  events.Reload()
-  scalars = events.Scalars("best/test_accuracy")  # float32: the best so far at each evaluation
-  assert [e.step for e in scalars] == [60, 120, 150]
-  assert [e.value for e in scalars] == pytest.approx(
+  # float32: the best so far at each evaluation
+  scalars = tensorboard_scalars(os.path.join(workdir, "tensorboard"))["best/test_accuracy"]
+  assert [step for step, _ in scalars] == [60, 120, 150]
+  assert [value for _, value in scalars] == pytest.approx(
       [max(r["test_accuracy"] for r in evaluations[:i + 1]) for i in range(3)])
 
 
