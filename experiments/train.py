@@ -93,12 +93,13 @@ def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
   failed in a store outage leaves orbax threads waiting (up to its 20-minute timeout) for
   signals of that save which never come; the run has already closed its files and released its
   lock, so nothing is left for them to do. A run that lost its lock leaves a save in flight
-  unfinished: its commit would be refused, and its writes must stop with the process.
+  unfinished: its commit would be refused, and its writes must stop with the process. Every
+  process of the run gets the same error here, and they end in order (process 0 last, see
+  :func:`cfl_jax.store.agreement.leave`).
   """
-  _report(message)
   if abandon_threads:
-    agreement.flush_output()
-    os._exit(status)
+    agreement.leave(status, lambda: _report(message))
+  _report(message)
   sys.exit(status)
 
 

@@ -1,6 +1,7 @@
 """``cfl_jax.store.agreement`` in two real ``jax.distributed`` processes on the CPU: a failure on
 either one is raised on both, as itself when the phase passes its type on, else as ``HostFailed``
-naming the process that failed; one in a phase with collectives of its own stops both."""
+naming the process that failed; one in a phase with collectives of its own stops both; processes
+that end at once end in order."""
 
 import os
 import re
@@ -94,3 +95,41 @@ def test_a_failure_amid_collectives_of_the_phase_stops_both_with_its_message(fai
   for output in outputs:  # the message is the last line; nothing after the stop shows
     assert output.strip().splitlines()[-1] == f"stopped: disk full ({failing})", output
     assert "not stopped" not in output and "Traceback" not in output, output
+
+
+# Both processes get the same error and end at once; process 1 gets there 2 s later (as when it
+# still waits for a thread to finish). Ended with a plain os._exit, process 0 would take the
+# coordination service with it and JAX would abort process 1 (SIGABRT) while it is still busy.
+_LEAVE_SCRIPT = textwrap.dedent("""
+    import sys
+    import time
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                               process_id=int(sys.argv[2]), initialization_timeout=60)
+    from cfl_jax import store
+    from cfl_jax.store import agreement
+
+    try:
+      with agreement.together("writing the run files"):
+        raise store.StoreUnavailable("The store kept failing.")
+    except store.StoreUnavailable as error:
+      if jax.process_index() == 1:
+        time.sleep(2)
+      agreement.leave(1, lambda: print(f"ending: {error}"))
+""")
+
+
+def test_processes_that_end_at_once_end_with_their_status_process_0_last():
+  address = f"127.0.0.1:{free_port()}"
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  processes = [subprocess.Popen([sys.executable, "-c", _LEAVE_SCRIPT, address, str(i)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  try:
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+  finally:
+    for process in processes:
+      process.kill()
+  assert [process.returncode for process in processes] == [1, 1], outputs
+  for output in outputs:
+    assert output.strip().splitlines()[-1] == "ending: The store kept failing.", output

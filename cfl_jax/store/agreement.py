@@ -18,8 +18,9 @@ would meet theirs, of another size; CPU collectives (gloo) then abort both proce
 runs inside :func:`stop_all_on`: an error that leaves it stops every process at once, through the
 coordination service of ``jax.distributed`` (no collective), with that error's message. A program
 opts in with :func:`watching_for_stops`, which says how to report the message; the processes end
-with exit status 1, process 0 last (it serves the coordination service the others need until they
-end).
+with exit status 1 through :func:`leave`, process 0 last (it serves the coordination service the
+others need until they end). A program that ends its processes at once on an error they all
+raised (e.g. from :func:`together`) ends them through :func:`leave` too.
 """
 
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ import os
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from absl import logging
 import jax
@@ -202,7 +204,7 @@ def stop_all_on(*errors: type[Exception]) -> Iterator[None]:
 
 
 def _end(message: str) -> None:
-  """Reports ``message`` and exits (status 1), every other process before process 0.
+  """Reports ``message`` and exits (status 1) through :func:`leave`.
 
   From here on the process's other output is dropped: its threads blocked in collectives see
   their peers go and fail (tracebacks, gloo's and the coordination service's notes), which says
@@ -217,18 +219,41 @@ def _end(message: str) -> None:
   quiet = os.open(os.devnull, os.O_WRONLY)
   os.dup2(quiet, 1)
   os.dup2(quiet, 2)
-  client, index = _client(), jax.process_index()
-  if index == 0:  # it serves the coordination service: the others end first
-    for other in range(1, jax.process_count()):
+
+  def last_words() -> None:
+    sys.stdout, sys.stderr = (os.fdopen(stream, "w") for stream in streams)
+    report(message)
+
+  leave(1, last_words)
+
+
+def leave(status: int, last_words: Callable[[], None] = lambda: None) -> NoReturn:
+  """Ends this process at once with exit status ``status``, after ``last_words()``.
+
+  It exits through ``os._exit``: threads blocked in collectives or store calls are abandoned, and
+  exit handlers do not run. In a multi-process run every process that ends this way must end
+  through it, process 0 last: process 0 serves the coordination service of
+  ``jax.distributed``, and JAX aborts a process still connected to it when it goes (SIGABRT and a
+  fatal-error report instead of ``status``). So process 0 waits for the others' word that they
+  are ending (10 s at most), and each other process gives that word as its last act.
+
+  Args:
+    status: the exit status.
+    last_words: called just before the exit (e.g. prints the error line); output is flushed
+      after it.
+  """
+  processes, index = jax.process_count(), jax.process_index()
+  client = _client() if processes > 1 else None
+  if client is not None and index == 0:
+    for other in range(1, processes):
       with contextlib.suppress(Exception):  # a process that died already says nothing
         client.blocking_key_value_get(f"{_ENDING_KEY}{other}", _ENDING_WAIT_MS)
     time.sleep(_EXIT_GRACE_SECONDS)  # their exit, after their word
-  sys.stdout, sys.stderr = (os.fdopen(stream, "w") for stream in streams)
-  report(message)
+  last_words()
   flush_output()
-  if index != 0:
+  if client is not None and index != 0:
     client.key_value_set(f"{_ENDING_KEY}{index}", "")
-  os._exit(1)  # pylint: disable=protected-access (threads may be blocked in collectives)
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def flush_output() -> None:
