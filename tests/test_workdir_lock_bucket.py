@@ -402,10 +402,16 @@ def test_a_trainer_rides_out_heartbeat_failures_and_stops_once_its_lock_is_taken
       "took it over (pid 999 on rival-vm). It stopped before its next checkpoint and writes "
       "nothing more there; run it again to resume.")
   assert _record(workdir) == rival  # left alone
-  # Nothing written after the check that found the lock lost: metrics.jsonl ends at the newest
-  # checkpoint (the records logged since are not uploaded), and there is no summary.
+  # Nothing written after the check that found the lock lost: no summary, and metrics.jsonl ends
+  # at a checkpoint step with every record once. That step is the newest checkpoint's, or the
+  # next one's when the takeover fell between that step's run-file sync (admitted: the heartbeat
+  # had not seen the rival yet) and its checkpoint, which the fence then refused (seen once in
+  # about 10 runs; a relaunch drops those records as it resumes from the newest checkpoint).
   newest = _newest_checkpoint(workdir)
-  assert max(r["step"] for r in reporting.read_metrics(bucket_dir / "metrics.jsonl")) == newest
+  records = reporting.read_metrics(bucket_dir / "metrics.jsonl")
+  last = max(r["step"] for r in records)
+  assert last in (newest, newest + config["checkpoint_every_steps"]), (last, newest)
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(20, last + 1, 20))
   assert not (bucket_dir / "summary.json").exists()
 
 
