@@ -5,6 +5,7 @@ Single-device code is unaffected: unsharded arrays live on device 0.
 """
 import contextlib
 import os
+import time
 
 import pytest
 
@@ -139,6 +140,16 @@ def gcs_faults(gcs_bucket):
 # Fixtures of the tests that train (a compilation cache shared with their runs or subprocesses)
 # or talk to the GCS emulator.
 _SLOW_FIXTURES = {"gcs_bucket", "compilation_cache", "module_compilation_cache"}
+
+
+@pytest.fixture
+def slow_tensorboard_thread(monkeypatch):
+  """TensorBoard's event writer thread, slowed to 20 ms an event (as on a loaded machine, where
+  CI once lost the last scalar): events are still queued when a run syncs its files."""
+  from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+  write_event = event_file_writer.EventsWriter.write_event
+  monkeypatch.setattr(event_file_writer.EventsWriter, "write_event",
+                      lambda self, event: (time.sleep(0.02), write_event(self, event))[1])
 
 
 def pytest_configure(config):

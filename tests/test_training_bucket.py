@@ -74,6 +74,7 @@ def test_atomic_writes_moves_and_listings_in_a_bucket(bucket_dir):
   assert store.relative_files(bucket_dir / "aside" / "a-1") == {"x.json", "sub/y.bin"}
 
 
+@pytest.mark.usefixtures("slow_tensorboard_thread")
 def test_run_files_in_a_bucket_appear_at_each_sync_and_resume_at_a_step(bucket_dir, tmp_path):
   """Each sync uploads every record and scalar logged so far, right after they were logged."""
   files = reporting.RunFiles(bucket_dir, enabled=True)

@@ -7,7 +7,6 @@ import os
 import pty
 import select
 import sys
-import threading
 
 import jax.numpy as jnp
 import pytest
@@ -76,34 +75,19 @@ def test_tensorboard_scalars_next_to_the_jsonl_records(tmp_path):
   assert "eval/few_shot_accuracy" not in scalars and "eval/per_class_accuracy" not in scalars
 
 
+@pytest.mark.usefixtures("slow_tensorboard_thread")
 def test_a_sync_writes_out_every_scalar_logged_before_it(tmp_path):
-  """What a run killed right after a checkpoint leaves: every scalar up to the checkpoint.
-
-  The events are written by the calling thread: tensorboardX's ``SummaryWriter`` queues them
-  for a thread of its own, whose ``close()`` at times left the last one unwritten.
-  """
-  threads = set(threading.enumerate())
+  """What a run killed right after a checkpoint leaves: every scalar up to the checkpoint."""
   files = reporting.RunFiles(str(tmp_path), enabled=True)
   files.keep_metrics_until(0)
   for step in range(1, 101):
     files.append_metrics({"step": step, "split": "train", "loss": step / 2})
-  assert set(threading.enumerate()) == threads
   files.sync()
   assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"] == [
       (step, step / 2) for step in range(1, 101)]
   files.append_metrics({"step": 101, "split": "train", "loss": 0.0})
   files.close()
   assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"][-1] == (101, 0.0)
-
-
-def test_a_local_run_flushes_its_first_scalars_for_a_live_tensorboard(tmp_path):
-  """Locally the event file is flushed at the first scalars, then every two minutes at most (as
-  tensorboardX's own writer does), not only at a sync."""
-  files = reporting.RunFiles(str(tmp_path), enabled=True)
-  files.keep_metrics_until(0)
-  files.append_metrics({"step": 1, "split": "train", "loss": 0.5})
-  assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"] == [(1, 0.5)]
-  files.close()
 
 
 @pytest.mark.parametrize("resumed_from", [0, 10])

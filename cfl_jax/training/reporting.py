@@ -26,9 +26,6 @@ from cfl_jax.store import fenced
 # schedule values, reported as they were at the window's last step.
 MEASURED = ("loss", "accuracy", "grad_norm")
 
-# How often a local event file is flushed, at most (seconds): TensorBoard's own writer default.
-_EVENT_FLUSH_SECONDS = 120.0
-
 
 class MetricWindow:
   """Averages the measured train metrics over the steps between two log lines.
@@ -272,7 +269,6 @@ class RunFiles:
     self._fence = fence
     self._local = store.is_local(workdir)
     self._events = None
-    self._next_flush = 0.0  # local event files: when to flush the buffered events next
     self._records: list[dict[str, Any]] = []  # object stores: the whole log, uploaded by sync
     self._staging = None
     self._store_failed = False  # a sync gave up: close() then uploads nothing more
@@ -317,30 +313,13 @@ class RunFiles:
     return kept
 
   def _event_writer(self, purge_step: int | None = None):
-    """A new TensorBoard event file, named after every earlier one (event file names carry only
-    the second, and TensorBoard reads the files in name order); with ``purge_step``, it hides
-    every earlier event from that step on (TensorBoard's restart marker).
-
-    Events are written by the calling thread, through tensorboardX's event file writer (the file
-    layer of its ``SummaryWriter``). The ``SummaryWriter`` itself hands events to a writer
-    thread, and its ``close()`` at times left the last event queued before it unwritten (1 sync
-    in about 120 on a loaded machine).
-    """
-    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
-    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    self._event_directory().mkdir(parents=True, exist_ok=True)
-    events = event_file_writer.EventsWriter(
-        os.fspath(self._event_directory() / "events"), f".{time.time_ns()}.{os.getpid()}")
-    if purge_step is not None:
-      events.write_event(event_pb2.Event(
-          wall_time=time.time(), step=purge_step,
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-    return events
-
-  def _event_directory(self) -> epath.Path:
-    """Where the event files are written: ``tensorboard/``, or its staging copy."""
-    return (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
-            else self._path("tensorboard"))
+    """A TensorBoard writer on a new event file, named after every earlier one (event file names
+    carry only the second, and TensorBoard reads the files in name order)."""
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    events = (epath.Path(self._staging.name) / "tensorboard" if self._staging is not None
+              else self._path("tensorboard"))
+    return SummaryWriter(os.fspath(events), purge_step=purge_step,
+                         filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
   def append_metrics(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line to ``metrics.jsonl`` and its numbers to TensorBoard.
@@ -369,20 +348,14 @@ class RunFiles:
   def _add_scalars(self, prefix: str, step: int, values: Mapping[str, Any]) -> None:
     """The numbers among ``values`` as TensorBoard scalars ``<prefix>/<key>``."""
     if self._events is not None:
-      from tensorboardX import summary  # pylint: disable=g-import-not-at-top
-      from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
       for key, value in values.items():
         if isinstance(value, (int, float)):
-          self._events.write_event(event_pb2.Event(
-              wall_time=time.time(), step=step, summary=summary.scalar(f"{prefix}/{key}", value)))
-      if self._local and time.monotonic() >= self._next_flush:  # a live TensorBoard sees them
-        self._events.flush()
-        self._next_flush = time.monotonic() + _EVENT_FLUSH_SECONDS
+          self._events.add_scalar(f"{prefix}/{key}", value, step)
 
   def sync(self) -> None:
-    """Puts every record and scalar so far in the workdir: closes this event file (which writes
-    out its buffer), in an object store uploads it and ``metrics.jsonl``, and opens the next event
-    file.
+    """Puts every record and scalar so far in the workdir: closes this event file (TensorBoard's
+    writer queues events for a thread and buffers them for minutes; only closing it writes out
+    both), in an object store uploads it and ``metrics.jsonl``, and opens the next event file.
 
     Raises:
       StoreUnavailable: when the store stays unreachable past the retry budget (see
@@ -402,10 +375,11 @@ class RunFiles:
     (deleting it once uploaded); a failure marks the store failed (:meth:`close` then uploads
     nothing)."""
     self._events = None
-    events.close()
+    staged = epath.Path(events.logdir)
+    events.close()  # writes out its queue: flush() leaves queued events unwritten
     try:
       self._fence.write_atomic(self._path("metrics.jsonl"), _jsonl(self._records))
-      for event_file in sorted(self._event_directory().iterdir()):
+      for event_file in sorted(staged.iterdir()):
         self._fence.write_atomic(self._path("tensorboard") / event_file.name,
                                  event_file.read_bytes())
         event_file.unlink()  # complete: never uploaded again
