@@ -113,3 +113,21 @@ def test_a_completed_resumable_upload_answers_its_last_part_sent_again(gcs, gcs_
   status, answer = _request("POST", session.path, b"done", **query)  # a client's retry
   assert status == 200 and json.loads(answer)["name"] == name
   assert _download(bucket, name) == (200, b"done")
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["gcsfs's LF", "CRLF"])
+@pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n", b"x"])
+def test_a_multipart_upload_stores_its_content_byte_for_byte(gcs, eol, ending):
+  """Content ending in a line-break byte keeps it, whichever line break the client uses (the
+  emulator's own MIME parser dropped a final \\r of gcsfs's uploads)."""
+  bucket, prefix = gcs
+  name, content = f"{prefix}/events", b"a record\r\n--not-the-boundary" + ending
+  body = eol.join([b"--==0==", b"Content-Type: application/json; charset=UTF-8", b"",
+                   json.dumps({"name": name}).encode(), b"--==0==",
+                   b"Content-Type: application/octet-stream", b"", content, b"--==0==--"])
+  request = urllib.request.Request(
+      f"{os.environ['STORAGE_EMULATOR_HOST']}/upload/storage/v1/b/{bucket}/o?uploadType=multipart",
+      data=body, method="POST", headers={"Content-Type": 'multipart/related; boundary="==0=="'})
+  with urllib.request.urlopen(request, timeout=10) as answer:
+    assert json.loads(answer.read())["size"] == str(len(content))
+  assert _download(bucket, name) == (200, content)
