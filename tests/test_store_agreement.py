@@ -34,22 +34,31 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_failure_on_either_process_is_raised_on_both():
+def _two_processes(script: str, *args: str, stderr=subprocess.STDOUT
+                   ) -> tuple[list[int | None], list[str]]:
+  """Runs ``script`` as processes 0 and 1 of one ``jax.distributed`` job (argv: the coordinator's
+  address, the process id, then ``args``) to the end; their exit codes and outputs."""
   address = f"127.0.0.1:{free_port()}"
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-  processes = [subprocess.Popen([sys.executable, "-c", _SCRIPT, address, str(i)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  processes = [subprocess.Popen([sys.executable, "-c", script, address, str(i), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
                for i in range(2)]
   try:
-    # Gloo writes its own notes to the same stdout, at times around or in the middle of one of
-    # ours: ours are picked out by their form (an error's name, then its message up to the line's
-    # end or Gloo's next "[").
-    outputs = [re.findall(r"[A-Za-z]+(?:Unavailable|Failed|Error): [^\n\[]*",
-                          process.communicate(timeout=120)[0]) for process in processes]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
   finally:
     for process in processes:
       process.kill()
-  assert [process.returncode for process in processes] == [0, 0]
+  return [process.returncode for process in processes], outputs
+
+
+def test_a_failure_on_either_process_is_raised_on_both():
+  codes, outputs = _two_processes(_SCRIPT, stderr=subprocess.DEVNULL)
+  assert codes == [0, 0]
+  # Gloo writes its own notes to the same stdout, at times around or in the middle of one of
+  # ours: ours are picked out by their form (an error's name, then its message up to the line's
+  # end or Gloo's next "[").
+  outputs = [re.findall(r"[A-Za-z]+(?:Unavailable|Failed|Error): [^\n\[]*", output)
+             for output in outputs]
   expected = ["StoreUnavailable: The store kept failing (0).",
               "StoreUnavailable: The store kept failing (1)."]
   assert outputs[0] == expected + [
@@ -80,18 +89,8 @@ _STOP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("failing", [0, 1])
 def test_a_failure_amid_collectives_of_the_phase_stops_both_with_its_message(failing):
-  address = f"127.0.0.1:{free_port()}"
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-  processes = [subprocess.Popen([sys.executable, "-c", _STOP_SCRIPT, address, str(i),
-                                 str(failing)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-  try:
-    outputs = [process.communicate(timeout=120)[0] for process in processes]
-  finally:
-    for process in processes:
-      process.kill()
-  assert [process.returncode for process in processes] == [1, 1], outputs
+  codes, outputs = _two_processes(_STOP_SCRIPT, str(failing))
+  assert codes == [1, 1], outputs
   for output in outputs:  # the message is the last line; nothing after the stop shows
     assert output.strip().splitlines()[-1] == f"stopped: disk full ({failing})", output
     assert "not stopped" not in output and "Traceback" not in output, output
@@ -120,16 +119,7 @@ _LEAVE_SCRIPT = textwrap.dedent("""
 
 
 def test_processes_that_end_at_once_end_with_their_status_process_0_last():
-  address = f"127.0.0.1:{free_port()}"
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-  processes = [subprocess.Popen([sys.executable, "-c", _LEAVE_SCRIPT, address, str(i)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-  try:
-    outputs = [process.communicate(timeout=120)[0] for process in processes]
-  finally:
-    for process in processes:
-      process.kill()
-  assert [process.returncode for process in processes] == [1, 1], outputs
+  codes, outputs = _two_processes(_LEAVE_SCRIPT)
+  assert codes == [1, 1], outputs
   for output in outputs:
     assert output.strip().splitlines()[-1] == "ending: The store kept failing.", output
