@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cfl_jax.training import CheckpointError
+from cfl_jax.training import checkpointing
 from cfl_jax.training.checkpointing import Checkpointer, abstract_like
 
 
@@ -31,3 +32,20 @@ def test_round_trip_and_incompatible_state(tmp_path):
   with pytest.raises(CheckpointError, match="does not hold a train state matching"):
     checkpointer.restore(5, wrong, {"a": 1})
   checkpointer.close()
+
+
+_SPEC = "[tensorstore_spec='{\"driver\":\"file\",\"file_io_sync\":true}']"
+
+
+@pytest.mark.parametrize("error", [
+    # TensorStore's payloads come in either order (both seen in failed saves of a full disk).
+    ValueError("OUT_OF_RANGE: Failed to write 253959 bytes to file 4: File too large "
+               f"[os_error_code='27'] {_SPEC}"),
+    ValueError(f"OUT_OF_RANGE: Failed to write 253959 bytes to file 4: File too large {_SPEC} "
+               "[os_error_code='27']"),
+    RuntimeError("Save failed"),
+])
+def test_a_failed_save_is_named_by_its_operating_system_error(error):
+  if isinstance(error, RuntimeError):
+    error.__cause__ = OSError(27, "File too large")
+  assert checkpointing._root_cause(error) == "[Errno 27] File too large"

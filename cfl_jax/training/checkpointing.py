@@ -28,6 +28,7 @@ every process stops, so all of them save the same step.
 """
 
 from collections.abc import Mapping
+import os
 import re
 import signal
 import threading
@@ -70,9 +71,12 @@ def _root_cause(error: BaseException) -> str:
     if isinstance(cause, OSError):
       return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
   message = str(error).strip()
-  tensorstore = re.search(r"([^:]+) \[os_error_code='(\d+)'\]", message)
+  # TensorStore appends the code as a payload, in no fixed order among its others (the spec's
+  # JSON among them): the code is read, and its description is the operating system's own.
+  tensorstore = re.search(r"\[os_error_code='(\d+)'\]", message)
   if tensorstore:
-    return f"[Errno {tensorstore.group(2)}] {tensorstore.group(1).strip()}"
+    code = int(tensorstore.group(1))
+    return f"[Errno {code}] {os.strerror(code)}"
   return (message.splitlines() or [type(error).__name__])[0]
 
 
