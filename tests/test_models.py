@@ -12,6 +12,7 @@ from cfl_jax.models import MODEL_NAMES, get_model, resnet
 # name -> (input height = width, channels, number of classes)
 _INPUTS = {
     "digits_cnn": (8, 1, 10),
+    "tiny_cnn": (224, 3, 10),
     "resnet20": (32, 3, 10),
     "resnet32": (32, 3, 10),
     "resnet56": (32, 3, 10),
@@ -88,6 +89,25 @@ def test_parameter_counts_match_published(name):
 def test_digits_cnn_is_small():
   model = get_model("digits_cnn", num_classes=10)
   assert _num_params(_abstract_variables(model, _images("digits_cnn"))) < 100_000
+
+
+def _forward_flops(name, size):
+  model = get_model(name, num_classes=10)
+  x = jnp.zeros((1, size, size, 3))
+  variables = _abstract_variables(model, x)
+  lowered = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables)
+  return lowered.compile().cost_analysis()["flops"]
+
+
+def test_tiny_cnn_is_the_digits_cnn_with_a_stride_4_stem():
+  x = _images("tiny_cnn")
+  tiny = _abstract_variables(get_model("tiny_cnn", num_classes=10), x)
+  digits = _abstract_variables(get_model("digits_cnn", num_classes=10), x)
+  assert jax.tree.map(jnp.shape, tiny["batch_stats"]) == jax.tree.map(jnp.shape,
+                                                                        digits["batch_stats"])
+  assert tiny["params"]["conv1"]["kernel"].shape == (4, 4, 3, 32)
+  # At 224 px: a 4x4 stride-4 stem leaves about a sixteenth of the work.
+  assert _forward_flops("tiny_cnn", 224) < _forward_flops("digits_cnn", 224) / 12
 
 
 def test_cifar_resnets_use_parameter_free_option_a_shortcuts():
@@ -216,7 +236,8 @@ def test_feature_layer_before_the_classifier():
 def test_feature_layer_only_where_the_model_has_one():
   assert "features" in _abstract_variables(get_model("digits_cnn", num_classes=3, feature_dim=8),
                                            jnp.zeros((1, 8, 8, 1)))["params"]
-  with pytest.raises(ValueError, match="'mnist1d_cnn' has no feature layer.*digits_cnn, resnet20"):
+  with pytest.raises(ValueError,
+                     match="'mnist1d_cnn' has no feature layer.*digits_cnn, tiny_cnn, resnet20"):
     get_model("mnist1d_cnn", num_classes=10, feature_dim=8)
   with pytest.raises(ValueError, match="feature_dim must be >= 0"):
     get_model("resnet10", num_classes=10, feature_dim=-1)

@@ -7,6 +7,7 @@ when ``train=True`` and take the updated statistics from the second return value
 """
 
 from collections.abc import Callable
+import functools
 import inspect
 from typing import Any
 
@@ -26,6 +27,7 @@ from cfl_jax.models.weights import IMPORTABLE_MODELS, WEIGHTS_SOURCES, import_we
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
+    "tiny_cnn": functools.partial(DigitsCNN, stem_strides=4),
     "mnist1d_cnn": mnist1d.MNIST1DCNN,
     "mnist1d_mlp": mnist1d.MNIST1DMLP,
     "mnist1d_logistic": mnist1d.MNIST1DLogistic,
@@ -54,7 +56,7 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32,
       always float32 and logits are returned in float32.
     feature_dim: width of a dense + ReLU feature layer before the classifier (OLTR's
       ``use_fc``: 512 on Places-LT; see ``cfl_jax.models.layers.classify``), for the models with a
-      ``feature_dim`` attribute (the ResNets, TResNet, the digits CNN); 0 for none.
+      ``feature_dim`` attribute (the ResNets, TResNet, the digits and tiny CNNs); 0 for none.
 
   Returns:
     An unbound ``flax.linen.Module``; call ``init`` / ``apply`` with ``train=`` as described in

@@ -1,4 +1,5 @@
-"""A small convolutional network for the 8x8 greyscale digits of scikit-learn."""
+"""A small convolutional network for the 8x8 greyscale digits of scikit-learn, and its strided
+twin for large images (``tiny_cnn``)."""
 
 from typing import Any
 
@@ -20,6 +21,10 @@ class DigitsCNN(nn.Module):
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
     feature_dim: width of a dense + ReLU feature layer between the pooled features and the
       classifier (OLTR's ``use_fc``, see ``cfl_jax.models.layers.classify``); 0 for none.
+    stem_strides: strides of the first layer, whose kernel is then as wide (at least 3).
+      ``get_model('tiny_cnn')`` is this network with 4 (a 4x4 stem at stride 4): a
+      tiny model for 224-px images (the study configs' smoke mode), where stride 1 costs about 16
+      times the compute in every layer.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -34,14 +39,17 @@ class DigitsCNN(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   feature_dim: int = 0
+  stem_strides: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """Maps images ``[batch, 8, 8, 1]`` to float32 logits ``[batch, num_classes]``."""
+    """Maps images ``[batch, height, width, channels]`` (``[batch, 8, 8, 1]`` for the digits) to
+    float32 logits ``[batch, num_classes]``."""
     conv = layers.conv_factory(self.dtype)
     norm = layers.norm_factory(self.dtype, train=train)
-    for i, (features, strides) in enumerate(((32, 1), (64, 2), (64, 1))):
-      x = conv(features, 3, strides, name=f"conv{i + 1}")(x)
+    stem = (32, max(3, self.stem_strides), self.stem_strides)
+    for i, (features, kernel, strides) in enumerate((stem, (64, 3, 2), (64, 3, 1))):
+      x = conv(features, kernel, strides, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
     return layers.classify(x, num_classes=self.num_classes, dtype=self.dtype,
                            feature_dim=self.feature_dim)

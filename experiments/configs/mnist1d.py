@@ -90,5 +90,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.update(log_every_steps=100, eval_every_epochs=25, checkpoint_every_steps=0,
                 max_to_keep=1)
   config = common.finish(config, args)
-  config.model.name = f"mnist1d_{args.model}"  # smoke mode's digits_cnn takes 8x8 images
+  config.model.name = f"mnist1d_{args.model}"  # not smoke mode's image CNN
   return config
