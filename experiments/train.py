@@ -104,7 +104,10 @@ def _fail(message: str, status: int, *, abandon_threads: bool = False) -> None:
 
 
 def _report(message: str) -> None:
-  print(f"experiments.train: error: {message}", file=sys.stderr)
+  # One write with its line break: print() writes the break apart (under PYTHONUNBUFFERED, as
+  # in containers), and another writer to the stream (Gloo's notes on a multi-host run) could
+  # land between the message and its end.
+  sys.stderr.write(f"experiments.train: error: {message}\n")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 from cfl_jax.training import resolve_config, train_and_evaluate
-from training_helpers import finish, read_metrics, read_summary, start_trainer, tiny_config
+from training_helpers import REPO, finish, read_metrics, read_summary, start_trainer, tiny_config
 
 _SUMMARY_KEYS = {"test_accuracy", "balanced_accuracy", "per_class_accuracy", "many_shot_accuracy",
                  "medium_shot_accuracy", "few_shot_accuracy", "train_steps", "wall_seconds",
@@ -53,3 +56,32 @@ def test_the_multi_label_loss_trains_the_digits_job(tmp_path):
   train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
   assert summary["status"] == "completed" and train[-1]["loss"] < train[0]["loss"]
   assert summary["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+
+
+# Runs the runner's error path with stderr unbuffered over a stream that prints each write it gets.
+_ERROR_WRITES = textwrap.dedent("""
+    import io
+    import sys
+    from experiments import train
+
+    class Writes(io.RawIOBase):
+      def writable(self):
+        return True
+
+      def write(self, data):
+        print(repr(bytes(data)), flush=True)
+        return len(data)
+
+    sys.stderr = io.TextIOWrapper(Writes(), write_through=True)
+    train._fail("the store kept failing", 1)
+""")
+
+
+def test_the_runners_error_line_is_one_write():
+  """Unbuffered (PYTHONUNBUFFERED, as in containers), print() writes a line's break apart; on a
+  multi-host run Gloo's notes to the same stream could then land inside the error's line. (In a
+  process of its own: the runner's absl flags would clash with the study command's.)"""
+  result = subprocess.run([sys.executable, "-c", _ERROR_WRITES], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stdout.splitlines() == [repr(b"experiments.train: error: the store kept failing\n")]
