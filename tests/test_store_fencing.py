@@ -17,12 +17,13 @@ import urllib.parse
 import uuid
 
 from etils import epath
+import fsspec
 import jax
 import jax.numpy as jnp
 import pytest
 
 from cfl_jax import store
-from cfl_jax.store import lock_object, workdir_lock
+from cfl_jax.store import fenced, lock_object, workdir_lock
 from cfl_jax.training import WorkdirLockLost, checkpointing, compilation_cache
 from store_proxy import StoreProxy
 from training_helpers import finish, start_trainer, tiny_config
@@ -99,6 +100,57 @@ def test_the_fence_admits_writes_until_the_lease_runs_out_then_refuses_them(buck
     with pytest.raises(WorkdirLockLost):  # lost for good
       lock.fence.remove_tree(bucket_dir)
   assert note.read_text() == str(written)
+
+
+def test_once_the_lease_ran_out_no_client_request_changes_the_store(bucket_dir, gcs_faults):
+  """Orbax's directory work goes through gcsfs, not through our fence: before saving a step it
+  deletes an unfinished directory of that step. Within fencing_requests every request that
+  changes the store is the fence's to admit; reading goes on, and the lock's own requests
+  pass (its release, after the lease ended)."""
+  step = bucket_dir / "checkpoints" / "20"
+  (step / "commit_success.txt").write_text("another run's commit")
+  with _losing_lease(bucket_dir, gcs_faults) as (lock, cut), fenced.fencing_requests(lock.fence):
+    (bucket_dir / "note.txt").write_text("admitted")  # epath's own write, as orbax's
+    time.sleep(max(0.0, cut() + _LEASE + 0.2 - time.monotonic()))
+    for change in (step.rmtree, lambda: (bucket_dir / "note.txt").write_text("late")):
+      with pytest.raises(WorkdirLockLost, match="This run lost the lock"):
+        change()
+    assert (step / "commit_success.txt").read_text() == "another run's commit"
+  assert (bucket_dir / "note.txt").read_text() == "admitted"
+  assert not (bucket_dir / ".lock").exists()  # released: the lock's requests are outside
+
+
+class _Lease:
+  def __init__(self, seconds: float):
+    self.end = time.monotonic() + seconds
+
+  def lost(self):
+    return RuntimeError("the lease ran out") if time.monotonic() > self.end else None
+
+  def deadline(self):
+    return self.end
+
+
+def test_a_request_admitted_before_the_lease_ends_is_cancelled_then_not_retried(bucket_dir):
+  """A stalled network holds an admitted upload; gcsfs would retry it once the network heals,
+  after the lease. Fenced, the attempt is cancelled at the end of the lease and not retried."""
+  proxy = StoreProxy(os.environ["STORAGE_EMULATOR_HOST"])
+  client = fsspec.filesystem("gs", endpoint_url=proxy.url, skip_instance_cache=True)
+  key = os.fspath(bucket_dir / "late.txt").removeprefix("gs://")
+  try:
+    proxy.cut(hold=True)
+    started = time.monotonic()
+    with fenced.fencing_requests(fenced.Fence(_Lease(1.0))):
+      with pytest.raises(RuntimeError, match="the lease ran out"):
+        client.pipe(key, b"late")
+    ended = time.monotonic() - started
+    proxy.heal()
+    time.sleep(3.0)  # what gcsfs would retry lands by then (its back-off: 1 s, then 2 s)
+  finally:
+    proxy.close()
+  assert 1.0 <= ended < 2.0, ended
+  assert not (bucket_dir / "late.txt").exists()
+  assert not [r for _, r in proxy.requests if r.startswith(b"POST")], proxy.requests
 
 
 def _state():

@@ -36,6 +36,7 @@ orbax save (not wrapped: a failed save stops the run) within 30 s.
 import functools
 import os
 
+from cfl_jax.store import fenced
 from cfl_jax.store.retry import retry_budget
 
 #: Requests a client makes for one call before it reports the error (its own retries).
@@ -75,10 +76,17 @@ def _gcs_file_system_class():
   from gcsfs import retry
   # pylint: enable=g-import-not-at-top
 
+  attempt = core.GCSFileSystem._request.__wrapped__  # one attempt of a request
+
+  async def fenced_attempt(self, method, *args, **kwargs):
+    return await fenced.admit_request(method, attempt(self, method, *args, **kwargs))
+
   class RunnerGCSFileSystem(core.GCSFileSystem):
-    """``gcsfs.core.GCSFileSystem`` with fewer attempts per request (see the module)."""
+    """``gcsfs.core.GCSFileSystem`` with fewer attempts per request (see the module), each
+    attempt to change the store admitted by the run's fence
+    (:func:`cfl_jax.store.fenced.fencing_requests`)."""
     # The base class binds its retry count (6 attempts, 1 + 2 + ... + 16 s apart) when defined.
-    _request = retry.retry_request(retries=ATTEMPTS)(core.GCSFileSystem._request.__wrapped__)
+    _request = retry.retry_request(retries=ATTEMPTS)(fenced_attempt)
 
   return RunnerGCSFileSystem
 

@@ -19,6 +19,7 @@ import json
 from fsspec import asyn
 
 from cfl_jax import store
+from cfl_jax.store import fenced
 
 _READ_ATTEMPTS = 5
 
@@ -83,7 +84,8 @@ class GcsObject:
         ifGenerationMatch=generation, data=content,
         headers={"Content-Type": "application/octet-stream"})
     try:
-      _, answer = asyn.sync(self._fs.loop, asyncio.wait_for, request, timeout)
+      with fenced.outside_the_fence():  # the lease's own renewal
+        _, answer = asyn.sync(self._fs.loop, asyncio.wait_for, request, timeout)
     except FileExistsError:  # gcsfs's name for 412
       return None
     except TimeoutError:
@@ -96,8 +98,9 @@ class GcsObject:
     """Deletes the object if it is at ``generation``; False when it is at another one (412).
     An absent object counts as deleted (a retried delete whose first answer was lost)."""
     try:
-      self._fs.call("DELETE", "b/{}/o/{}", self._bucket, self._name,
-                    ifGenerationMatch=generation)
+      with fenced.outside_the_fence():  # the lock's release, also after the lease ended
+        self._fs.call("DELETE", "b/{}/o/{}", self._bucket, self._name,
+                      ifGenerationMatch=generation)
     except FileNotFoundError:
       return True
     except FileExistsError:

@@ -46,6 +46,7 @@ from cfl_jax.training import recipe
 from cfl_jax.training import reporting
 from cfl_jax.training import sharding
 from cfl_jax.store import agreement
+from cfl_jax.store import fenced
 from cfl_jax.store import workdir_lock
 
 Batch = Mapping[str, jax.Array]
@@ -553,6 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict,
   store.use_runner_clients()  # the tested gcsfs and TensorStore configuration, before any I/O
   is_writer = jax.process_index() == 0
   with (workdir_lock.WorkdirLock(workdir, enabled=is_writer) as lock,
+        fenced.fencing_requests(lock.fence),  # orbax's own gcsfs writes too
         compilation_cache.persistent_compilation_cache(run.config.compilation_cache, workdir,
                                                        lock.fence)):
     return _train_and_evaluate_locked(run, workdir, is_writer, session_started, lock)
