@@ -175,8 +175,8 @@ async def admit_request(method: str, attempt: Coroutine[Any, Any, T]) -> T:
   cancelled when the lease ends.
 
   Raises:
-    The lease's error (e.g. ``WorkdirLockLost``) once it has run out, before or during the
-    attempt; a client's retry loop (gcsfs's) does not retry it.
+    Exception: the lease's own error (``WorkdirLockLost`` for a workdir lock) once it has run
+      out, before or during the attempt; a client's retry loop (gcsfs's) does not retry it.
   """
   fence = _requests_fence
   if fence is None or method.upper() in _READING or _outside.get():
