@@ -203,14 +203,16 @@ def test_compilation_cache_writes_stop_with_the_lease(bucket_dir, gcs_faults, tm
     assert set(os.listdir(cache)) == entries
 
 
+def _writes_after(proxy: StoreProxy, since: float) -> list[str]:
+  """The requests other than reads that ``proxy`` forwarded after ``since``, URL-decoded."""
+  return [urllib.parse.unquote(bytes(request).decode(errors="replace"))
+          for at, request in proxy.requests if at > since and not request.startswith(b"GET ")]
+
+
 def _writes_since(proxy: StoreProxy, since: float, prefix: str) -> set[str]:
   """The objects under ``prefix`` named by the writes ``proxy`` forwarded after ``since``."""
-  names = set()
-  for at, request in proxy.requests:
-    text = urllib.parse.unquote(bytes(request).decode(errors="replace"))
-    if at > since and not text.startswith("GET "):
-      names |= set(re.findall(rf"{re.escape(prefix)}/[\w./-]+", text))
-  return names
+  return {name for text in _writes_after(proxy, since)
+          for name in re.findall(rf"{re.escape(prefix)}/[\w./-]+", text)}
 
 
 def _committed_steps(workdir: epath.Path) -> list[int]:
@@ -284,8 +286,7 @@ def test_a_run_cut_off_the_store_writes_nothing_once_another_took_its_workdir_ov
   assert new_code == 0, new_output[-3000:]
   # After the takeover the old run wrote nothing but its lock (its release, refused: the
   # object holds another generation), and the new run ends with its own last checkpoints.
-  late = [bytes(request).split(b"\r\n", 1)[0][:200] for at, request in partition.requests
-          if at > took_over and not request.startswith(b"GET ")]
+  late = [text.split("\r\n", 1)[0][:200] for text in _writes_after(partition, took_over)]
   assert _writes_since(partition, took_over, prefix) <= {f"{prefix}/.lock"}, late
   assert _committed_steps(bucket_dir) == [50, 60]
   summary = json.loads((bucket_dir / "summary.json").read_text())
