@@ -94,12 +94,16 @@ def test_the_fence_admits_writes_until_the_lease_runs_out_then_refuses_them(buck
     # back-off (1 s) later when an attempt under way was cancelled at the end of the lease.
     assert landed_at - cut_at < _LEASE + 0.2
     assert _LEASE - _TIMINGS["heartbeat_seconds"] - 0.5 < refused_at - cut_at < _LEASE + 1.5
-    assert written > 0 and note.read_text() == str(written)  # the refused write never landed
+    # The refused write never landed, or it was the attempt under way when the lease ended:
+    # cancelled then, its request may already have reached the store (the heartbeat of margin
+    # a rival waits beyond the lease is for such a write; seen once in CI, refused at 3.94 s).
+    kept = note.read_text()
+    assert written > 0 and kept in (str(written), str(written + 1)), (kept, written)
     assert message.startswith(f"This run lost the lock of the workdir {bucket_dir}: its "
                               "heartbeat has not reached the store for")
     with pytest.raises(WorkdirLockLost):  # lost for good
       lock.fence.remove_tree(bucket_dir)
-  assert note.read_text() == str(written)
+  assert note.read_text() == kept  # nothing written after the refusal
 
 
 def test_once_the_lease_ran_out_no_client_request_changes_the_store(bucket_dir, gcs_faults):
