@@ -10,7 +10,9 @@ commit, JAX's cache writes) ask it too.
 
 A write admitted a moment before the lease ends must not land after it: the client's own retries
 (gcsfs retries a request for about 30 s) would carry it there. So in a bucket each attempt runs
-for at most the time left on the lease and is cancelled then, retries and all.
+for at most the time left on the lease and is cancelled then, retries and all. Only a request
+already sent when its attempt is cancelled may still land, within the margin of a heartbeat that
+a rival waits beyond the lease.
 
 Writes that are not ours go through the same door: within :func:`fencing_requests`, every
 request that changes the store (all but GET and HEAD) which the runner's gcsfs client sends, from
